@@ -1,0 +1,419 @@
+"""Every control message of the wire protocol, as frozen attrs values.
+
+Each class has a wire ``TYPE``; its fields are the map's other keys. Constructors validate
+everything, so a decoded message is always well formed: the codec decodes by calling them.
+Requests (client to server) carry an ``id`` and get exactly one ``Reply``; the other server
+messages are pushed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import attrs
+
+from . import limits
+from .model import CustomRole, CustomState, NetStatus, ParticipantType, VolumeStatus
+from .reasons import Reason
+
+# --- validators ---------------------------------------------------------------------------
+
+
+def _int_in(low: int, high: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        # bool is an int in Python; on the wire it is a different type.
+        if type(value) is not int or not low <= value <= high:
+            raise ValueError(f"{attribute.name} must be an integer in {low}..{high}")
+
+    return check
+
+
+def _optional_int_in(low: int, high: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    check = _int_in(low, high)
+
+    def optional(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return optional
+
+
+def _text(
+    max_chars: int, *, min_chars: int = 0, optional: bool = False
+) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        if type(value) is not str:
+            raise ValueError(f"{attribute.name} must be a string")
+        if not min_chars <= len(value) <= max_chars:
+            raise ValueError(f"{attribute.name} must have {min_chars}..{max_chars} characters")
+        if any(ch < " " for ch in value) and attribute.name != "content":
+            raise ValueError(f"{attribute.name} must not contain control characters")
+
+    return check
+
+
+def _utf8_bytes(max_bytes: int, *, min_bytes: int = 0) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if type(value) is not str:
+            raise ValueError(f"{attribute.name} must be a string")
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if not min_bytes <= size <= max_bytes:
+            raise ValueError(f"{attribute.name} must be {min_bytes}..{max_bytes} bytes of UTF-8")
+
+    return check
+
+
+def _boolean(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not bool:
+        raise ValueError(f"{attribute.name} must be true or false")
+
+
+def _enum_of(enum_type: type) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if type(value) is not enum_type:
+            raise ValueError(f"{attribute.name} must be a {enum_type.__name__}")
+
+    return check
+
+
+def _to_enum(enum_type: type) -> Callable[[Any], Any]:
+    """Converter from the wire's integer; bools and other types fail validation."""
+
+    def convert(value: Any) -> Any:
+        if type(value) is int:
+            try:
+                return enum_type(value)
+            except ValueError:
+                raise ValueError(f"{value} is not a valid {enum_type.__name__}") from None
+        return value
+
+    return convert
+
+
+def _role_field(default: CustomRole) -> Any:
+    return attrs.field(default=default, converter=_to_enum(CustomRole), validator=_enum_of(CustomRole))
+
+
+def _optional_enum(enum_type: type) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            _enum_of(enum_type)(instance, attribute, value)
+
+    return attrs.field(default=None, converter=_to_enum(enum_type), validator=check)
+
+
+_channel_id = _text(limits.MAX_ID_CHARS, min_chars=1)
+_user_id = _text(limits.MAX_ID_CHARS, min_chars=1)
+_optional_user_id = _text(limits.MAX_ID_CHARS, min_chars=1, optional=True)
+_request_id = _int_in(1, limits.MAX_REQUEST_ID)
+
+
+# --- values carried inside messages ---------------------------------------------------------
+
+
+@attrs.frozen
+class ParticipantInfo:
+    """A participant as others see it. ``sid`` identifies the sender of media frames."""
+
+    user_id: str = attrs.field(validator=_user_id)
+    sid: int = attrs.field(validator=_int_in(0, 2**32 - 1))
+    display_name: str = attrs.field(default="", validator=_text(limits.MAX_NAME_CHARS))
+    role: CustomRole = _role_field(CustomRole.ROLE_1)
+    state: CustomState = attrs.field(
+        default=CustomState.NONE, converter=_to_enum(CustomState), validator=_enum_of(CustomState)
+    )
+    audio: bool = attrs.field(default=False, validator=_boolean)
+    volume_status: VolumeStatus = attrs.field(
+        default=VolumeStatus.NONE, converter=_to_enum(VolumeStatus), validator=_enum_of(VolumeStatus)
+    )
+    net_status: NetStatus = attrs.field(
+        default=NetStatus.GOOD, converter=_to_enum(NetStatus), validator=_enum_of(NetStatus)
+    )
+    type: ParticipantType = attrs.field(
+        default=ParticipantType.NORMAL,
+        converter=_to_enum(ParticipantType),
+        validator=_enum_of(ParticipantType),
+    )
+    is_creator: bool = attrs.field(default=False, validator=_boolean)
+
+
+@attrs.frozen
+class ChannelInfo:
+    """What a joiner learns about the channel. ``participants`` lists everyone for a host and
+    the publishers and hosts for an audience member (the scale rule); ``member_count`` is exact."""
+
+    channel_id: str = attrs.field(validator=_channel_id)
+    channel_uri: str = attrs.field(validator=_text(limits.MAX_ID_CHARS + 16, min_chars=1))
+    channel_number: int = attrs.field(validator=_int_in(1, 2**63 - 1))
+    title: str = attrs.field(validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
+    custom_property: str = attrs.field(validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
+    capacity: int = attrs.field(validator=_int_in(1, limits.MAX_CAPACITY))
+    has_password: bool = attrs.field(validator=_boolean)
+    member_count: int = attrs.field(validator=_int_in(0, limits.MAX_CAPACITY))
+    heartbeat_time: int = attrs.field(validator=_int_in(*limits.HEARTBEAT_TIME_RANGE))
+    heartbeat_timeout: int = attrs.field(validator=_int_in(*limits.HEARTBEAT_TIMEOUT_RANGE))
+    self_sid: int = attrs.field(validator=_int_in(0, 2**32 - 1))
+    participants: tuple[ParticipantInfo, ...] = attrs.field(converter=tuple)
+
+    @participants.validator
+    def _check_participants(self, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
+        if not all(type(p) is ParticipantInfo for p in value):
+            raise ValueError("participants must be participant maps")
+
+
+@attrs.frozen
+class QueryInfo:
+    channel_id: str = attrs.field(validator=_channel_id)
+    channel_number: int = attrs.field(validator=_int_in(1, 2**63 - 1))
+    client_count: int = attrs.field(validator=_int_in(0, limits.MAX_CAPACITY))
+    members: tuple[str, ...] = attrs.field(converter=tuple)
+
+
+# --- requests: client to server -------------------------------------------------------------
+
+
+@attrs.frozen
+class Hello:
+    TYPE: ClassVar[str] = "hello"
+    id: int = attrs.field(validator=_request_id)
+    version: int = attrs.field(validator=_int_in(1, 2**16))
+    client: str = attrs.field(default="", validator=_text(limits.MAX_NAME_CHARS))
+
+
+@attrs.frozen
+class Join:
+    """Join by channel id (created on first join) or, with ``uri_mode``, an existing channel.
+
+    The first joiner's parameters configure the channel; later joiners' are ignored.
+    """
+
+    TYPE: ClassVar[str] = "join"
+    id: int = attrs.field(validator=_request_id)
+    channel: str = attrs.field(validator=_text(limits.MAX_ID_CHARS + 16, min_chars=1))
+    user_id: str = attrs.field(validator=_user_id)
+    uri_mode: bool = attrs.field(default=False, validator=_boolean)
+    display_name: str = attrs.field(default="", validator=_text(limits.MAX_NAME_CHARS))
+    role: CustomRole = _role_field(CustomRole.ROLE_1)
+    state: CustomState = attrs.field(
+        default=CustomState.NONE, converter=_to_enum(CustomState), validator=_enum_of(CustomState)
+    )
+    upload: bool = attrs.field(default=False, validator=_boolean)
+    password: str | None = attrs.field(
+        default=None, validator=_text(limits.MAX_PASSWORD_CHARS, min_chars=1, optional=True)
+    )
+    capacity: int | None = attrs.field(default=None, validator=_optional_int_in(1, limits.MAX_CAPACITY))
+    heartbeat_time: int | None = attrs.field(
+        default=None, validator=_optional_int_in(*limits.HEARTBEAT_TIME_RANGE)
+    )
+    heartbeat_timeout: int | None = attrs.field(
+        default=None, validator=_optional_int_in(*limits.HEARTBEAT_TIMEOUT_RANGE)
+    )
+    title: str = attrs.field(default="", validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
+    custom_property: str = attrs.field(default="", validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
+    max_senders: int | None = attrs.field(default=None, validator=_optional_int_in(1, 1000))
+
+
+@attrs.frozen
+class Leave:
+    TYPE: ClassVar[str] = "leave"
+    id: int = attrs.field(validator=_request_id)
+
+
+@attrs.frozen
+class Stop:
+    TYPE: ClassVar[str] = "stop"
+    id: int = attrs.field(validator=_request_id)
+
+
+@attrs.frozen
+class SetRole:
+    """Set your own role (``user_id`` None) or, with permission, another participant's."""
+
+    TYPE: ClassVar[str] = "set_role"
+    id: int = attrs.field(validator=_request_id)
+    role: CustomRole = attrs.field(converter=_to_enum(CustomRole), validator=_enum_of(CustomRole))
+    user_id: str | None = attrs.field(default=None, validator=_optional_user_id)
+
+
+@attrs.frozen
+class SetState:
+    TYPE: ClassVar[str] = "set_state"
+    id: int = attrs.field(validator=_request_id)
+    state: CustomState = attrs.field(converter=_to_enum(CustomState), validator=_enum_of(CustomState))
+    user_id: str | None = attrs.field(default=None, validator=_optional_user_id)
+
+
+@attrs.frozen
+class EnableUpload:
+    TYPE: ClassVar[str] = "enable_upload"
+    id: int = attrs.field(validator=_request_id)
+    enabled: bool = attrs.field(validator=_boolean)
+
+
+@attrs.frozen
+class Kick:
+    TYPE: ClassVar[str] = "kick"
+    id: int = attrs.field(validator=_request_id)
+    user_id: str = attrs.field(validator=_user_id)
+
+
+@attrs.frozen
+class Query:
+    TYPE: ClassVar[str] = "query"
+    id: int = attrs.field(validator=_request_id)
+    channel: str = attrs.field(validator=_text(limits.MAX_ID_CHARS + 16, min_chars=1))
+
+
+@attrs.frozen
+class SendMessage:
+    """A text message to everyone (``to`` None) or to one participant; only while joined."""
+
+    TYPE: ClassVar[str] = "send_message"
+    id: int = attrs.field(validator=_request_id)
+    msg_type: str = attrs.field(validator=_text(limits.MAX_NAME_CHARS))
+    content: str = attrs.field(validator=_utf8_bytes(limits.MAX_MESSAGE_CONTENT_BYTES, min_bytes=1))
+    to: str | None = attrs.field(default=None, validator=_optional_user_id)
+
+
+@attrs.frozen
+class SetCustomProperty:
+    TYPE: ClassVar[str] = "set_custom_property"
+    id: int = attrs.field(validator=_request_id)
+    value: str = attrs.field(validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
+
+
+@attrs.frozen
+class SubscribeAudio:
+    """Stop or resume receiving one participant's audio (only while joined)."""
+
+    TYPE: ClassVar[str] = "subscribe_audio"
+    id: int = attrs.field(validator=_request_id)
+    user_id: str = attrs.field(validator=_user_id)
+    enabled: bool = attrs.field(validator=_boolean)
+
+
+@attrs.frozen
+class Ping:
+    TYPE: ClassVar[str] = "ping"
+    id: int = attrs.field(validator=_request_id)
+
+
+Request = (
+    Hello | Join | Leave | Stop | SetRole | SetState | EnableUpload | Kick | Query | SendMessage
+    | SetCustomProperty | SubscribeAudio | Ping
+)
+
+# --- server to client -----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Reply:
+    """The one answer to request ``id``: ``reason`` NONE means success.
+
+    ``result`` depends on the request: hello -> {"version", "server"}; join -> a ChannelInfo;
+    query -> a QueryInfo; ping -> {"time"}; everything else -> None.
+    """
+
+    TYPE: ClassVar[str] = "reply"
+    id: int = attrs.field(validator=_request_id)
+    reason: Reason = attrs.field(default=Reason.NONE, converter=_to_enum(Reason), validator=_enum_of(Reason))
+    message: str = attrs.field(default="", validator=_utf8_bytes(1024))
+    result: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is Reason.NONE
+
+
+@attrs.frozen
+class ParticipantJoined:
+    TYPE: ClassVar[str] = "participant_joined"
+    participant: ParticipantInfo
+
+
+@attrs.frozen
+class ParticipantLeft:
+    TYPE: ClassVar[str] = "participant_left"
+    user_id: str = attrs.field(validator=_user_id)
+    reason: Reason = attrs.field(converter=_to_enum(Reason), validator=_enum_of(Reason))
+
+
+@attrs.frozen
+class ParticipantUpdated:
+    """``changes`` is a ParticipantChange bit set."""
+
+    TYPE: ClassVar[str] = "participant_updated"
+    participant: ParticipantInfo
+    changes: int = attrs.field(validator=_int_in(0, 2**16))
+
+
+@attrs.frozen
+class VolumeChanged:
+    TYPE: ClassVar[str] = "volume_changed"
+    user_id: str = attrs.field(validator=_user_id)
+    volume_status: VolumeStatus = attrs.field(converter=_to_enum(VolumeStatus), validator=_enum_of(VolumeStatus))
+
+
+@attrs.frozen
+class PropertyChanged:
+    """``changes`` is a PropertyChange bit set."""
+
+    TYPE: ClassVar[str] = "property_changed"
+    changes: int = attrs.field(validator=_int_in(0, 2**16))
+    custom_property: str = attrs.field(validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
+    title: str = attrs.field(default="", validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
+
+
+@attrs.frozen
+class MessageReceived:
+    TYPE: ClassVar[str] = "message"
+    msg_type: str = attrs.field(validator=_text(limits.MAX_NAME_CHARS))
+    content: str = attrs.field(validator=_utf8_bytes(limits.MAX_MESSAGE_CONTENT_BYTES, min_bytes=1))
+    from_user_id: str = attrs.field(validator=_user_id)
+    to: str | None = attrs.field(default=None, validator=_optional_user_id)
+
+
+@attrs.frozen
+class Left:
+    """You are no longer in ``channel``: kicked, over (stopped by a host), timeout,
+    duplicate_session, server_shutdown, slow_consumer. Your own leave() is answered by its Reply."""
+
+    TYPE: ClassVar[str] = "left"
+    channel: str = attrs.field(validator=_channel_id)
+    reason: Reason = attrs.field(converter=_to_enum(Reason), validator=_enum_of(Reason))
+
+
+@attrs.frozen
+class MemberCount:
+    """Sent to the audience at most once a second instead of per-listener presence."""
+
+    TYPE: ClassVar[str] = "member_count"
+    count: int = attrs.field(validator=_int_in(0, limits.MAX_CAPACITY))
+
+
+@attrs.frozen
+class Error:
+    """An error not tied to a request that could be read (malformed frame, refused media)."""
+
+    TYPE: ClassVar[str] = "error"
+    reason: Reason = attrs.field(converter=_to_enum(Reason), validator=_enum_of(Reason))
+    message: str = attrs.field(default="", validator=_utf8_bytes(1024))
+    ref: int | None = attrs.field(default=None, validator=_optional_int_in(1, limits.MAX_REQUEST_ID))
+
+
+ServerMessage = (
+    Reply | ParticipantJoined | ParticipantLeft | ParticipantUpdated | VolumeChanged | PropertyChanged
+    | MessageReceived | Left | MemberCount | Error
+)
+
+REQUEST_TYPES: tuple[type, ...] = (
+    Hello, Join, Leave, Stop, SetRole, SetState, EnableUpload, Kick, Query, SendMessage,
+    SetCustomProperty, SubscribeAudio, Ping,
+)
+SERVER_MESSAGE_TYPES: tuple[type, ...] = (
+    Reply, ParticipantJoined, ParticipantLeft, ParticipantUpdated, VolumeChanged, PropertyChanged,
+    MessageReceived, Left, MemberCount, Error,
+)
