@@ -45,6 +45,10 @@ URI_PREFIX = "airwave:"
 
 def hash_password(password: str, salt: bytes) -> bytes:
     """salt + PBKDF2-SHA256(password): what the log keeps instead of the password."""
+    if len(salt) != SALT_BYTES:
+        # password_matches reads the salt back as the first SALT_BYTES bytes; any other length
+        # would store a hash that no password ever matches again.
+        raise ValueError(f"the salt must be {SALT_BYTES} bytes, not {len(salt)}")
     digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, PASSWORD_HASH_ITERATIONS)
     return salt + digest
 
@@ -81,8 +85,8 @@ class Channel:
     created_at: float
     created_by: str
     capacity: int
-    heartbeat_time: int
-    heartbeat_timeout: int
+    heartbeat_time: float
+    heartbeat_timeout: float
     title: str
     custom_property: str
     max_senders: int | None
@@ -118,8 +122,8 @@ class JoinChannel:
     uri_mode: bool = False
     password: str | None = None
     capacity: int | None = None
-    heartbeat_time: int | None = None
-    heartbeat_timeout: int | None = None
+    heartbeat_time: float | None = None
+    heartbeat_timeout: float | None = None
     title: str = ""
     custom_property: str = ""
     max_senders: int | None = None
@@ -246,6 +250,8 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
                 return Accepted(())
             if command.enabled and not policy.may_publish(actor.role, actor.state):
                 return Rejected(Reason.NO_PERMISSION, "your role may not publish audio")
+            if command.enabled and _senders_full(channel, actor.user_id):
+                return Rejected(Reason.FULL, f"channel already has {channel.max_senders} senders")
             return Accepted((AudioUploadChanged(command.time, channel.channel_id, channel.number, actor.user_id, command.enabled),))
         case SetCustomProperty():
             if not granted & Permission.MANAGE:
@@ -257,6 +263,11 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
 def _decide_join(channel: Channel | None, cmd: JoinChannel, policy: RolePolicy) -> Decision:
     if cmd.allowed_roles is not None and cmd.role not in cmd.allowed_roles:
         return Rejected(Reason.NO_PERMISSION, f"role {cmd.role.index} is not granted to you")
+    if cmd.allowed_roles is not None and policy.permissions(cmd.role, cmd.state) & ~policy.permissions(
+        cmd.role, CustomState.NONE
+    ):
+        # Decision 2: outside open mode a state that raises privileges (on the mic) takes a host.
+        return Rejected(Reason.NO_PERMISSION, "going on the mic takes a host")
     if channel is None or channel.ended:
         if cmd.uri_mode:
             return Rejected(Reason.NOT_FOUND, f"no channel {cmd.channel_id!r}")

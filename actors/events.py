@@ -8,6 +8,7 @@ Decoding goes through the constructors, after upcasting older schema versions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -20,6 +21,10 @@ SCHEMA_VERSION = 1
 
 def _enum(enum_type: type) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
+        # bool is an int in Python (True would become value 1) and 4096.0 would find ROLE_0:
+        # a log record must carry the exact integer.
+        if type(value) is not int and type(value) is not enum_type:
+            raise ValueError(f"{enum_type.__name__} must be an integer, not {value!r}")
         return enum_type(value)
 
     return convert
@@ -32,7 +37,46 @@ def _optional_enum(enum_type: type) -> Callable[[Any], Any]:
     return convert
 
 
-@attrs.frozen
+# Each field's annotation names the only types its value may have: a record from the log is
+# checked as strictly as a message from the wire, so a wrong type fails at decode instead of
+# surfacing later as a replay that differs from the live state. ``float`` takes ints too
+# (msgpack keeps 5 as an int) but never NaN or infinity, which would not compare equal.
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: type(v) is str,
+    "int": lambda v: type(v) is int,
+    "bool": lambda v: type(v) is bool,
+    "bytes": lambda v: type(v) is bytes,
+    "float": lambda v: type(v) in (int, float) and math.isfinite(v),
+    "None": lambda v: v is None,
+    "CustomRole": lambda v: type(v) is CustomRole,
+    "CustomState": lambda v: type(v) is CustomState,
+    "Reason": lambda v: type(v) is Reason,
+}
+
+
+def _type_validator(annotation: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    checks = [_TYPE_CHECKS[part.strip()] for part in annotation.split("|")]  # KeyError: add it
+
+    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not any(accepts(value) for accepts in checks):
+            raise ValueError(f"{attribute.name} must be {annotation}, not {value!r}")
+
+    return check
+
+
+def _typed_fields(cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
+    return [
+        f.evolve(validator=attrs.validators.and_(*filter(None, (f.validator, _type_validator(str(f.type))))))
+        for f in fields
+    ]
+
+
+def _event(cls: type) -> type:
+    """``attrs.frozen`` plus a type check of every field from its annotation."""
+    return attrs.frozen(cls, field_transformer=_typed_fields)
+
+
+@_event
 class ChannelCreated:
     TYPE: ClassVar[str] = "channel_created"
     time: float
@@ -40,8 +84,8 @@ class ChannelCreated:
     number: int
     created_by: str
     capacity: int
-    heartbeat_time: int
-    heartbeat_timeout: int
+    heartbeat_time: float
+    heartbeat_timeout: float
     title: str = ""
     custom_property: str = ""
     max_senders: int | None = None
@@ -49,7 +93,7 @@ class ChannelCreated:
     password_hash: bytes | None = attrs.field(default=None, repr=False)
 
 
-@attrs.frozen
+@_event
 class ParticipantJoined:
     TYPE: ClassVar[str] = "participant_joined"
     time: float
@@ -63,7 +107,7 @@ class ParticipantJoined:
     display_name: str = ""
 
 
-@attrs.frozen
+@_event
 class RoleChanged:
     TYPE: ClassVar[str] = "role_changed"
     time: float
@@ -74,7 +118,7 @@ class RoleChanged:
     by: str | None = None
 
 
-@attrs.frozen
+@_event
 class StateChanged:
     TYPE: ClassVar[str] = "state_changed"
     time: float
@@ -85,7 +129,7 @@ class StateChanged:
     by: str | None = None
 
 
-@attrs.frozen
+@_event
 class AudioUploadChanged:
     TYPE: ClassVar[str] = "audio_upload_changed"
     time: float
@@ -95,7 +139,7 @@ class AudioUploadChanged:
     enabled: bool
 
 
-@attrs.frozen
+@_event
 class CustomPropertyChanged:
     TYPE: ClassVar[str] = "custom_property_changed"
     time: float
@@ -105,7 +149,7 @@ class CustomPropertyChanged:
     by: str | None = None
 
 
-@attrs.frozen
+@_event
 class ParticipantLeft:
     TYPE: ClassVar[str] = "participant_left"
     time: float
@@ -116,7 +160,7 @@ class ParticipantLeft:
     by: str | None = None
 
 
-@attrs.frozen
+@_event
 class ChannelStopped:
     """The channel instance ended: stopped by ``by`` (reason over), or emptied (by None)."""
 
@@ -158,15 +202,19 @@ def event_to_record(event: Event) -> dict[str, Any]:
 
 def event_from_record(record: Mapping[str, Any]) -> Event:
     """Builds the event through its constructor; ``seq`` (added by the log) is not a field."""
-    fields = {key: value for key, value in record.items() if key not in ("seq", "type", "v")}
+    if not isinstance(record, Mapping):
+        raise EventDecodeError(f"an event record is a map, not {type(record).__name__}")
+    event_type = record.get("type")
     version = record.get("v", SCHEMA_VERSION)
-    cls = EVENT_TYPES.get(record.get("type"))  # type: ignore[arg-type]
-    if cls is None or type(version) is not int or version > SCHEMA_VERSION:
-        raise EventDecodeError(f"unknown event {record.get('type')!r} (schema v{version})")
-    while version < SCHEMA_VERSION:
-        fields = UPCASTERS[version](fields)
-        version += 1
+    # A non-string type (a list, say) would be unhashable; version 1 is the oldest there is.
+    cls = EVENT_TYPES.get(event_type) if type(event_type) is str else None
+    if cls is None or type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
+        raise EventDecodeError(f"unknown event {event_type!r} (schema v{version})")
+    fields = {key: value for key, value in record.items() if key not in ("seq", "type", "v")}
     try:
+        while version < SCHEMA_VERSION:
+            fields = UPCASTERS[version](fields)
+            version += 1
         return cls(**fields)  # type: ignore[no-any-return]
-    except (TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise EventDecodeError(f"bad {cls.TYPE} event: {exc}") from None

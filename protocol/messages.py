@@ -8,6 +8,8 @@ messages are pushed.
 
 from __future__ import annotations
 
+import enum
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -16,6 +18,41 @@ import attrs
 from . import limits
 from .model import CustomRole, CustomState, NetStatus, ParticipantType, VolumeStatus
 from .reasons import Reason
+
+# What ``from .messages import *`` re-exports from airwave.protocol: the messages and the values
+# they carry, never this module's helpers or its imports (typing names, attrs).
+__all__ = [
+    "REQUEST_TYPES",
+    "SERVER_MESSAGE_TYPES",
+    "ChannelInfo",
+    "EnableUpload",
+    "Error",
+    "Hello",
+    "Join",
+    "Kick",
+    "Leave",
+    "Left",
+    "MemberCount",
+    "MessageReceived",
+    "ParticipantInfo",
+    "ParticipantJoined",
+    "ParticipantLeft",
+    "ParticipantUpdated",
+    "Ping",
+    "PropertyChanged",
+    "Query",
+    "QueryInfo",
+    "Reply",
+    "Request",
+    "SendMessage",
+    "ServerMessage",
+    "SetCustomProperty",
+    "SetRole",
+    "SetState",
+    "Stop",
+    "SubscribeAudio",
+    "VolumeChanged",
+]
 
 # --- validators ---------------------------------------------------------------------------
 
@@ -39,6 +76,10 @@ def _optional_int_in(low: int, high: int) -> Callable[[Any, attrs.Attribute[Any]
     return optional
 
 
+# Unicode category Cc (C0, DEL, C1) and lone surrogates, which UTF-8 (msgpack str) cannot carry.
+_FORBIDDEN_IN_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _text(
     max_chars: int, *, min_chars: int = 0, optional: bool = False
 ) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
@@ -49,8 +90,8 @@ def _text(
             raise ValueError(f"{attribute.name} must be a string")
         if not min_chars <= len(value) <= max_chars:
             raise ValueError(f"{attribute.name} must have {min_chars}..{max_chars} characters")
-        if any(ch < " " for ch in value) and attribute.name != "content":
-            raise ValueError(f"{attribute.name} must not contain control characters")
+        if _FORBIDDEN_IN_TEXT.search(value):
+            raise ValueError(f"{attribute.name} must not contain control characters or lone surrogates")
 
     return check
 
@@ -59,7 +100,11 @@ def _utf8_bytes(max_bytes: int, *, min_bytes: int = 0) -> Callable[[Any, attrs.A
     def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if type(value) is not str:
             raise ValueError(f"{attribute.name} must be a string")
-        size = len(value.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            # A lone surrogate: the constructor would accept what encode() cannot write.
+            raise ValueError(f"{attribute.name} must be valid Unicode (no lone surrogates)") from None
         if not min_bytes <= size <= max_bytes:
             raise ValueError(f"{attribute.name} must be {min_bytes}..{max_bytes} bytes of UTF-8")
 
@@ -103,6 +148,21 @@ def _optional_enum(enum_type: type) -> Any:
             _enum_of(enum_type)(instance, attribute, value)
 
     return attrs.field(default=None, converter=_to_enum(enum_type), validator=check)
+
+
+def _seconds(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) not in (int, float) or not 0 < value <= limits.HEARTBEAT_TIMEOUT_RANGE[1]:
+        raise ValueError(f"{attribute.name} must be a number of seconds in (0, 300]")
+
+
+def _flags_to_int(value: Any) -> Any:
+    """ParticipantChange / PropertyChange flags become the wire's plain integer (bools fail later)."""
+    return int(value) if isinstance(value, enum.IntFlag) else value
+
+
+def _participant(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not ParticipantInfo:
+        raise ValueError(f"{attribute.name} must be a participant map")
 
 
 _channel_id = _text(limits.MAX_ID_CHARS, min_chars=1)
@@ -153,8 +213,9 @@ class ChannelInfo:
     capacity: int = attrs.field(validator=_int_in(1, limits.MAX_CAPACITY))
     has_password: bool = attrs.field(validator=_boolean)
     member_count: int = attrs.field(validator=_int_in(0, limits.MAX_CAPACITY))
-    heartbeat_time: int = attrs.field(validator=_int_in(*limits.HEARTBEAT_TIME_RANGE))
-    heartbeat_timeout: int = attrs.field(validator=_int_in(*limits.HEARTBEAT_TIMEOUT_RANGE))
+    # Seconds; may be fractional when the server's configured defaults are (tests use short timers).
+    heartbeat_time: float = attrs.field(validator=_seconds)
+    heartbeat_timeout: float = attrs.field(validator=_seconds)
     self_sid: int = attrs.field(validator=_int_in(0, 2**32 - 1))
     participants: tuple[ParticipantInfo, ...] = attrs.field(converter=tuple)
 
@@ -170,6 +231,11 @@ class QueryInfo:
     channel_number: int = attrs.field(validator=_int_in(1, 2**63 - 1))
     client_count: int = attrs.field(validator=_int_in(0, limits.MAX_CAPACITY))
     members: tuple[str, ...] = attrs.field(converter=tuple)
+
+    @members.validator
+    def _check_members(self, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
+        for user_id in value:
+            _user_id(self, attribute, user_id)
 
 
 # --- requests: client to server -------------------------------------------------------------
@@ -331,7 +397,7 @@ class Reply:
 @attrs.frozen
 class ParticipantJoined:
     TYPE: ClassVar[str] = "participant_joined"
-    participant: ParticipantInfo
+    participant: ParticipantInfo = attrs.field(validator=_participant)
 
 
 @attrs.frozen
@@ -346,8 +412,8 @@ class ParticipantUpdated:
     """``changes`` is a ParticipantChange bit set."""
 
     TYPE: ClassVar[str] = "participant_updated"
-    participant: ParticipantInfo
-    changes: int = attrs.field(validator=_int_in(0, 2**16))
+    participant: ParticipantInfo = attrs.field(validator=_participant)
+    changes: int = attrs.field(converter=_flags_to_int, validator=_int_in(0, 2**16))
 
 
 @attrs.frozen
@@ -362,7 +428,7 @@ class PropertyChanged:
     """``changes`` is a PropertyChange bit set."""
 
     TYPE: ClassVar[str] = "property_changed"
-    changes: int = attrs.field(validator=_int_in(0, 2**16))
+    changes: int = attrs.field(converter=_flags_to_int, validator=_int_in(0, 2**16))
     custom_property: str = attrs.field(validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
     title: str = attrs.field(default="", validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
 

@@ -1,0 +1,368 @@
+"""The channel actor: one trio task per live channel, the only writer of its state.
+
+Its loop is the house pattern: take a batch from the mailbox, ``decide`` each command against
+the current state, ``evolve`` the accepted events, append them to the event log in one go
+(one group commit for a whole join storm), and only then act: tell the members, update the
+media router, answer the requests. Nothing here decides policy; channel_rules does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+import trio
+
+from airwave.media.router import FrameSink, MediaRouter
+from airwave.protocol import (
+    DEFAULT_POLICY,
+    ChannelInfo,
+    Left,
+    MemberCount,
+    ParticipantChange,
+    ParticipantInfo,
+    PropertyChange,
+    PropertyChanged,
+    Reason,
+    RolePolicy,
+    ServerMessage,
+    VolumeChanged,
+    VolumeStatus,
+    encode,
+    volume_status_for_level,
+)
+from airwave.protocol import ParticipantJoined as JoinedMessage
+from airwave.protocol import ParticipantLeft as LeftMessage
+from airwave.protocol import ParticipantUpdated as UpdatedMessage
+from airwave.protocol.wsframe import server_binary_frame
+
+from . import events as ev
+from .channel_rules import Accepted, Channel, Command, JoinChannel, Member, Rejected, decide, evolve
+from .events import event_to_record
+
+if TYPE_CHECKING:
+    from .eventlog import EventLog
+
+log = logging.getLogger("airwave.channel")
+
+MAILBOX_SIZE = 256  # commands waiting for one channel; senders block beyond it (backpressure)
+MAX_BATCH = 512  # commands decided per log append
+TICK_SECONDS = 0.25  # volume updates at most 4/s per publisher
+MEMBER_COUNT_EVERY_TICKS = 4  # the audience's member count at most once a second
+
+
+class Session(Protocol):
+    """What the channel needs from a connected participant (the participant actor)."""
+
+    user_id: str
+    output: FrameSink  # the connection's one ordered output, fed directly by the media router
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a control frame; never blocks (a backlogged session becomes a slow consumer)."""
+
+    def attached(self, channel: ChannelActor, sid: int) -> None:
+        """This session is now the member with media sender id ``sid``."""
+
+    def removed(self, channel_id: str, reason: Reason) -> None:
+        """The server took this session out of the channel (kicked, over, timeout, ...)."""
+
+
+class OneShot:
+    """A reply slot: set once by the channel actor, awaited once by the requester."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._value: ChannelReply | None = None
+
+    def set(self, value: ChannelReply) -> None:
+        self._value = value
+        self._event.set()
+
+    async def wait(self) -> ChannelReply:
+        await self._event.wait()
+        assert self._value is not None
+        return self._value
+
+
+@attrs.frozen
+class ChannelReply:
+    reason: Reason
+    message: str = ""
+    info: ChannelInfo | None = None
+    sid: int | None = None
+
+
+@attrs.frozen
+class Envelope:
+    """A command for the channel; ``session`` is None for the server's own commands."""
+
+    command: Command
+    session: Session | None
+    reply: OneShot | None
+
+
+def frame_of(message: ServerMessage) -> bytes:
+    """Encodes once; the same bytes then go to every recipient."""
+    return server_binary_frame(encode(message))
+
+
+def participant_info(member: Member, volume: VolumeStatus = VolumeStatus.NONE) -> ParticipantInfo:
+    return ParticipantInfo(
+        user_id=member.user_id,
+        sid=member.sid,
+        display_name=member.display_name,
+        role=member.role,
+        state=member.state,
+        audio=member.upload,
+        volume_status=volume if member.upload else VolumeStatus.NONE,
+        is_creator=member.is_creator,
+    )
+
+
+class ChannelActor:
+    def __init__(
+        self,
+        channel_id: str,
+        *,
+        log_append: Callable[[list[dict[str, object]]], object],
+        allocate_number: Callable[[], int],
+        claim_number: Callable[[int], None],
+        on_idle: Callable[[ChannelActor], None],
+        policy: RolePolicy = DEFAULT_POLICY,
+    ) -> None:
+        self.channel_id = channel_id
+        self.channel: Channel | None = None
+        self.router = MediaRouter()
+        self._policy = policy
+        self._log_append = log_append
+        self._allocate_number = allocate_number
+        self._claim_number = claim_number
+        self._on_idle = on_idle
+        self._sessions: dict[str, Session] = {}
+        # Who owns each membership as of the last decision (ahead of _sessions while a batch is
+        # being made durable): a command from a session that no longer owns it is stale.
+        self._owners: dict[str, Session] = {}
+        self._hosts: dict[str, Session] = {}
+        self._count_dirty = False
+        self._volumes: dict[int, VolumeStatus] = {}
+        self.mailbox, self._inbox = trio.open_memory_channel[Envelope](MAILBOX_SIZE)
+
+    # --- queries (plain reads of the current immutable state) ---
+
+    @property
+    def live(self) -> bool:
+        return self.channel is not None and not self.channel.ended
+
+    def session(self, user_id: str) -> Session | None:
+        return self._sessions.get(user_id)
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    # --- the actor ---
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ticker)
+            async with self._inbox:
+                while True:
+                    batch = [await self._inbox.receive()]
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            batch.append(self._inbox.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                    await self._process(batch)
+                    if not self.live and self._inbox.statistics().current_buffer_used == 0:
+                        # Unregister before closing, so no new sender finds this mailbox.
+                        self._on_idle(self)
+                        break
+            nursery.cancel_scope.cancel()
+
+    async def _process(self, batch: list[Envelope]) -> None:
+        outcomes: list[tuple[Envelope, Accepted | Rejected, list[tuple[ev.Event, Channel | None, Channel]]]] = []
+        records: list[dict[str, object]] = []
+        for envelope in batch:
+            command = envelope.command
+            if isinstance(command, JoinChannel):
+                command = attrs.evolve(command, new_number=self._allocate_number())
+                decision = decide(self.channel, command, self._policy)
+            elif envelope.session is not None and self._owners.get(envelope.session.user_id) is not envelope.session:
+                decision = Rejected(Reason.NOT_FOUND, "this session is no longer in the channel")
+            else:
+                decision = decide(self.channel, command, self._policy)
+            applied = []
+            if isinstance(decision, Accepted):
+                for event in decision.events:
+                    if isinstance(event, ev.ChannelCreated):
+                        self._claim_number(event.number)
+                    before, self.channel = self.channel, evolve(self.channel, event)
+                    self._track_owner(event, envelope.session)
+                    applied.append((event, before, self.channel))
+                    records.append(event_to_record(event))
+            outcomes.append((envelope, decision, applied))
+        if records:
+            # Answer only once the records are as durable as the fsync mode promises.
+            try:
+                await self._log_append(records)  # type: ignore[misc]
+            except Exception:
+                # Nothing was acted on; the requesters learn it, then the supervisor logs it.
+                for envelope, _, _ in outcomes:
+                    if envelope.reply is not None:
+                        envelope.reply.set(ChannelReply(Reason.INTERNAL_ERROR, "the event log failed"))
+                raise
+        for envelope, decision, applied in outcomes:
+            for event, before, after in applied:
+                self._act(envelope, event, before, after)
+            if envelope.reply is not None:
+                envelope.reply.set(self._reply_for(envelope, decision))
+
+    def _track_owner(self, event: ev.Event, session: Session | None) -> None:
+        if isinstance(event, ev.ParticipantJoined) and session is not None:
+            self._owners[event.user_id] = session
+        elif isinstance(event, ev.ParticipantLeft):
+            self._owners.pop(event.user_id, None)
+        elif isinstance(event, ev.ChannelStopped):
+            self._owners.clear()
+
+    def _reply_for(self, envelope: Envelope, decision: Accepted | Rejected) -> ChannelReply:
+        if isinstance(decision, Rejected):
+            return ChannelReply(decision.reason, decision.message)
+        if isinstance(envelope.command, JoinChannel) and self.channel is not None:
+            member = self.channel.members.get(envelope.command.user_id)
+            if member is not None and self._sessions.get(member.user_id) is envelope.session:
+                return ChannelReply(Reason.NONE, info=self._channel_info(member), sid=member.sid)
+            return ChannelReply(Reason.OTHER, "left the channel while joining")
+        return ChannelReply(Reason.NONE)
+
+    def _channel_info(self, viewer: Member) -> ChannelInfo:
+        assert self.channel is not None
+        channel = self.channel
+        if self._policy.is_host(viewer.role):
+            visible = list(channel.members.values())
+        else:  # the scale rule: the audience sees publishers, hosts and itself, and a count
+            visible = [m for m in channel.members.values() if m.upload or self._is_announced(m) or m is viewer]
+        return ChannelInfo(
+            channel_id=channel.channel_id,
+            channel_uri=channel.uri,
+            channel_number=channel.number,
+            title=channel.title,
+            custom_property=channel.custom_property,
+            capacity=channel.capacity,
+            has_password=channel.password_hash is not None,
+            member_count=len(channel.members),
+            heartbeat_time=channel.heartbeat_time,
+            heartbeat_timeout=channel.heartbeat_timeout,
+            self_sid=viewer.sid,
+            participants=[participant_info(m, self._volumes.get(m.sid, VolumeStatus.ZERO)) for m in visible],
+        )
+
+    def _is_announced(self, member: Member) -> bool:
+        """Publishers and hosts are announced to everyone; the rest of the audience to hosts only."""
+        return self._policy.may_publish(member.role, member.state) or self._policy.is_host(member.role)
+
+    # --- acting on durable events ---
+
+    def _broadcast(self, message: ServerMessage, *, to_hosts_only: bool = False, skip: str | None = None) -> None:
+        frame = frame_of(message)
+        for user_id, session in (self._hosts if to_hosts_only else self._sessions).items():
+            if user_id != skip:
+                session.send_frame(frame)
+
+    def _act(self, envelope: Envelope, event: ev.Event, before: Channel | None, after: Channel) -> None:
+        match event:
+            case ev.ChannelCreated():
+                log.info("channel %s #%d created by %s", event.channel, event.number, event.created_by)
+            case ev.ParticipantJoined():
+                assert envelope.session is not None
+                member = after.members[event.user_id]
+                self._sessions[member.user_id] = envelope.session
+                envelope.session.attached(self, member.sid)
+                if self._policy.is_host(member.role):
+                    self._hosts[member.user_id] = envelope.session
+                self.router.add_member(member.sid, envelope.session.output, publishing=member.upload)
+                self._count_dirty = True
+                announced = self._is_announced(member)
+                self._broadcast(
+                    JoinedMessage(participant_info(member, VolumeStatus.ZERO)),
+                    to_hosts_only=not announced,
+                    skip=member.user_id,
+                )
+                log.info("join %s #%d %s role=%s", event.channel, event.number, event.user_id, member.role.index)
+            case ev.ParticipantLeft():
+                assert before is not None
+                member = before.members[event.user_id]
+                session = self._sessions.pop(member.user_id, None)
+                self._hosts.pop(member.user_id, None)
+                self._volumes.pop(member.sid, None)
+                self.router.remove_member(member.sid)
+                self._count_dirty = True
+                if session is not None and event.reason is not Reason.QUIT:
+                    session.removed(after.channel_id, event.reason)
+                self._broadcast(
+                    LeftMessage(member.user_id, event.reason), to_hosts_only=not self._is_announced(member)
+                )
+                log.info("leave %s #%d %s reason=%s", event.channel, event.number, event.user_id, event.reason.reason_name)
+            case ev.RoleChanged() | ev.StateChanged() | ev.AudioUploadChanged():
+                member = after.members[event.user_id]
+                session = self._sessions.get(member.user_id)
+                if session is not None:
+                    if self._policy.is_host(member.role):
+                        self._hosts[member.user_id] = session
+                    else:
+                        self._hosts.pop(member.user_id, None)
+                self.router.set_publishing(member.sid, member.upload)
+                changes = {
+                    ev.RoleChanged: ParticipantChange.CUSTOM_ROLE,
+                    ev.StateChanged: ParticipantChange.CUSTOM_STATE,
+                    ev.AudioUploadChanged: ParticipantChange.AUDIO,
+                }[type(event)]
+                volume = self._volumes.get(member.sid, VolumeStatus.ZERO)
+                self._broadcast(UpdatedMessage(participant_info(member, volume), int(changes)))
+            case ev.CustomPropertyChanged():
+                self._broadcast(PropertyChanged(int(PropertyChange.CUSTOM_PROPERTY), after.custom_property, after.title))
+            case ev.ChannelStopped():
+                for user_id, session in self._sessions.items():
+                    if user_id != event.by:
+                        session.removed(after.channel_id, Reason.OVER)
+                for member in (before.members.values() if before else ()):
+                    self.router.remove_member(member.sid)
+                self._sessions.clear()
+                self._hosts.clear()
+                self._volumes.clear()
+                log.info("stop %s #%d by=%s reason=%s", event.channel, event.number, event.by, event.reason.reason_name)
+
+    # --- periodic presence: volume changes and the audience's member count ---
+
+    async def _ticker(self) -> None:
+        ticks = 0
+        while True:
+            await trio.sleep(TICK_SECONDS)
+            ticks += 1
+            if self.channel is None or self.channel.ended:
+                continue
+            self._announce_volumes()
+            if ticks % MEMBER_COUNT_EVERY_TICKS == 0 and self._count_dirty:
+                self._count_dirty = False
+                frame = frame_of(MemberCount(len(self.channel.members)))
+                for user_id, session in self._sessions.items():
+                    if user_id not in self._hosts:
+                        session.send_frame(frame)
+
+    def _announce_volumes(self) -> None:
+        assert self.channel is not None
+        by_sid = {m.sid: m for m in self.channel.members.values() if m.upload}
+        for sid, member in by_sid.items():
+            level = self.router.levels.get(sid)
+            status = VolumeStatus.ZERO if level is None else volume_status_for_level(level)
+            if self._volumes.get(sid, VolumeStatus.ZERO) is not status:
+                self._volumes[sid] = status
+                self._broadcast(VolumeChanged(member.user_id, status))
+
+
+def now() -> float:
+    """Event time: UTC epoch seconds (the log's clock, not trio's)."""
+    return time.time()

@@ -1,0 +1,355 @@
+"""The participant actor: one per WebSocket connection, the server's face of one client.
+
+It reads the client's frames, checks each request against the session's lifecycle table,
+turns it into a channel command (adding the server's clock and salts), and answers with
+exactly one reply. Media frames skip all of that: a header check and a call into the
+channel's router, synchronously, in the reading task.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+import trio_websocket
+
+from airwave import __version__
+from airwave.protocol import (
+    ChannelState,
+    EnableUpload,
+    Error,
+    Hello,
+    Join,
+    Kick,
+    Leave,
+    Left,
+    MessageReceived,
+    Ping,
+    ProtocolError,
+    Query,
+    QueryInfo,
+    Reason,
+    Reply,
+    Request,
+    SendMessage,
+    ServerMessage,
+    SetCustomProperty,
+    SetRole,
+    SetState,
+    Stop,
+    SubscribeAudio,
+    check_client_media,
+    decode_request,
+    is_media_frame,
+    limits,
+    to_wire,
+)
+
+from . import channel_rules as rules
+from .channel import ChannelActor, frame_of, now
+from .channel_rules import URI_PREFIX
+
+if TYPE_CHECKING:
+    from .registry import Registry
+    from .transport import Connection
+
+log = logging.getLogger("airwave.participant")
+
+# The session lifecycle as a table (h11 style): which requests each state accepts.
+# Anything else is answered with CALL_FUNCTION_ERROR, or ALREADY_JOINED for a second join.
+ALLOWED: dict[ChannelState, frozenset[type]] = {
+    ChannelState.IDLE: frozenset({Join, Query, Ping}),
+    ChannelState.JOINED: frozenset(
+        {Leave, Stop, SetRole, SetState, EnableUpload, Kick, Query, SendMessage, SetCustomProperty, SubscribeAudio, Ping}
+    ),
+}
+
+
+@attrs.frozen
+class SessionSettings:
+    heartbeat_time: float = limits.DEFAULT_HEARTBEAT_TIME
+    heartbeat_timeout: float = limits.DEFAULT_HEARTBEAT_TIMEOUT
+    max_message_bytes: int = limits.MAX_FRAME_BYTES
+    refusal_reply_interval: float = 1.0  # at most one error reply per second for refused media
+
+
+@attrs.define
+class SessionStatistics:
+    requests: int = 0
+    media_in: int = 0
+    media_refused: int = 0
+    protocol_errors: int = 0
+
+
+class ParticipantActor:
+    def __init__(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        connection: Connection,
+        registry: Registry,
+        settings: SessionSettings,
+        peer: str = "?",
+    ) -> None:
+        self.output = connection
+        self.user_id = ""
+        self.state = ChannelState.IDLE
+        self.stats = SessionStatistics()
+        self._ws = ws
+        self._registry = registry
+        self._settings = settings
+        self._peer = peer
+        self._logged_in = False
+        self._channel: ChannelActor | None = None
+        self._sid = 0
+        self._heartbeat = (settings.heartbeat_time, settings.heartbeat_timeout)
+        self._last_heard = trio.current_time()
+        self._last_refusal_reply = -math.inf
+        self._deferred_left: Left | None = None
+        self.end_reason = Reason.OFFLINE
+
+    # --- the mailbox: called by the channel actor ---
+
+    def send_frame(self, frame: bytes) -> None:
+        self.output.send_frame_nowait(frame, droppable=False)
+
+    def send(self, message: ServerMessage) -> None:
+        self.send_frame(frame_of(message))
+
+    def attached(self, channel: ChannelActor, sid: int) -> None:
+        self._channel, self._sid = channel, sid
+        assert channel.channel is not None
+        self._heartbeat = (channel.channel.heartbeat_time, channel.channel.heartbeat_timeout)
+
+    def removed(self, channel_id: str, reason: Reason) -> None:
+        if self._channel is None or self._channel.channel_id != channel_id:
+            return
+        self._channel, self._sid = None, 0
+        left = Left(channel_id, reason)
+        if self.state is ChannelState.JOINING:
+            self._deferred_left = left  # told after the join reply, never before it
+        else:
+            self.state = ChannelState.IDLE
+            self.send(left)
+
+    # --- the actor ---
+
+    async def run(self) -> None:
+        """Serves the connection until it ends, then leaves the channel with the reason.
+
+        If the server itself is being torn down (this task cancelled), nothing is submitted:
+        that is a crash as far as the log is concerned, and restart recovery records it.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeats, nursery)
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("session %s (%s) failed", self._peer, self.user_id or "-")
+            self.end_reason = Reason.INTERNAL_ERROR
+        await self._leave_on_disconnect()
+
+    async def _read_loop(self) -> None:
+        ws = self._ws
+        while True:
+            try:
+                data = await ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            self._last_heard = trio.current_time()
+            if type(data) is not bytes:
+                self._refuse(ProtocolError(Reason.PROTOCOL_ERROR, "text frames are not part of the protocol"))
+            elif len(data) > self._settings.max_message_bytes:
+                self._refuse(ProtocolError(Reason.TOO_LARGE, f"message of {len(data)} bytes"))
+            elif is_media_frame(data):
+                self._on_media(data)
+            else:
+                try:
+                    request = decode_request(data)
+                except ProtocolError as error:
+                    self._refuse(error)
+                    continue
+                self.stats.requests += 1
+                self.send(await self._handle(request))
+                if self._deferred_left is not None:
+                    self.state, left, self._deferred_left = ChannelState.IDLE, self._deferred_left, None
+                    self.send(left)
+
+    def _refuse(self, error: ProtocolError) -> None:
+        self.stats.protocol_errors += 1
+        if error.ref is not None:
+            self.send(Reply(error.ref, error.reason, error.message[:1024]))
+        else:
+            self.send(Error(error.reason, error.message[:1024]))
+
+    # --- media: the publisher's side of the hot path ---
+
+    def _on_media(self, frame: bytes) -> None:
+        self.stats.media_in += 1
+        channel = self._channel
+        try:
+            if channel is None or self.state is not ChannelState.JOINED:
+                raise ProtocolError(Reason.CALL_FUNCTION_ERROR, "media frame outside a channel")
+            check_client_media(frame)
+            if not channel.router.publish(self._sid, frame):
+                raise ProtocolError(Reason.NO_PERMISSION, "you may not publish audio: enable upload first (hosts and on-the-mic members only)")
+        except ProtocolError as error:
+            # Decision 4: dropped and counted, with at most one error reply per interval.
+            self.stats.media_refused += 1
+            current = trio.current_time()
+            if current - self._last_refusal_reply >= self._settings.refusal_reply_interval:
+                self._last_refusal_reply = current
+                self.send(Error(error.reason, error.message))
+
+    # --- requests ---
+
+    async def _handle(self, request: Request) -> Reply:
+        if not self._logged_in:
+            if isinstance(request, Hello):
+                return self._hello(request)
+            return Reply(request.id, Reason.NOT_LOGIN, "send hello first")
+        if isinstance(request, Hello):
+            return Reply(request.id, Reason.CALL_FUNCTION_ERROR, "hello was already sent")
+        if type(request) not in ALLOWED.get(self.state, frozenset()):
+            if isinstance(request, Join):
+                return Reply(request.id, Reason.ALREADY_JOINED, "leave the current channel first")
+            return Reply(request.id, Reason.CALL_FUNCTION_ERROR, f"{request.TYPE} is not allowed while {self.state.name.lower()}")
+        match request:
+            case Join():
+                return await self._join(request)
+            case Ping():
+                return Reply(request.id, result={"time": now()})
+            case Query():
+                return self._query(request)
+        channel = self._channel
+        assert channel is not None
+        match request:
+            case SendMessage():
+                return self._send_text(channel, request)
+            case SubscribeAudio():
+                return self._subscribe(channel, request)
+            case Leave():
+                command: rules.Command = rules.LeaveChannel(now(), self.user_id, Reason.QUIT)
+            case Stop():
+                command = rules.StopChannel(now(), self.user_id)
+            case SetRole():
+                command = rules.SetRole(now(), self.user_id, request.user_id or self.user_id, request.role)
+            case SetState():
+                command = rules.SetState(now(), self.user_id, request.user_id or self.user_id, request.state)
+            case EnableUpload():
+                command = rules.EnableUpload(now(), self.user_id, request.enabled)
+            case Kick():
+                command = rules.Kick(now(), self.user_id, request.user_id)
+            case SetCustomProperty():
+                command = rules.SetCustomProperty(now(), self.user_id, request.value)
+            case _:  # pragma: no cover - the table above admits nothing else
+                return Reply(request.id, Reason.INTERNAL_ERROR)
+        answer = await self._registry.submit(channel.channel_id, command, self)
+        if answer.reason is Reason.NONE and isinstance(request, Leave | Stop):
+            self._channel, self._sid, self.state = None, 0, ChannelState.IDLE
+        return Reply(request.id, answer.reason, answer.message)
+
+    def _hello(self, request: Hello) -> Reply:
+        if request.version != limits.PROTOCOL_VERSION:
+            return Reply(request.id, Reason.PROTOCOL_ERROR, f"this server speaks protocol version {limits.PROTOCOL_VERSION}")
+        self._logged_in = True
+        return Reply(request.id, result={"version": limits.PROTOCOL_VERSION, "server": f"airwave/{__version__}"})
+
+    async def _join(self, request: Join) -> Reply:
+        channel_id = request.channel
+        if request.uri_mode:
+            channel_id = channel_id.removeprefix(URI_PREFIX)
+            if self._registry.find(channel_id) is None:
+                return Reply(request.id, Reason.NOT_FOUND, f"no channel {channel_id!r}")
+        elif len(channel_id) > limits.MAX_ID_CHARS or channel_id.startswith(URI_PREFIX):
+            return Reply(request.id, Reason.INVALID_PARAM, "a channel id has 1-128 characters; join a uri with uri_mode")
+        command = rules.JoinChannel(
+            time=now(),
+            channel_id=channel_id,
+            user_id=request.user_id,
+            new_number=0,  # allocated by the registry if this join creates the channel
+            salt=os.urandom(rules.SALT_BYTES),
+            role=request.role,
+            state=request.state,
+            upload=request.upload,
+            display_name=request.display_name,
+            uri_mode=request.uri_mode,
+            password=request.password,
+            capacity=request.capacity,
+            heartbeat_time=request.heartbeat_time or self._settings.heartbeat_time,
+            heartbeat_timeout=request.heartbeat_timeout or self._settings.heartbeat_timeout,
+            title=request.title,
+            custom_property=request.custom_property,
+            max_senders=request.max_senders,
+        )
+        self.state = ChannelState.JOINING
+        answer = await self._registry.submit(channel_id, command, self)
+        if answer.reason is not Reason.NONE:
+            self.state = ChannelState.IDLE
+            return Reply(request.id, answer.reason, answer.message)
+        self.user_id = request.user_id
+        self.state = ChannelState.JOINED
+        log.info("%s joined %s as %s", self._peer, channel_id, self.user_id)
+        return Reply(request.id, result=None if answer.info is None else to_wire(answer.info))
+
+    def _query(self, request: Query) -> Reply:
+        actor = self._registry.find(request.channel.removeprefix(URI_PREFIX))
+        if actor is None or actor.channel is None:
+            return Reply(request.id, Reason.NOT_FOUND, f"no channel {request.channel!r}")
+        channel = actor.channel
+        info = QueryInfo(channel.channel_id, channel.number, len(channel.members), tuple(channel.members))
+        return Reply(request.id, result=to_wire(info))
+
+    def _send_text(self, channel: ChannelActor, request: SendMessage) -> Reply:
+        frame = frame_of(MessageReceived(request.msg_type, request.content, self.user_id, request.to))
+        if request.to is None:
+            for session in channel.sessions():
+                if session is not self:
+                    session.send_frame(frame)
+        else:
+            target = channel.session(request.to)
+            if target is None:
+                return Reply(request.id, Reason.NOT_FOUND, f"{request.to!r} is not in the channel")
+            target.send_frame(frame)
+        return Reply(request.id)
+
+    def _subscribe(self, channel: ChannelActor, request: SubscribeAudio) -> Reply:
+        member = channel.channel.members.get(request.user_id) if channel.channel else None
+        if member is None:
+            return Reply(request.id, Reason.NOT_FOUND, f"{request.user_id!r} is not in the channel")
+        channel.router.set_subscription(self._sid, member.sid, request.enabled)
+        return Reply(request.id)
+
+    # --- heartbeats and the end of the connection ---
+
+    async def _heartbeats(self, nursery: trio.Nursery) -> None:
+        """Pings every heartbeat_time; silence (no frame, no pong) past heartbeat_timeout ends it."""
+        while True:
+            interval, timeout = self._heartbeat
+            await trio.sleep(interval)
+            if trio.current_time() - self._last_heard > timeout:
+                log.info("%s (%s) timed out", self._peer, self.user_id or "-")
+                self.end_reason = Reason.TIMEOUT
+                await self._ws.aclose(code=1001, reason="heartbeat timeout")
+                return
+            nursery.start_soon(self._ping)
+
+    async def _ping(self) -> None:
+        try:
+            await self._ws.ping()
+        except (trio_websocket.ConnectionClosed, ValueError, trio.BrokenResourceError):
+            return
+        self._last_heard = trio.current_time()
+
+    async def _leave_on_disconnect(self) -> None:
+        channel = self._channel
+        if channel is None or self.state is not ChannelState.JOINED:
+            return
+        reason = getattr(self.output, "close_reason", None) or self.end_reason
+        await self._registry.submit(channel.channel_id, rules.LeaveChannel(now(), self.user_id, Reason(reason)), self)
+
+

@@ -1,0 +1,95 @@
+"""The registry: the one place that knows where each live channel's actor is.
+
+It starts a channel actor on the first command for a channel id and forgets it when the
+channel ends. A relay to other server processes would stand behind this same interface.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from airwave.protocol import DEFAULT_POLICY, Reason, RolePolicy
+
+from .channel import ChannelActor, ChannelReply, Envelope, OneShot
+from .channel_rules import Command, EndChannel
+
+log = logging.getLogger("airwave.registry")
+
+LogAppend = Callable[[list[dict[str, object]]], Awaitable[object]]
+
+
+class Registry:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        log_append: LogAppend,
+        *,
+        next_number: int = 1,
+        policy: RolePolicy = DEFAULT_POLICY,
+    ) -> None:
+        self._nursery = nursery
+        self._log_append = log_append
+        self._next_number = next_number
+        self._policy = policy
+        self._actors: dict[str, ChannelActor] = {}
+
+    def find(self, channel_id: str) -> ChannelActor | None:
+        actor = self._actors.get(channel_id)
+        return actor if actor is not None and actor.live else None
+
+    def channel_ids(self) -> list[str]:
+        return [cid for cid, actor in self._actors.items() if actor.live]
+
+    def _actor_for(self, channel_id: str) -> ChannelActor:
+        actor = self._actors.get(channel_id)
+        if actor is None:
+            actor = ChannelActor(
+                channel_id,
+                log_append=self._log_append,
+                allocate_number=lambda: self._next_number,
+                claim_number=self._claim_number,
+                on_idle=self._forget,
+                policy=self._policy,
+            )
+            self._actors[channel_id] = actor
+            self._nursery.start_soon(self._supervise, actor)
+        return actor
+
+    def _claim_number(self, number: int) -> None:
+        self._next_number = max(self._next_number, number + 1)
+
+    def _forget(self, actor: ChannelActor) -> None:
+        if self._actors.get(actor.channel_id) is actor:
+            del self._actors[actor.channel_id]
+
+    async def _supervise(self, actor: ChannelActor) -> None:
+        """An actor that crashes is logged and forgotten; the server and other channels go on."""
+        try:
+            await actor.run()
+        except Exception:
+            log.exception("channel actor %s crashed", actor.channel_id)
+            self._forget(actor)
+            for session in actor.sessions():
+                session.removed(actor.channel_id, Reason.INTERNAL_ERROR)
+
+    async def submit(self, channel_id: str, command: Command, session: object | None) -> ChannelReply:
+        """Sends ``command`` to the channel's actor (starting one if needed) and awaits its answer."""
+        while True:
+            actor = self._actor_for(channel_id)
+            reply = OneShot()
+            try:
+                await actor.mailbox.send(Envelope(command, session, reply))  # type: ignore[arg-type]
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The actor ended between lookup and send: the next lookup starts a fresh one.
+                self._forget(actor)
+                continue
+            return await reply.wait()
+
+    async def end_all(self, reason: Reason, now: float) -> None:
+        """Ends every live channel for everyone (graceful shutdown), each logged as it goes."""
+        async with trio.open_nursery() as nursery:
+            for channel_id in self.channel_ids():
+                nursery.start_soon(self.submit, channel_id, EndChannel(now, reason), None)

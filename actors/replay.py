@@ -1,0 +1,120 @@
+"""Replay: the event log read back as a timeline, and each channel's state at any seq.
+
+The final state comes from the same ``evolve`` the live channel actors use.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .channel_rules import Channel, evolve
+from .events import Event, event_from_record
+from .logformat import read_events
+
+# Fields printed as they are; roles and states print as their index, reasons with their name.
+_HIDDEN = frozenset({"password_hash", "v", "type", "seq", "time", "channel", "user_id"})
+
+
+@attrs.frozen
+class ReplayedEvent:
+    seq: int
+    event: Event
+
+
+def replay_events(path: Path, *, channel: str | None = None, until: int | None = None) -> Iterator[ReplayedEvent]:
+    """The log's events in order; ``until`` includes that seq."""
+    for record in read_events(path):
+        seq = record["seq"]
+        if until is not None and seq > until:
+            return
+        event = event_from_record(record)
+        if channel is None or event.channel == channel:
+            yield ReplayedEvent(seq, event)
+
+
+def iso_time(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_json(item: ReplayedEvent) -> dict[str, Any]:
+    event = item.event
+    out: dict[str, Any] = {
+        "seq": item.seq,
+        "time": iso_time(event.time),
+        "channel": event.channel,
+        "type": event.TYPE,
+        "participant": getattr(event, "user_id", None),
+    }
+    for field in attrs.fields(type(event)):
+        if field.name in _HIDDEN:
+            continue
+        value = getattr(event, field.name)
+        if field.name in ("role", "state"):
+            out[field.name] = value.index
+        elif field.name == "reason":
+            out["reason"] = int(value)
+            out["reason_name"] = value.reason_name
+        else:
+            out[field.name] = value
+    if event.TYPE == "channel_created":
+        out["has_password"] = event.password_hash is not None  # type: ignore[union-attr]
+    return out
+
+
+def final_state_json(channel: Channel) -> dict[str, Any]:
+    return {
+        "type": "final_state",
+        "channel": channel.channel_id,
+        "number": channel.number,
+        "ended": channel.ended,
+        "ended_reason": None if channel.ended_reason is None else int(channel.ended_reason),
+        "ended_reason_name": None if channel.ended_reason is None else channel.ended_reason.reason_name,
+        "ended_by": channel.ended_by,
+        "created_by": channel.created_by,
+        "capacity": channel.capacity,
+        "has_password": channel.password_hash is not None,
+        "custom_property": channel.custom_property,
+        "members": [
+            {
+                "participant": m.user_id,
+                "sid": m.sid,
+                "role": m.role.index,
+                "state": m.state.index,
+                "upload": m.upload,
+                "display_name": m.display_name,
+            }
+            for m in channel.members.values()
+        ],
+    }
+
+
+def event_text(item: ReplayedEvent) -> str:
+    data = event_json(item)
+    head = f"{data.pop('seq'):>8}  {data.pop('time')}  {data.pop('channel')}  {data.pop('type')}"
+    if "reason" in data:
+        data["reason"] = f"{data.pop('reason')}({data.pop('reason_name')})"
+    details = " ".join(f"{key}={value}" for key, value in data.items() if value not in (None, ""))
+    return f"{head}  {details}".rstrip()
+
+
+def final_state_text(channel: Channel) -> str:
+    state = "ended" if channel.ended else "live"
+    if channel.ended and channel.ended_reason is not None:
+        state += f" ({channel.ended_reason.reason_name}" + (f" by {channel.ended_by})" if channel.ended_by else ")")
+    lines = [f"channel {channel.channel_id} #{channel.number}: {state}, {len(channel.members)} member(s)"]
+    for m in channel.members.values():
+        upload = " uploading" if m.upload else ""
+        lines.append(f"    {m.user_id} (sid {m.sid}) role={m.role.index} state={m.state.index}{upload}")
+    return "\n".join(lines)
+
+
+def fold_replayed(items: list[ReplayedEvent]) -> dict[int, Channel]:
+    channels: dict[int, Channel] = {}
+    for item in items:
+        channels[item.event.number] = evolve(channels.get(item.event.number), item.event)
+    return channels

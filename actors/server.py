@@ -1,0 +1,105 @@
+"""The server process: event log, registry, gateway, and a graceful shutdown.
+
+Start-up order matters: the log is verified (a torn tail truncated, corruption refused)
+before anything listens; channels that were live at a crash are ended in the log with
+server_restart before the first client is accepted, so replay and the registry agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import attrs
+import trio
+
+from airwave.protocol import Reason
+
+from .channel import now
+from .channel_rules import Accepted, EndChannel, decide, evolve
+from .eventlog import EventLog, FsyncMode, RecoveryReport
+from .events import event_from_record, event_to_record
+from .gateway import Gateway
+from .participant import SessionSettings
+from .registry import Registry
+from .transport import TransportSettings, close_listener, open_listener, serve_connections
+
+log = logging.getLogger("airwave.server")
+
+
+@attrs.frozen
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data_dir: Path = Path("airwave-data")
+    fsync: FsyncMode = FsyncMode.BATCH
+    session: SessionSettings = SessionSettings()
+    transport: TransportSettings = TransportSettings()
+
+
+class RunningServer:
+    """What ``serve`` hands to whoever started it: the bound address and a way to stop."""
+
+    def __init__(self, port: int, registry: Registry, gateway: Gateway, event_log: EventLog, report: RecoveryReport) -> None:
+        self.port = port
+        self.registry = registry
+        self.gateway = gateway
+        self.event_log = event_log
+        self.recovery = report
+        self._stop = trio.Event()
+        self.stopped = trio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def shutdown(self) -> None:
+        """Asks for a graceful stop: members told server_shutdown, the log flushed."""
+        self._stop.set()
+
+
+def closing_records(report: RecoveryReport) -> tuple[list[dict[str, object]], int]:
+    """The records that end every channel left open by a crash, and the next channel number."""
+    channels: dict[int, object] = {}
+    for body in report.events:
+        event = event_from_record(body)
+        channels[event.number] = evolve(channels.get(event.number), event)  # type: ignore[arg-type]
+    records: list[dict[str, object]] = []
+    for channel in channels.values():
+        decision = decide(channel, EndChannel(now(), Reason.SERVER_RESTART))  # type: ignore[arg-type]
+        if isinstance(decision, Accepted):
+            records.extend(event_to_record(event) for event in decision.events)
+    return records, max(channels, default=0) + 1
+
+
+async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
+    event_log, report = EventLog.open(settings.data_dir, settings.fsync)
+    if report.truncated_bytes:
+        log.warning("event log: dropped a torn tail of %d bytes", report.truncated_bytes)
+    async with trio.open_nursery() as root:
+        await root.start(event_log.run)
+        records, next_number = closing_records(report)
+        if records:
+            await event_log.append(records)
+            log.info("ended %d member sessions and channels left open by a crash (server_restart)", len(records))
+        listener = open_listener(settings.host, settings.port)
+        try:
+            async with trio.open_nursery() as service:
+                registry = Registry(service, event_log.append, next_number=next_number)
+                gateway = Gateway(registry, settings.session)
+                await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))
+                server = RunningServer(listener.getsockname()[1], registry, gateway, event_log, report)
+                log.info("listening on ws://%s:%d/", settings.host, server.port)
+                task_status.started(server)
+                await server._stop.wait()
+                log.info("shutting down")
+                close_listener(listener)
+                with trio.move_on_after(10):
+                    await registry.end_all(Reason.SERVER_SHUTDOWN, now())
+                service.cancel_scope.cancel()
+        finally:
+            close_listener(listener)
+            with trio.CancelScope(shield=True):
+                await event_log.aclose()
+    server.stopped.set()
+    log.info("stopped; event log flushed at seq %d", event_log.last_seq)

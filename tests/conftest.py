@@ -1,0 +1,35 @@
+"""Shared fixtures: a real server on a loopback port with a real on-disk event log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from airwave.actors.participant import SessionSettings
+from airwave.actors.server import RunningServer, ServerSettings, serve
+
+
+def fast_settings(data_dir: Path, **session: float) -> ServerSettings:
+    """Short timers (design decision 16): heartbeats in tenths of a second."""
+    return ServerSettings(
+        port=0,
+        data_dir=data_dir,
+        session=SessionSettings(**{"heartbeat_time": 0.2, "heartbeat_timeout": 0.6, **session}),
+    )
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[RunningServer]:
+    running: RunningServer = await nursery.start(serve, fast_settings(data_dir))
+    yield running
+    running.shutdown()
+    with trio.fail_after(10):
+        await running.stopped.wait()
