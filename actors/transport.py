@@ -1,0 +1,795 @@
+"""The server's socket layer: the accept loop and one ordered output per connection.
+
+Why this exists (design notes, section 3): fanning one small media frame out to N
+listeners costs 91-99 µs per delivery through trio-websocket's ``send_message`` and about
+10 µs, the kernel's floor, through a synchronous non-blocking ``socket.send`` of a frame
+built once. So the media path sends the same ``bytes`` object straight from the fan-out
+loop (`Connection.send_frame_nowait`), and a listener gets a queue and a flusher task only
+while its socket is backlogged. trio-websocket is kept for the handshake, reads, pings and
+close: it is handed the `Connection` itself as its stream, and `Connection.send_all` goes
+through the same ordered output, so nothing writes to the socket behind anyone's back.
+
+Who owns what:
+
+- `serve_connections` owns the listening socket's accept loop and one nursery per
+  accepted connection. In that nursery it builds the `Connection`, runs
+  ``handler(conn)`` as the nursery's body, and closes the connection when the handler
+  returns or fails. An exception escaping a handler (an ``ExceptionGroup`` too) is logged
+  and contained there.
+- The `Connection` owns its stdlib socket (never a raw fd) and its queue. Its flusher runs
+  in the nursery it was given, and only while the queue is non-empty or a close is
+  pending: the common, unbacklogged path wakes no task at all. Starting a flusher costs
+  ~8 µs once per backlog episode (a parked per-connection task would cost ~2 KB per
+  listener and ~2.5 µs per wake-up; measured on this machine).
+- trio-websocket's reader task runs in whatever nursery the handler passes to
+  `accept_websocket` (usually the handler's own).
+- The caller of `open_listener` owns the listening socket; `close_listener` ends the
+  accept loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import itertools
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import final
+
+import attrs
+import trio
+import trio_websocket
+
+from airwave.protocol.reasons import Reason
+
+__all__ = [
+    "Connection",
+    "Handler",
+    "TransportSettings",
+    "TransportStatistics",
+    "accept_websocket",
+    "close_listener",
+    "open_listener",
+    "serve_connections",
+]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[["Connection"], Awaitable[object]]
+
+# A server-side close frame with no extensions always starts with FIN + opcode 0x8.
+# trio-websocket hands each encoded event to send_all on its own, so a send_all that
+# starts with this byte is a close frame; an HTTP response starts with "H" (0x48).
+_CLOSE_FRAME_FIRST_BYTE = 0x88
+# Queued buffers handed to one sendmsg call while draining a backlog (IOV_MAX is 1024).
+_MAX_GATHER = 64
+# accept() errors that mean the process or the system is out of something; retrying at
+# once would spin, so the loop pauses briefly (trio's own listeners do the same).
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_CAPACITY_PAUSE = 0.1
+
+_OPEN = "open"
+# A failure was found (slow consumer, send error); the flusher task closes the socket soon.
+_CLOSING = "closing"
+_CLOSED = "closed"
+
+
+def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _optional_positive(instance: object, attribute: attrs.Attribute, value: int | None) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)
+
+
+@attrs.frozen(slots=True)
+class TransportSettings:
+    """Limits and buffer sizes of the socket layer. Tests pass small values."""
+
+    # SO_SNDBUF for accepted sockets; None keeps the OS default (and its autotuning).
+    send_buffer_size: int | None = attrs.field(default=None, validator=_optional_positive)
+    # Media frames (droppable) queued per connection; beyond it the oldest queued whole
+    # frame is dropped and counted. 64 frames of 20 ms is 1.3 s of audio.
+    max_queued_media_frames: int = attrs.field(default=64, validator=_positive)
+    # Undroppable bytes (control messages, partial remainders, trio-websocket's writes)
+    # queued per connection; a control frame that would exceed it makes a slow consumer.
+    max_queued_control_bytes: int = attrs.field(default=1 << 20, validator=_positive)
+    # A connection whose queue has not fully drained for this long is a slow consumer.
+    max_backlog_seconds: float = attrs.field(default=5.0, validator=_positive)
+    # Default receive_some size; also trio-websocket's receive buffer size.
+    receive_chunk_size: int = attrs.field(default=16 * 1024, validator=_positive)
+    # accept_websocket gives up on a client that has not completed its handshake by then.
+    handshake_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
+    # Connections accepted per wake-up of the accept loop before it yields, so a connect
+    # storm cannot stall the fan-out for long.
+    accept_batch: int = attrs.field(default=256, validator=_positive)
+
+
+@attrs.frozen(slots=True)
+class TransportStatistics:
+    """A snapshot of one connection's output. Counters only grow.
+
+    A "frame" is one `Connection.send_frame_nowait` call or one `Connection.send_all`
+    buffer.
+    """
+
+    frames_sent_directly: int  # taken whole by the kernel straight from the caller
+    frames_queued: int  # went through the queue (socket full or a partial write)
+    frames_dropped: int  # droppable frames dropped from a full media queue, oldest first
+    frames_queued_now: int
+    bytes_queued_now: int
+    peak_bytes_queued: int
+    would_block_events: int  # direct sends that found the socket full (EAGAIN or partial)
+    slow_consumer: bool
+    close_reason: Reason | None
+
+
+@final
+class _Pending:
+    """One queued write. Invariant: a droppable item is whole and unsent."""
+
+    __slots__ = ("data", "delivered", "done", "droppable")
+
+    def __init__(self, data: bytes | memoryview, droppable: bool, done: trio.Event | None) -> None:
+        self.data = data
+        self.droppable = droppable
+        self.done = done  # set for send_all waiters once the bytes reached the kernel or failed
+        self.delivered = False
+
+
+@final
+class Connection(trio.abc.Stream):
+    """One accepted client socket with one ordered output.
+
+    Every write, from the media fan-out (`send_frame_nowait`) or from trio-websocket
+    (`send_all`), goes out in call order. While the socket takes data, a write is one
+    non-blocking ``send`` in the caller's task; once a send would block or is partial,
+    later writes queue behind it and a flusher task drains the queue in order.
+
+    ``close_reason`` is None while the connection is open, then `Reason.SLOW_CONSUMER`
+    (the queue overflowed its limits or stayed backlogged too long), `Reason.NETWORK` (a
+    send or receive failed: reset, broken pipe) or `Reason.NONE` (closed by `aclose`).
+    After a failure every send is a no-op; the socket is closed by the flusher task.
+
+    ``nursery`` runs the flusher and must stay open while the connection is in use;
+    `serve_connections` makes one per connection. Usually built by `serve_connections`.
+    """
+
+    __slots__ = (
+        "_backlog_since",
+        "_close_reason",
+        "_direct",
+        "_drained",
+        "_flusher_running",
+        "_n_direct",
+        "_n_dropped",
+        "_n_queued",
+        "_n_would_block",
+        "_nursery",
+        "_peak_bytes",
+        "_queue",
+        "_queued_bytes",
+        "_queued_control_bytes",
+        "_queued_media",
+        "_receive_ended",
+        "_receiving",
+        "_remote_address",
+        "_sealed",
+        "_sending",
+        "_settings",
+        "_sock",
+        "_sock_send",
+        "_state",
+        "_wait_scope",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        settings: TransportSettings,
+        nursery: trio.Nursery,
+        remote_address: object = None,
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._sock_send = sock.send
+        self._settings = settings
+        self._nursery = nursery
+        self._remote_address = _host_port(remote_address if remote_address else _peer(sock))
+        self._state = _OPEN
+        self._close_reason: Reason | None = None
+        # True exactly while a write may go straight to the socket: open, nothing queued,
+        # no close frame sent. The one check on the hot path.
+        self._direct = True
+        # Set once trio-websocket has sent a close frame: RFC 6455 allows no data after it.
+        self._sealed = False
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_bytes = 0
+        self._queued_control_bytes = 0
+        self._queued_media = 0
+        self._backlog_since = 0.0
+        self._flusher_running = False
+        self._wait_scope: trio.CancelScope | None = None
+        self._drained: trio.Event | None = None
+        self._receive_ended = trio.Event()
+        self._receiving = False
+        self._sending = False
+        self._n_direct = 0
+        self._n_queued = 0
+        self._n_dropped = 0
+        self._n_would_block = 0
+        self._peak_bytes = 0
+
+    def __repr__(self) -> str:
+        # trio-websocket's ``remote`` and ``local`` fall back to repr() for streams that
+        # are not trio.SocketStream; use `remote_address` for the address as a value.
+        host, port = self._remote_address
+        return f"<Connection {host}:{port} {self._state}>"
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        """The peer's (host, port), captured at accept time (valid after a reset too)."""
+        return self._remote_address
+
+    @property
+    def settings(self) -> TransportSettings:
+        return self._settings
+
+    @property
+    def close_reason(self) -> Reason | None:
+        """None while open; why the connection closed or is closing otherwise."""
+        return self._close_reason
+
+    # ------------------------------------------------------------------ the fast path
+
+    def send_frame_nowait(self, frame: bytes, *, droppable: bool) -> None:
+        """Send ``frame`` now if the socket takes it, else queue it behind earlier writes.
+
+        Never blocks and never raises for a connection problem, so one listener's failure
+        cannot fail a broadcast. Pass the same ``bytes`` object to every listener.
+        ``droppable`` frames (media) beyond the per-connection media limit drop the oldest
+        queued whole droppable frame. Undroppable frames (control) beyond the control byte
+        limit make the connection a slow consumer. After a failure or a close frame,
+        calls are no-ops.
+        """
+        if self._direct:
+            try:
+                sent = self._sock_send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if sent == len(frame):
+                self._n_direct += 1
+                return
+            self._n_would_block += 1
+            if sent:
+                # A partially sent frame must be completed, or the stream tears.
+                self._enqueue(memoryview(frame)[sent:], droppable=False)
+            else:
+                self._enqueue(frame, droppable)
+            return
+        if self._state is _OPEN and not self._sealed and frame:
+            self._enqueue(frame, droppable)
+
+    def statistics(self) -> TransportStatistics:
+        return TransportStatistics(
+            frames_sent_directly=self._n_direct,
+            frames_queued=self._n_queued,
+            frames_dropped=self._n_dropped,
+            frames_queued_now=len(self._queue),
+            bytes_queued_now=self._queued_bytes,
+            peak_bytes_queued=self._peak_bytes,
+            would_block_events=self._n_would_block,
+            slow_consumer=self._close_reason is Reason.SLOW_CONSUMER,
+            close_reason=self._close_reason,
+        )
+
+    # ------------------------------------------------------------------ trio.abc.Stream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` in order with every other write; return once the kernel has it.
+
+        If cancelled while waiting, the bytes stay queued and are still sent in order, so
+        the stream never tears. Raises `trio.ClosedResourceError` after `aclose`,
+        `trio.BrokenResourceError` after a failure or a slow-consumer close. A write that
+        starts with a WebSocket close frame (first byte 0x88; trio-websocket writes one
+        frame per call) seals the output: later `send_frame_nowait` calls are no-ops.
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this connection")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._raise_unless_open()
+            if not data:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            if not isinstance(data, bytes):
+                # Queued bytes must not change under us if the caller reuses its buffer.
+                data = bytes(data)
+            if self._direct:
+                try:
+                    sent = self._sock_send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    self._fail(exc)
+                    raise trio.BrokenResourceError(f"send failed: {exc}") from exc
+                if sent == len(data):
+                    self._n_direct += 1
+                    self._seal_if_close_frame(data)
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return
+                self._n_would_block += 1
+                item = self._enqueue(memoryview(data)[sent:] if sent else data, False, trio.Event())
+            else:
+                item = self._enqueue(data, False, trio.Event())
+            if item is None or item.done is None:
+                self._raise_closed()
+            self._seal_if_close_frame(data)
+            await item.done.wait()
+            if not item.delivered:
+                self._raise_closed()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until nothing is queued (the next send will be tried directly)."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this connection")
+        self._raise_unless_open()
+        if not self._queue:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._drained is None:
+            self._drained = trio.Event()
+        await self._drained.wait()
+        self._raise_unless_open()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Return up to ``max_bytes`` received bytes; b"" once the peer has closed its side.
+
+        A reset raises `trio.BrokenResourceError` (and fails the connection); `aclose`
+        from another task wakes a waiting receiver with `trio.ClosedResourceError`.
+        """
+        if max_bytes is None:
+            max_bytes = self._settings.receive_chunk_size
+        elif max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this connection")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
+            while True:
+                if self._state is _CLOSED:
+                    self._raise_closed()
+                try:
+                    data = self._sock.recv(max_bytes)
+                except BlockingIOError:
+                    try:
+                        await trio.lowlevel.wait_readable(self._sock)
+                    except trio.ClosedResourceError:
+                        self._raise_closed()
+                    waited = True
+                    continue
+                except OSError as exc:
+                    self._receive_ended.set()
+                    self._fail(exc)
+                    raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+                break
+            if not data:
+                self._receive_ended.set()
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        finally:
+            self._receiving = False
+
+    async def aclose(self) -> None:
+        """Close now: queued bytes are discarded, waiting tasks wake with an error.
+
+        Idempotent; closes even when cancelled.
+        """
+        self._close_socket()
+        await trio.lowlevel.checkpoint()
+
+    # ------------------------------------------------------------------ internals
+
+    def _enqueue(
+        self, data: bytes | memoryview, droppable: bool, done: trio.Event | None = None
+    ) -> _Pending | None:
+        """Append one write behind everything queued; start a flusher if none runs."""
+        if self._state is not _OPEN:
+            return None
+        queue = self._queue
+        if not queue:
+            self._direct = False
+            self._backlog_since = trio.current_time()
+        size = len(data)
+        if droppable:
+            if self._queued_media >= self._settings.max_queued_media_frames:
+                self._drop_oldest_media()
+            self._queued_media += 1
+        else:
+            self._queued_control_bytes += size
+        item = _Pending(data, droppable, done)
+        queue.append(item)
+        self._queued_bytes += size
+        self._n_queued += 1
+        if self._queued_bytes > self._peak_bytes:
+            self._peak_bytes = self._queued_bytes
+        if (
+            not droppable
+            and done is None
+            and self._queued_control_bytes > self._settings.max_queued_control_bytes
+        ):
+            self._begin_close(Reason.SLOW_CONSUMER)
+            return item
+        if not self._flusher_running:
+            self._start_flusher()
+        return item
+
+    def _drop_oldest_media(self) -> None:
+        queue = self._queue
+        for index, item in enumerate(queue):
+            if item.droppable:
+                del queue[index]
+                self._queued_media -= 1
+                self._queued_bytes -= len(item.data)
+                self._n_dropped += 1
+                return
+
+    def _start_flusher(self) -> None:
+        self._flusher_running = True
+        try:
+            self._nursery.start_soon(self._flush)
+        except RuntimeError:
+            # The nursery no longer takes tasks: nobody is left to drain the queue.
+            self._flusher_running = False
+            logger.warning("%r: nursery closed while the connection was in use", self)
+            self._close_socket()
+
+    async def _flush(self) -> None:
+        """Drain the queue in order, then exit; close the socket if a close is pending."""
+        try:
+            # Wait first: a flusher starts right after a send found the socket full.
+            while self._state is _OPEN:
+                deadline = self._backlog_since + self._settings.max_backlog_seconds
+                with trio.CancelScope(deadline=deadline) as scope:
+                    self._wait_scope = scope
+                    try:
+                        await trio.lowlevel.wait_writable(self._sock)
+                    except trio.ClosedResourceError:
+                        return
+                    finally:
+                        self._wait_scope = None
+                if scope.cancelled_caught:
+                    # The deadline (slow consumer) or _begin_close (already closing).
+                    self._begin_close(Reason.SLOW_CONSUMER)
+                    break
+                self._write_queued()
+                if not self._queue:
+                    break
+        finally:
+            self._flusher_running = False
+            if self._state is _CLOSING:
+                self._close_socket()
+            elif self._state is _OPEN and not self._queue:
+                self._direct = not self._sealed
+                if self._drained is not None:
+                    self._drained.set()
+                    self._drained = None
+
+    def _write_queued(self) -> None:
+        """Hand queued bytes to the kernel until the queue is empty or the socket is full."""
+        queue = self._queue
+        while queue:
+            if len(queue) == 1:
+                buffers = [queue[0].data]
+            else:
+                buffers = [item.data for item in itertools.islice(queue, _MAX_GATHER)]
+            try:
+                sent = self._sock.sendmsg(buffers)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._fail(exc)
+                return
+            self._consume(sent)
+            if sent < sum(map(len, buffers)):
+                return  # the kernel took what it could: the socket is full
+
+    def _consume(self, sent: int) -> None:
+        """Remove ``sent`` bytes from the head of the queue."""
+        queue = self._queue
+        while sent:
+            item = queue[0]
+            size = len(item.data)
+            if sent < size:
+                # Partial: the rest must go out whole, so it can no longer be dropped.
+                item.data = memoryview(item.data)[sent:]
+                if item.droppable:
+                    item.droppable = False
+                    self._queued_media -= 1
+                    self._queued_control_bytes += size - sent
+                else:
+                    self._queued_control_bytes -= sent
+                self._queued_bytes -= sent
+                return
+            queue.popleft()
+            sent -= size
+            self._queued_bytes -= size
+            if item.droppable:
+                self._queued_media -= 1
+            else:
+                self._queued_control_bytes -= size
+            if item.done is not None:
+                item.delivered = True
+                item.done.set()
+
+    def _seal_if_close_frame(self, data: bytes) -> None:
+        """RFC 6455: no data after a close frame, so later fast-path frames are no-ops.
+
+        Called right after trio-websocket's write was sent or queued, with no checkpoint
+        in between, so no media frame can slip in behind the close frame.
+        """
+        if data[0] == _CLOSE_FRAME_FIRST_BYTE:
+            self._sealed = True
+            self._direct = False
+
+    def _fail(self, exc: OSError) -> None:
+        if self._state is _OPEN:
+            logger.debug("%r: connection failed: %s", self, exc)
+            self._begin_close(Reason.NETWORK)
+
+    def _begin_close(self, reason: Reason) -> None:
+        """Mark the connection failed now; the flusher task closes the socket next tick.
+
+        Runs synchronously inside the fan-out loop, so it only flips state, discards the
+        queue and wakes (or starts) the flusher; it never closes the socket there.
+        """
+        if self._state is not _OPEN:
+            return
+        self._state = _CLOSING
+        self._close_reason = reason
+        self._direct = False
+        self._discard_queue()
+        if reason is Reason.SLOW_CONSUMER:
+            logger.info("%r: closing slow consumer", self)
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+        elif not self._flusher_running:
+            self._start_flusher()
+
+    def _close_socket(self) -> None:
+        if self._state is _CLOSED:
+            return
+        if self._close_reason is None:
+            self._close_reason = Reason.NONE
+        self._state = _CLOSED
+        self._direct = False
+        self._discard_queue()
+        self._receive_ended.set()
+        # Wake every task waiting on the socket with ClosedResourceError, then close it;
+        # no checkpoint in between, so no task can start waiting on a closed fd.
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+
+    def _discard_queue(self) -> None:
+        for item in self._queue:
+            if item.done is not None:
+                item.done.set()
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._queued_control_bytes = 0
+        self._queued_media = 0
+        if self._drained is not None:
+            self._drained.set()
+            self._drained = None
+
+    def _raise_unless_open(self) -> None:
+        if self._state is not _OPEN:
+            self._raise_closed()
+
+    def _raise_closed(self) -> None:
+        if self._close_reason is Reason.NONE:
+            raise trio.ClosedResourceError("connection was closed")
+        reason = self._close_reason.reason_name if self._close_reason else "closed"
+        raise trio.BrokenResourceError(f"connection failed: {reason}")
+
+
+def _peer(sock: socket.socket) -> object:
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+
+
+def _host_port(address: object) -> tuple[str, int]:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return (str(address) if address else "?", 0)
+
+
+# ---------------------------------------------------------------------- listening
+
+
+def open_listener(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    """Return a bound, listening, non-blocking TCP socket; port 0 picks a free port.
+
+    IPv4 or IPv6 follows ``host`` (its first getaddrinfo result); "" binds every IPv4
+    interface. The caller owns the socket: read ``getsockname()`` for the port, and end
+    `serve_connections` with `close_listener`.
+    """
+    infos = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def close_listener(listener: socket.socket) -> None:
+    """Close ``listener`` so that `serve_connections` stops accepting.
+
+    Wakes the accept loop (``notify_closing``) before closing the fd, which a plain
+    ``close()`` would not do.
+    """
+    if listener.fileno() != -1:
+        trio.lowlevel.notify_closing(listener)
+        listener.close()
+
+
+async def serve_connections(
+    listener: socket.socket,
+    handler: Handler,
+    *,
+    settings: TransportSettings,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections on ``listener`` and run ``handler(conn)`` for each.
+
+    Each wake-up accepts until the backlog is empty (up to ``settings.accept_batch``), so a
+    connect storm is drained in bulk. Accepted sockets are non-blocking with TCP_NODELAY
+    and, if configured, ``settings.send_buffer_size`` as SO_SNDBUF. Each connection runs in
+    its own nursery and is closed when its handler ends; an exception escaping a handler
+    is logged and never reaches the server or another connection.
+
+    After `close_listener` the loop stops accepting and this returns once the running
+    handlers have finished; cancel the surrounding scope to end them too. (A bare
+    ``listener.close()`` while the loop waits would not wake it: epoll forgets a closed fd
+    silently. Use `close_listener`.)
+    """
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(listener)
+            except (trio.ClosedResourceError, OSError, ValueError):
+                # ValueError: trio was handed fd -1 (the listener was already closed).
+                if listener.fileno() == -1:
+                    break
+                raise
+            for _ in range(settings.accept_batch):
+                try:
+                    sock, address = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if listener.fileno() == -1:
+                        break
+                    if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+                        logger.warning("accept paused: %s", exc)
+                        await trio.sleep(_ACCEPT_CAPACITY_PAUSE)
+                        break
+                    # The peer gave up between SYN and accept (ECONNABORTED and kin).
+                    logger.debug("accept failed: %s", exc)
+                    continue
+                nursery.start_soon(_serve_one, sock, address, handler, settings)
+            if listener.fileno() == -1:
+                break
+
+
+def _configure_accepted(sock: socket.socket, settings: TransportSettings) -> None:
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if settings.send_buffer_size is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_size)
+
+
+async def _serve_one(
+    sock: socket.socket, address: object, handler: Handler, settings: TransportSettings
+) -> None:
+    try:
+        _configure_accepted(sock, settings)
+    except OSError as exc:
+        # Typically reset before we got to it.
+        logger.debug("dropping connection from %s: %s", address, exc)
+        sock.close()
+        return
+    conn: Connection | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            conn = Connection(sock, settings=settings, nursery=nursery, remote_address=address)
+            try:
+                await handler(conn)
+            finally:
+                # Synchronous, so it happens even when cancelled; wakes the flusher.
+                conn._close_socket()
+    except* Exception as group:
+        # Pitfall 1: a reset can fail several tasks of one connection at once, and the
+        # ExceptionGroup must stop here, not at the server.
+        logger.error("connection %r: handler failed", conn or address, exc_info=group)
+    finally:
+        if conn is None:
+            sock.close()
+
+
+# ---------------------------------------------------------------------- websocket
+
+
+async def accept_websocket(
+    conn: Connection,
+    nursery: trio.Nursery,
+    *,
+    max_message_size: int = 1 << 20,
+    message_queue_size: int = 1,
+) -> trio_websocket.WebSocketConnection | None:
+    """Run the server side of the WebSocket handshake on ``conn``; None if it fails.
+
+    trio-websocket's reader task (reads, pongs, close handshake) starts in ``nursery`` and
+    runs until the WebSocket or ``conn`` closes, so the nursery's owner ends it with
+    ``ws.aclose()`` or ``conn.aclose()``. A handshake that fails (timeout after
+    ``conn.settings.handshake_timeout_seconds``, the peer leaving, a malformed request) is
+    logged, ``conn`` is closed, and None is returned.
+
+    The returned WebSocket's ``remote`` and ``local`` are ``repr(conn)`` strings, because
+    trio-websocket only reads addresses from ``trio.SocketStream``; use
+    ``conn.remote_address``.
+    """
+    ws: trio_websocket.WebSocketConnection | None = None
+    failure: str = "timed out"
+    with trio.move_on_after(conn.settings.handshake_timeout_seconds):
+        async with trio.open_nursery() as race:
+
+            async def cancel_when_receive_ends() -> None:
+                # trio-websocket waits for a request forever if the stream ends first.
+                await conn._receive_ended.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(cancel_when_receive_ends)
+            try:
+                request = await trio_websocket.wrap_server_stream(
+                    nursery,
+                    conn,
+                    message_queue_size=message_queue_size,
+                    max_message_size=max_message_size,
+                    receive_buffer_size=conn.settings.receive_chunk_size,
+                )
+                ws = await request.accept()
+            except trio_websocket.ConnectionClosed as exc:
+                failure = f"connection closed ({exc.reason})"
+            race.cancel_scope.cancel()
+    if ws is None:
+        if conn._receive_ended.is_set() and failure == "timed out":
+            failure = "connection ended before the handshake completed"
+        logger.info("websocket handshake from %r failed: %s", conn, failure)
+        await conn.aclose()
+    return ws
