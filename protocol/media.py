@@ -52,8 +52,13 @@ def is_media_frame(data: bytes) -> bool:
 
 
 def encode_client_media(seq: int, timestamp: int, payload: bytes, level: int | None = None) -> bytes:
+    """A client media frame. ``seq`` and ``timestamp`` wrap (mod 2**16, 2**32); ``level`` is
+    0-100 or None (written as 255); anything else raises ValueError, as the server would
+    refuse the frame."""
     if not 1 <= len(payload) <= MAX_OPUS_PAYLOAD:
         raise ValueError(f"opus payload must be 1..{MAX_OPUS_PAYLOAD} bytes")
+    if level is not None and level != NO_LEVEL and not 0 <= level <= 100:
+        raise ValueError(f"audio level must be 0..100 or None, not {level}")
     body_len = _CLIENT_FIELDS.size + len(payload)
     return (
         _EXT_HEADER.pack(EXT16, body_len, CLIENT_MEDIA_TYPE)

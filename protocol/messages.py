@@ -160,6 +160,13 @@ def _flags_to_int(value: Any) -> Any:
     return int(value) if isinstance(value, enum.IntFlag) else value
 
 
+def _to_tuple(value: Any) -> Any:
+    """A wire array (list) or a tuple; a string is refused, not split into characters."""
+    if isinstance(value, str | bytes | dict):
+        raise ValueError(f"expected an array, not {type(value).__name__}")
+    return tuple(value)
+
+
 def _participant(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not ParticipantInfo:
         raise ValueError(f"{attribute.name} must be a participant map")
@@ -230,7 +237,7 @@ class QueryInfo:
     channel_id: str = attrs.field(validator=_channel_id)
     channel_number: int = attrs.field(validator=_int_in(1, 2**63 - 1))
     client_count: int = attrs.field(validator=_int_in(0, limits.MAX_CAPACITY))
-    members: tuple[str, ...] = attrs.field(converter=tuple)
+    members: tuple[str, ...] = attrs.field(converter=_to_tuple)
 
     @members.validator
     def _check_members(self, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:

@@ -49,10 +49,16 @@ class ProtocolError(Exception):
     """Raised by the sans-IO layer for input it refuses; the shell turns it into an error reply.
 
     ``ref`` is the request id when one could be read from the bad frame, so the client can
-    match the error to its call.
+    match the error to its call. ``message`` is at most MAX_MESSAGE_CHARS characters (longer
+    ones are cut), so it always fits the 1024-byte ``message`` of a Reply or an Error even
+    when it quotes the peer's own (possibly multi-byte) field names.
     """
 
+    MAX_MESSAGE_CHARS = 200  # 200 characters are at most 800 bytes of UTF-8
+
     def __init__(self, reason: Reason, message: str, ref: int | None = None) -> None:
+        if len(message) > self.MAX_MESSAGE_CHARS:
+            message = message[: self.MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(f"{reason.reason_name} [{int(reason)}]: {message}")
         self.reason = reason
         self.message = message

@@ -1,0 +1,386 @@
+"""The event log's on-disk format: record framing, segment scanning and replay.
+
+No trio and no async here (a test enforces it): encoding and scanning are pure functions
+of bytes, and read_events/list_segments read files synchronously, so replay tools and the
+writer share one definition of the format. docs/eventlog.md fixes the byte layout.
+
+A data directory holds segment files ``events-00000001.log``, ``events-00000002.log``,
+... read in numeric order. A segment is a sequence of records::
+
+    record = length (u32 LE) | masked CRC32 of body (u32 LE) | body (one msgpack map)
+
+Recovery rules (LevelDB's reader, ``db/log_reader.cc``): damage that a writer dying
+mid-write can explain, at the very end of the last segment, is a *torn tail* and is
+reported and dropped; any other damage is :class:`LogCorruption` and is never skipped.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import msgpack
+
+__all__ = [
+    "HEADER_BYTES",
+    "MAX_RECORD_BYTES",
+    "InvalidRecordBody",
+    "LogCorruption",
+    "SegmentScan",
+    "TornTail",
+    "encode_record",
+    "list_segments",
+    "mask_crc",
+    "pack_event",
+    "read_events",
+    "record_from_packed",
+    "scan_segment",
+    "segment_path",
+    "unmask_crc",
+]
+
+HEADER_BYTES: Final = 8
+# Largest body a length field may announce. The writer never produces more, so a larger
+# length is corruption wherever it appears: a dying writer leaves a true length or a
+# partial header, never this, and trusting it could pass off good records as a torn tail.
+MAX_RECORD_BYTES: Final = 1 << 20
+
+_HEADER = struct.Struct("<II")
+_MASK_DELTA: Final = 0xA282EAD8
+_U32: Final = 0xFFFFFFFF
+# 8 digits, or more without a leading zero (so one number has exactly one file name).
+_SEGMENT_RE = re.compile(r"events-(\d{8}|[1-9]\d{8,})\.log")
+
+# msgpack's own defaults today, spelled out because replay depends on them.
+_PACK_OPTIONS: Final = {"use_bin_type": True}
+_UNPACK_OPTIONS: Final = {"raw": False, "strict_map_key": True}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class LogCorruption(Exception):
+    """A record that is damaged in a way a dying writer cannot explain.
+
+    ``path`` is the segment file (None when scanning bytes with no file behind them),
+    ``offset`` the byte offset of the damaged record's header within that segment.
+    """
+
+    def __init__(self, path: Path | None, offset: int, reason: str) -> None:
+        super().__init__(path, offset, reason)
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = str(self.path) if self.path is not None else "<segment>"
+        return (
+            f"event log corrupt: {where} at byte offset {self.offset}: {self.reason}; "
+            "refusing to continue (records after this point cannot be trusted)"
+        )
+
+
+class InvalidRecordBody(ValueError):
+    """A body the log refuses to write: not a msgpack map that replay could decode,
+    too large, or (for appended events) carrying the reserved ``seq`` key."""
+
+
+# --------------------------------------------------------------------------- values
+
+
+@attrs.frozen
+class TornTail:
+    """The unfinished end of the last segment, left by a writer that died mid-write."""
+
+    path: Path | None
+    offset: int  # where the damaged record starts == end of the last good record
+    dropped_bytes: int
+    reason: str
+
+
+@attrs.frozen
+class SegmentScan:
+    """The result of verifying one segment's bytes."""
+
+    bodies: tuple[dict[str, Any], ...] = attrs.field(repr=False)
+    end_offset: int  # end of the last good record; the segment's valid length
+    torn_tail: TornTail | None
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def mask_crc(crc: int) -> int:
+    """LevelDB's CRC mask (util/crc32c.h): rotate right by 15 bits, add a constant."""
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & _U32
+
+
+def unmask_crc(masked: int) -> int:
+    """Inverse of :func:`mask_crc`."""
+    rot = (masked - _MASK_DELTA) & _U32
+    return ((rot >> 17) | (rot << 15)) & _U32
+
+
+def _pack_map(body: Mapping[str, Any]) -> bytes:
+    """Pack ``body`` as one msgpack map, guaranteeing replay can decode it back."""
+    if type(body) is not dict:
+        if not isinstance(body, Mapping):
+            raise InvalidRecordBody(f"a record body must be a mapping, not {type(body).__name__}")
+        body = dict(body)
+    try:
+        packed = msgpack.packb(body, **_PACK_OPTIONS)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidRecordBody(f"body is not msgpack-encodable: {exc}") from exc
+    if len(packed) > MAX_RECORD_BYTES:
+        raise InvalidRecordBody(
+            f"body is {len(packed)} bytes packed; the limit is {MAX_RECORD_BYTES}"
+        )
+    # packb accepts things replay rejects (a non-str map key anywhere, say). Writing such
+    # a record would make the log unreadable at the next start, so check the round trip.
+    try:
+        msgpack.unpackb(packed, **_UNPACK_OPTIONS)
+    except Exception as exc:  # any decode failure, whatever msgpack calls it
+        raise InvalidRecordBody(f"body would not decode on replay: {exc}") from exc
+    return packed
+
+
+def _frame(body: bytes) -> bytes:
+    return _HEADER.pack(len(body), mask_crc(zlib.crc32(body))) + body
+
+
+def encode_record(body: Mapping[str, Any]) -> bytes:
+    """Frame ``body`` as one record: header + msgpack map.
+
+    Raises :class:`InvalidRecordBody` if the body is not a mapping, cannot be packed,
+    would not decode with the replay options, or exceeds :data:`MAX_RECORD_BYTES`.
+    """
+    return _frame(_pack_map(body))
+
+
+# The writer packs each event in the appending task (so a bad event fails its caller,
+# not the group) and adds the seq later in the writer: {"seq": seq, **event} is the
+# event's map with one more entry in front, so no second pack is needed.
+
+_SEQ_KEY: Final = b"\xa3seq"  # msgpack fixstr "seq"
+# Worst case growth of a packed event when seq is added: map header +2 (fixmap -> map16),
+# key 4, value 9 (uint64).
+_SEQ_OVERHEAD: Final = 2 + 4 + 9
+_FIXMAP: Final = tuple(bytes((0x80 | n,)) for n in range(16))
+
+
+def pack_event(event: Mapping[str, Any]) -> bytes:
+    """Validate and pack an event (without seq) for :func:`record_from_packed`.
+
+    Raises :class:`InvalidRecordBody` as :func:`encode_record` does, and also if the
+    event already has a ``seq`` key (the log assigns seqs).
+    """
+    if isinstance(event, Mapping) and "seq" in event:
+        raise InvalidRecordBody("'seq' is assigned by the event log; events must not carry it")
+    packed = _pack_map(event)
+    if len(packed) + _SEQ_OVERHEAD > MAX_RECORD_BYTES:
+        raise InvalidRecordBody(
+            f"event is {len(packed)} bytes packed; with its seq it could exceed "
+            f"{MAX_RECORD_BYTES}"
+        )
+    return packed
+
+
+def _pack_seq(seq: int) -> bytes:
+    # msgpack's smallest encoding of a non-negative int, as packb would choose.
+    if seq < 0x80:
+        return bytes((seq,))
+    if seq < 0x100:
+        return b"\xcc" + bytes((seq,))
+    if seq < 0x10000:
+        return b"\xcd" + seq.to_bytes(2, "big")
+    if seq < 0x100000000:
+        return b"\xce" + seq.to_bytes(4, "big")
+    return b"\xcf" + seq.to_bytes(8, "big")
+
+
+def record_from_packed(seq: int, packed: bytes) -> bytes:
+    """The record for ``{"seq": seq, **event}`` given ``packed = pack_event(event)``.
+
+    Byte-identical to ``encode_record({"seq": seq, **event})``.
+    """
+    tag = packed[0]
+    if tag < 0x90:  # fixmap
+        count, start = tag & 0x0F, 1
+    elif tag == 0xDE:
+        count, start = int.from_bytes(packed[1:3], "big"), 3
+    else:  # 0xDF, map32; pack_event only produces maps
+        count, start = int.from_bytes(packed[1:5], "big"), 5
+    count += 1
+    if count < 16:
+        head = _FIXMAP[count]
+    elif count < 0x10000:
+        head = b"\xde" + count.to_bytes(2, "big")
+    else:
+        head = b"\xdf" + count.to_bytes(4, "big")
+    body = b"".join((head, _SEQ_KEY, _pack_seq(seq), memoryview(packed)[start:]))
+    return _HEADER.pack(len(body), mask_crc(zlib.crc32(body))) + body
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+@attrs.define
+class _ScanEnd:
+    """Filled in by _iter_records when it finishes (a generator cannot return two
+    things to list())."""
+
+    end_offset: int = 0
+    torn_tail: TornTail | None = None
+
+
+def _classify(
+    data: bytes, offset: int, stop: int, reason: str, *, is_last: bool, path: Path | None
+) -> TornTail:
+    """Decide whether damage at ``offset`` is a torn tail; raise LogCorruption if not.
+
+    ``stop`` is where the damaged record claims to end. A torn tail is damage in the
+    last segment that a writer dying mid-write explains: the damaged record reaches EOF
+    (nothing was written after it), or everything from the damage to EOF is zero bytes
+    (a crash after the file grew but before its data reached the disk, which some
+    filesystems show). No record is all zeros, so that rule cannot hide a record.
+    """
+    size = len(data)
+    if is_last:
+        if stop >= size:
+            return TornTail(path, offset, size - offset, reason)
+        if data.count(0, offset) == size - offset:
+            return TornTail(path, offset, size - offset, f"zero-filled tail ({reason})")
+        reason += f", and {size - stop} more bytes follow that record"
+    else:
+        reason += " (in a segment that is not the last)"
+    raise LogCorruption(path, offset, reason)
+
+
+def _iter_records(
+    data: bytes, is_last: bool, path: Path | None, end: _ScanEnd
+) -> Iterator[dict[str, Any]]:
+    """Yield the bodies of ``data`` in order; on finishing, fill ``end``.
+
+    This is the replay hot loop: locals are bound once, slices are memoryviews (no
+    copies), and msgpack decodes straight from the view.
+    """
+    size = len(data)
+    unpack_header = _HEADER.unpack_from
+    crc32 = zlib.crc32
+    unpackb = msgpack.unpackb
+    max_len = MAX_RECORD_BYTES
+    delta = _MASK_DELTA
+    u32 = _U32
+    offset = 0
+    with memoryview(data) as view:
+        while offset + 8 <= size:
+            length, stored = unpack_header(data, offset)
+            if length > max_len:
+                # A dying writer leaves a true length (or a partial header), never this.
+                raise LogCorruption(path, offset, f"length field {length} exceeds the "
+                                    f"maximum record size {max_len}")
+            start = offset + 8
+            stop = start + length
+            if stop > size:
+                end.torn_tail = _classify(
+                    data, offset, stop, f"record length {length} runs past end of file "
+                    f"({size - start} body bytes present)", is_last=is_last, path=path)
+                break
+            body = view[start:stop]
+            crc = crc32(body)
+            if (((crc >> 15) | (crc << 17)) + delta) & u32 != stored:
+                end.torn_tail = _classify(
+                    data, offset, stop, "checksum mismatch",
+                    is_last=is_last, path=path)
+                break
+            try:
+                value = unpackb(body, raw=False, strict_map_key=True)  # _UNPACK_OPTIONS
+            except Exception as exc:  # whatever msgpack raises, the body is unusable
+                end.torn_tail = _classify(
+                    data, offset, stop, f"body does not decode: {exc}",
+                    is_last=is_last, path=path)
+                break
+            if type(value) is not dict:
+                end.torn_tail = _classify(
+                    data, offset, stop,
+                    f"body is a msgpack {type(value).__name__}, not a map",
+                    is_last=is_last, path=path)
+                break
+            yield value
+            offset = stop
+        else:
+            if offset != size:
+                end.torn_tail = _classify(
+                    data, offset, size, f"partial header ({size - offset} of 8 bytes)",
+                    is_last=is_last, path=path)
+    end.end_offset = offset
+
+
+def scan_segment(data: bytes, *, is_last: bool, path: Path | None = None) -> SegmentScan:
+    """Verify every record of one segment's bytes and decode the bodies.
+
+    ``is_last``: the segment is the newest one, so a torn tail is allowed at its end.
+    ``path`` is used only to name the segment in errors and in the torn-tail report.
+    Raises :class:`LogCorruption` for damage that is not a torn tail.
+    """
+    end = _ScanEnd()
+    bodies = tuple(_iter_records(data, is_last, path, end))
+    return SegmentScan(bodies=bodies, end_offset=end.end_offset, torn_tail=end.torn_tail)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def segment_path(directory: Path, number: int) -> Path:
+    """The file name of segment ``number`` (1-based) in ``directory``."""
+    return directory / f"events-{number:08d}.log"
+
+
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
+    """The segments in ``directory`` as (number, path), in numeric order.
+
+    Raises :class:`LogCorruption` if the numbering has a gap: a missing segment
+    would silently drop events from replay. Other files are ignored.
+    """
+    found = []
+    for entry in directory.iterdir():
+        match = _SEGMENT_RE.fullmatch(entry.name)
+        if match and entry.is_file():
+            found.append((int(match.group(1)), entry))
+    found.sort()
+    for (prev, _), (number, path) in zip(found, found[1:]):
+        if number != prev + 1:
+            raise LogCorruption(path, 0, f"segment {prev + 1} is missing "
+                                f"(found {prev} then {number})")
+    return found
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield the event bodies of a data directory (every segment in order) or of one
+    segment file, verifying every record.
+
+    A torn tail at the end of the final segment ends the stream quietly (nothing after
+    it is used); when ``path`` is one segment file, it counts as final unless the
+    segment with the next number sits beside it. Any other damage raises :class:`LogCorruption`
+    when the iteration reaches it (the bodies before it have been yielded).
+    """
+    path = Path(path)
+    if path.is_dir():
+        segments = [p for _, p in list_segments(path)]
+        last_index = len(segments) - 1
+        plan = [(p, i == last_index) for i, p in enumerate(segments)]
+    else:
+        match = _SEGMENT_RE.fullmatch(path.name)
+        is_last = True
+        if match:
+            number = int(match.group(1))
+            is_last = not segment_path(path.parent, number + 1).exists()
+        plan = [(path, is_last)]
+    for segment, is_last in plan:
+        end = _ScanEnd()
+        yield from _iter_records(segment.read_bytes(), is_last, segment, end)
