@@ -108,13 +108,16 @@ class ParticipantActor:
         self._heartbeat = (settings.heartbeat_time, settings.heartbeat_timeout)
         self._last_heard = trio.current_time()
         self._last_refusal_reply = -math.inf
-        self._deferred_left: Left | None = None
+        self._held: list[bytes] | None = None
         self.end_reason = Reason.OFFLINE
 
     # --- the mailbox: called by the channel actor ---
 
     def send_frame(self, frame: bytes) -> None:
-        self.output.send_frame_nowait(frame, droppable=False)
+        if self._held is not None:
+            self._held.append(frame)  # nothing reaches the client before its join reply
+        else:
+            self.output.send_frame_nowait(frame, droppable=False)
 
     def send(self, message: ServerMessage) -> None:
         self.send_frame(frame_of(message))
@@ -128,12 +131,9 @@ class ParticipantActor:
         if self._channel is None or self._channel.channel_id != channel_id:
             return
         self._channel, self._sid = None, 0
-        left = Left(channel_id, reason)
-        if self.state is ChannelState.JOINING:
-            self._deferred_left = left  # told after the join reply, never before it
-        else:
+        if self.state is ChannelState.JOINED:
             self.state = ChannelState.IDLE
-            self.send(left)
+        self.send(Left(channel_id, reason))
 
     # --- the actor ---
 
@@ -174,10 +174,11 @@ class ParticipantActor:
                     self._refuse(error)
                     continue
                 self.stats.requests += 1
-                self.send(await self._handle(request))
-                if self._deferred_left is not None:
-                    self.state, left, self._deferred_left = ChannelState.IDLE, self._deferred_left, None
-                    self.send(left)
+                reply = await self._handle(request)
+                held, self._held = self._held or [], None
+                self.send(reply)
+                for frame in held:
+                    self.send_frame(frame)
 
     def _refuse(self, error: ProtocolError) -> None:
         self.stats.protocol_errors += 1
@@ -287,12 +288,14 @@ class ParticipantActor:
             max_senders=request.max_senders,
         )
         self.state = ChannelState.JOINING
+        self._held = []
         answer = await self._registry.submit(channel_id, command, self)
         if answer.reason is not Reason.NONE:
             self.state = ChannelState.IDLE
             return Reply(request.id, answer.reason, answer.message)
         self.user_id = request.user_id
-        self.state = ChannelState.JOINED
+        # Removed again while the join was being answered (stopped, or a newer session)?
+        self.state = ChannelState.JOINED if self._channel is not None else ChannelState.IDLE
         log.info("%s joined %s as %s", self._peer, channel_id, self.user_id)
         return Reply(request.id, result=None if answer.info is None else to_wire(answer.info))
 
@@ -327,16 +330,21 @@ class ParticipantActor:
     # --- heartbeats and the end of the connection ---
 
     async def _heartbeats(self, nursery: trio.Nursery) -> None:
-        """Pings every heartbeat_time; silence (no frame, no pong) past heartbeat_timeout ends it."""
+        """Pings every heartbeat_time; silence (no frame, no pong) for heartbeat_timeout ends
+        the session at that moment, not at the next ping (a vanished client is gone in 9 s)."""
+        next_ping = trio.current_time()
         while True:
             interval, timeout = self._heartbeat
-            await trio.sleep(interval)
-            if trio.current_time() - self._last_heard > timeout:
+            await trio.sleep_until(min(next_ping, self._last_heard + timeout))
+            now = trio.current_time()
+            if now - self._last_heard >= timeout:
                 log.info("%s (%s) timed out", self._peer, self.user_id or "-")
                 self.end_reason = Reason.TIMEOUT
                 await self._ws.aclose(code=1001, reason="heartbeat timeout")
                 return
-            nursery.start_soon(self._ping)
+            if now >= next_ping:
+                next_ping = now + interval
+                nursery.start_soon(self._ping)
 
     async def _ping(self) -> None:
         try:

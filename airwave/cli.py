@@ -22,7 +22,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from airwave.actors.eventlog import FsyncMode
+    from airwave.actors.eventlog import FsyncMode, LogLocked
     from airwave.actors.logformat import LogCorruption
     from airwave.actors.server import ServerSettings, serve
 
@@ -43,14 +43,19 @@ def _serve(args: argparse.Namespace) -> int:
                     server.shutdown()
                     break
 
+    # serve() opens the log and the socket inside a nursery: errors arrive in an ExceptionGroup.
+    failure: tuple[str, int] | None = None
     try:
         trio.run(main)
-    except LogCorruption as exc:
-        print(f"airwave: the event log is corrupt, refusing to start: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"airwave: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
+    except* LogCorruption as group:
+        failure = (f"the event log is corrupt, refusing to start: {group.exceptions[0]}", 2)
+    except* LogLocked as group:
+        failure = (str(group.exceptions[0]), 2)
+    except* OSError as group:
+        failure = (f"cannot serve on {args.host}:{args.port}: {group.exceptions[0]}", 1)
+    if failure is not None:
+        print(f"airwave: {failure[0]}", file=sys.stderr)
+        return failure[1]
     return 0
 
 

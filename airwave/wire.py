@@ -108,7 +108,7 @@ class Wire:
 @asynccontextmanager
 async def open_wire(url: str, *, hello: bool = True, client: str = "airwave-py") -> AsyncIterator[Wire]:
     """A connected Wire (after the hello exchange unless ``hello`` is False)."""
-    async with trio_websocket.open_websocket_url(url, max_message_size=limits.MAX_FRAME_BYTES * 2) as ws:
+    async with trio_websocket.open_websocket_url(url, max_message_size=limits.MAX_SERVER_MESSAGE_BYTES) as ws:
         wire = Wire(ws)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wire.run)

@@ -65,29 +65,34 @@ def _unpack_map(data: bytes, max_bytes: int) -> dict[str, Any]:
     return value
 
 
-def _build(cls: type, fields: dict[str, Any], ref: int | None) -> Any:
+def _build(cls: type, fields: dict[str, Any], ref: int | None, *, strict: bool = True) -> Any:
+    """``strict``: unknown fields are refused (the server, of clients). Clients read servers
+    leniently and drop unknown fields, so a newer server can add fields without breaking them."""
     known = attrs.fields_dict(cls)
     unknown = sorted(set(fields) - set(known), key=str)
-    if unknown:
+    if unknown and strict:
         raise ProtocolError(Reason.INVALID_PARAM, f"{cls.TYPE}: unknown field(s) {unknown}", ref)
+    for name in unknown:
+        del fields[name]
     try:
         for name, nested in _NESTED.items():
             if name in fields and name in known:
-                fields[name] = _build_value(nested, fields[name])
+                fields[name] = _build_value(nested, fields[name], strict=strict)
         return cls(**fields)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(Reason.INVALID_PARAM, f"{cls.TYPE}: {exc}", ref) from None
 
 
-def _build_value(cls: type, data: Any) -> Any:
+def _build_value(cls: type, data: Any, *, strict: bool = True) -> Any:
     if type(data) is not dict:
         raise ValueError(f"expected a map for {cls.__name__}")
     if cls is ChannelInfo and type(data.get("participants")) is list:
-        data = {**data, "participants": [_build_value(ParticipantInfo, p) for p in data["participants"]]}
-    unknown = set(data) - set(attrs.fields_dict(cls))
-    if unknown:
+        data = {**data, "participants": [_build_value(ParticipantInfo, p, strict=strict) for p in data["participants"]]}
+    known = attrs.fields_dict(cls)
+    unknown = set(data) - set(known)
+    if unknown and strict:
         raise ValueError(f"unknown field(s) {sorted(unknown, key=str)} in {cls.__name__}")
-    return cls(**data)
+    return cls(**{key: value for key, value in data.items() if key in known})
 
 
 def _split_type(wire: dict[str, Any], table: Mapping[str, type]) -> tuple[type, int | None]:
@@ -112,20 +117,20 @@ def decode_request(data: bytes) -> Request:
 def decode_server_message(data: bytes) -> ServerMessage:
     """A server's control frame (the client side). Reply.result stays plain data: read it with
     channel_info_from_wire / query_info_from_wire according to the request it answers."""
-    wire = _unpack_map(data, limits.MAX_FRAME_BYTES)
+    wire = _unpack_map(data, limits.MAX_SERVER_MESSAGE_BYTES)
     cls, ref = _split_type(wire, _SERVER_MESSAGES)
-    return _build(cls, wire, ref)  # type: ignore[no-any-return]
+    return _build(cls, wire, ref, strict=False)  # type: ignore[no-any-return]
 
 
 def channel_info_from_wire(data: Any) -> ChannelInfo:
     try:
-        return _build_value(ChannelInfo, data)  # type: ignore[no-any-return]
+        return _build_value(ChannelInfo, data, strict=False)  # type: ignore[no-any-return]
     except (TypeError, ValueError) as exc:
         raise ProtocolError(Reason.PROTOCOL_ERROR, f"bad channel info: {exc}") from None
 
 
 def query_info_from_wire(data: Any) -> QueryInfo:
     try:
-        return _build_value(QueryInfo, data)  # type: ignore[no-any-return]
+        return _build_value(QueryInfo, data, strict=False)  # type: ignore[no-any-return]
     except (TypeError, ValueError) as exc:
         raise ProtocolError(Reason.PROTOCOL_ERROR, f"bad query info: {exc}") from None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 PROTOCOL_VERSION = 1
 
-MAX_FRAME_BYTES = 64 * 1024  # any WebSocket message; larger ones close the connection
+MAX_FRAME_BYTES = 64 * 1024  # any client message; larger ones are refused with too_large
+# A server message: a host's join reply lists every member (~150 bytes each).
+MAX_SERVER_MESSAGE_BYTES = 32 * 1024 * 1024
 MAX_CONTROL_BYTES = 16 * 1024  # one msgpack control message
 MAX_ID_CHARS = 128  # channel ids and user ids
 MAX_NAME_CHARS = 64  # display names, message types

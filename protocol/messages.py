@@ -288,6 +288,14 @@ class Join:
     custom_property: str = attrs.field(default="", validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
     max_senders: int | None = attrs.field(default=None, validator=_optional_int_in(1, 1000))
 
+    def __attrs_post_init__(self) -> None:
+        if (
+            self.heartbeat_time is not None
+            and self.heartbeat_timeout is not None
+            and self.heartbeat_timeout <= self.heartbeat_time
+        ):
+            raise ValueError("heartbeat_timeout must be longer than heartbeat_time")
+
 
 @attrs.frozen
 class Leave:

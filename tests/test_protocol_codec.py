@@ -659,8 +659,9 @@ REQUEST_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         upload=st.booleans(),
         password=st.none() | _chars(1, limits.MAX_PASSWORD_CHARS),
         capacity=st.none() | st.integers(1, limits.MAX_CAPACITY),
+        # Past the longest heartbeat_time, so any pair is valid (timeout must exceed time).
         heartbeat_time=st.none() | st.integers(*limits.HEARTBEAT_TIME_RANGE),
-        heartbeat_timeout=st.none() | st.integers(*limits.HEARTBEAT_TIMEOUT_RANGE),
+        heartbeat_timeout=st.none() | st.integers(limits.HEARTBEAT_TIME_RANGE[1] + 1, limits.HEARTBEAT_TIMEOUT_RANGE[1]),
         title=_utf8(0, limits.MAX_PROPERTY_BYTES),
         custom_property=_utf8(0, limits.MAX_PROPERTY_BYTES),
         max_senders=st.none() | st.integers(1, 1000),
@@ -1211,10 +1212,17 @@ def test_participant_updated_bad_change_set_is_refused(changes: Any) -> None:
 def test_participant_joined_without_a_participant_is_refused() -> None:
     with pytest.raises(ValueError):
         ParticipantJoined({"user_id": "bob", "sid": 2})  # type: ignore[arg-type]
-    data = _pack(type="participant_joined", participant={"user_id": "bob", "sid": 2, "colour": "blue"})
+    data = _pack(type="participant_joined", participant="bob")
     with pytest.raises(ProtocolError) as excinfo:
         decode_server_message(data)
     assert excinfo.value.reason is Reason.INVALID_PARAM
+
+
+def test_server_message_unknown_fields_are_ignored_by_clients() -> None:
+    """A newer server may add fields; an older client keeps working (requests stay strict)."""
+    data = _pack(type="participant_joined", participant={"user_id": "bob", "sid": 2, "colour": "blue"}, extra=1)
+    message = decode_server_message(data)
+    assert message == ParticipantJoined(ParticipantInfo(user_id="bob", sid=2))
 
 
 @pytest.mark.parametrize("members", [[1], [""], ["a\x00"], "abc", [None]])
@@ -1231,3 +1239,12 @@ def test_channel_info_from_wire_malformed_is_protocol_error(data: Any) -> None:
     with pytest.raises(ProtocolError) as excinfo:
         channel_info_from_wire(data)
     assert excinfo.value.reason is Reason.PROTOCOL_ERROR
+
+
+def test_join_heartbeat_timeout_not_longer_than_time_is_invalid_param() -> None:
+    wire = encode(Join(id=7, channel="c", user_id="u", heartbeat_time=10, heartbeat_timeout=60))
+    spoiled = wire.replace(bytes.fromhex("b16865617274626561745f74696d656f7574 3c".replace(" ", "")),
+                           bytes.fromhex("b16865617274626561745f74696d656f7574 0a".replace(" ", "")))
+    with pytest.raises(ProtocolError) as excinfo:
+        decode_request(spoiled)
+    assert excinfo.value.reason is Reason.INVALID_PARAM and excinfo.value.ref == 7
