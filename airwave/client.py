@@ -1,0 +1,802 @@
+"""The Python SDK: the vendor's call sequence in Python style, on trio.
+
+    device = MediaDevice.create(source=ToneSource(440))
+    async with Client.connect("ws://127.0.0.1:8765/", user_id="alice") as client:
+        channel = MediaChannel.create(client, device, MyCallback())
+        channel.set_custom_role(CustomRole.ROLE_0)     # before joining: sent with the join
+        channel.enable_upload_audio_stream(True)
+        channel.join("222")                              # -> callback.on_join(result, reason, "222")
+
+Two faces over one implementation. The vendor's face: every call returns at once (True if
+it was accepted for sending) and results arrive through the callback's ``on_*`` methods, in
+call order. The trio face: ``await channel.join_async(...)`` returns the result, and
+``channel.events()`` is an async iterator of the same events the callbacks receive. Each
+sync call simply queues its ``*_async`` twin on the channel's operation runner.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+import attrs
+import trio
+
+from airwave.audio import AudioReceiver, AudioSender, AudioSource, Recorder, recorder_for
+from airwave.protocol import (
+    DEFAULT_POLICY,
+    ChannelState,
+    CustomRole,
+    CustomState,
+    EnableUpload,
+    Error,
+    Join,
+    Kick,
+    Leave,
+    Left,
+    MemberCount,
+    MessageReceived,
+    NetStatus,
+    ParticipantChange,
+    ParticipantInfo,
+    ParticipantJoined,
+    ParticipantLeft,
+    ParticipantType,
+    ParticipantUpdated,
+    PropertyChange,
+    PropertyChanged,
+    Query,
+    QueryInfo,
+    Reason,
+    SendMessage,
+    SetCustomProperty,
+    SetRole,
+    SetState,
+    Stop,
+    SubscribeAudio,
+    VolumeChanged,
+    VolumeStatus,
+    channel_info_from_wire,
+    limits,
+    query_info_from_wire,
+)
+from airwave.wire import Wire, WireClosed, open_wire
+
+log = logging.getLogger("airwave.client")
+
+OPERATION_QUEUE = 256  # sync calls waiting to be sent; beyond it a call returns False
+EVENT_QUEUE = 1024  # per events() iterator; beyond it the oldest event is dropped (counted)
+TICK = 0.020
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class JoinParam:
+    """The vendor's JoinParam. The first joiner's values configure the channel."""
+
+    uri_mode: bool = False
+    password: str | None = None
+    capacity: int | None = None
+    heartbeat_time: int | None = None
+    heartbeat_timeout: int | None = None
+    display_name: str = ""
+    title: str = ""
+    custom_property: str = ""
+    max_senders: int | None = None
+
+
+@attrs.frozen
+class Participant:
+    user_id: str
+    sid: int
+    display_name: str
+    custom_role: CustomRole
+    custom_state: CustomState
+    audio: bool  # uploading audio
+    volume_status: VolumeStatus
+    net_status: NetStatus
+    type: ParticipantType
+    is_creator: bool
+    is_self: bool
+    audio_subscribe: bool = True  # whether this client receives their audio
+
+    @classmethod
+    def from_info(cls, info: ParticipantInfo, *, is_self: bool, audio_subscribe: bool = True) -> Participant:
+        return cls(
+            user_id=info.user_id,
+            sid=info.sid,
+            display_name=info.display_name,
+            custom_role=info.role,
+            custom_state=info.state,
+            audio=info.audio,
+            volume_status=info.volume_status,
+            net_status=info.net_status,
+            type=info.type,
+            is_creator=info.is_creator,
+            is_self=is_self,
+            audio_subscribe=audio_subscribe,
+        )
+
+
+# --- events: what the callbacks receive, as values for the async face ----------------------
+
+
+@attrs.frozen
+class JoinResult:
+    CALLBACK: ClassVar[str] = "on_join"
+    result: bool
+    reason: Reason
+    channel_id: str
+
+
+@attrs.frozen
+class LeaveEvent:
+    CALLBACK: ClassVar[str] = "on_leave"
+    reason: Reason
+    channel_id: str
+
+
+@attrs.frozen
+class StopResult:
+    CALLBACK: ClassVar[str] = "on_stop"
+    result: bool
+    reason: Reason
+
+
+@attrs.frozen
+class QueryResult:
+    CALLBACK: ClassVar[str] = "on_query"
+    operation_id: int
+    result: bool
+    reason: Reason
+    info: QueryInfo | None
+
+
+@attrs.frozen
+class ParticipantJoinEvent:
+    CALLBACK: ClassVar[str] = "on_participant_join"
+    participant: Participant
+
+
+@attrs.frozen
+class ParticipantLeftEvent:
+    CALLBACK: ClassVar[str] = "on_participant_left"
+    participant: Participant
+    reason: Reason
+
+
+@attrs.frozen
+class ParticipantUpdateEvent:
+    CALLBACK: ClassVar[str] = "on_participant_update"
+    participant: Participant
+    change: ParticipantChange
+
+
+@attrs.frozen
+class VolumeChangeEvent:
+    CALLBACK: ClassVar[str] = "on_participant_volume_change"
+    participant: Participant
+
+
+@attrs.frozen
+class MessageEvent:
+    CALLBACK: ClassVar[str] = "on_message_receive"
+    type: str
+    content: str
+    from_user_id: str
+
+
+@attrs.frozen
+class StateChangeEvent:
+    CALLBACK: ClassVar[str] = "on_media_channel_state_change"
+    state: ChannelState
+    old_state: ChannelState
+
+
+@attrs.frozen
+class PropertyChangeEvent:
+    CALLBACK: ClassVar[str] = "on_media_channel_property_change"
+    change: PropertyChange
+
+
+@attrs.frozen
+class MemberCountEvent:
+    """Airwave addition: the audience learns the member count (at most once a second)."""
+
+    CALLBACK: ClassVar[str] = "on_member_count_change"
+    count: int
+
+
+@attrs.frozen
+class OperationError:
+    """Airwave addition: a call the server refused, or an error it pushed (e.g. media refused)."""
+
+    CALLBACK: ClassVar[str] = "on_error"
+    operation: str
+    reason: Reason
+    message: str
+
+
+ChannelEvent = (
+    JoinResult | LeaveEvent | StopResult | QueryResult | ParticipantJoinEvent | ParticipantLeftEvent
+    | ParticipantUpdateEvent | VolumeChangeEvent | MessageEvent | StateChangeEvent | PropertyChangeEvent
+    | MemberCountEvent | OperationError
+)
+
+
+class MediaChannelCallback:
+    """Override the callbacks you need; each receives the fields of its event, in order."""
+
+    def on_join(self, result: bool, reason: Reason, channel_id: str) -> None: ...
+    def on_leave(self, reason: Reason, channel_id: str) -> None: ...
+    def on_stop(self, result: bool, reason: Reason) -> None: ...
+    def on_query(self, operation_id: int, result: bool, reason: Reason, info: QueryInfo | None) -> None: ...
+    def on_participant_join(self, participant: Participant) -> None: ...
+    def on_participant_left(self, participant: Participant, reason: Reason) -> None: ...
+    def on_participant_update(self, participant: Participant, change: ParticipantChange) -> None: ...
+    def on_participant_volume_change(self, participant: Participant) -> None: ...
+    def on_message_receive(self, type: str, content: str, from_user_id: str) -> None: ...
+    def on_media_channel_state_change(self, state: ChannelState, old_state: ChannelState) -> None: ...
+    def on_media_channel_property_change(self, change: PropertyChange) -> None: ...
+    def on_member_count_change(self, count: int) -> None: ...
+    def on_error(self, operation: str, reason: Reason, message: str) -> None: ...
+
+
+# --- device and client ----------------------------------------------------------------------
+
+
+class MediaDevice:
+    """The local audio devices: one source to upload from, any number of outputs."""
+
+    def __init__(self, source: AudioSource | None, outputs: list[Recorder]) -> None:
+        self.source = source
+        self.outputs = outputs
+
+    @classmethod
+    def create(cls, *, source: AudioSource | None = None, outputs: Iterable[str | Recorder] = ()) -> MediaDevice:
+        """``outputs`` are recorders or paths (.wav decoded, .ogg/.opus muxed as received)."""
+        return cls(source, [recorder_for(o) if isinstance(o, str) else o for o in outputs])
+
+    def set_audio_source(self, source: AudioSource | None) -> None:
+        self.source = source
+
+    def close(self) -> None:
+        for output in self.outputs:
+            output.close()
+
+
+class Client:
+    """A connection to an Airwave server (the vendor's JCClient; ``hello`` is the login)."""
+
+    def __init__(self, wire: Wire, nursery: trio.Nursery, url: str, user_id: str) -> None:
+        self.wire = wire
+        self.nursery = nursery
+        self.url = url
+        self.user_id = user_id
+        self.channel: MediaChannel | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, url: str, *, user_id: str | None = None) -> AsyncIterator[Client]:
+        async with open_wire(url) as wire, trio.open_nursery() as nursery:
+            client = cls(wire, nursery, url, user_id or f"user-{secrets.token_hex(4)}")
+            yield client
+            nursery.cancel_scope.cancel()
+
+
+# --- the channel ----------------------------------------------------------------------------
+
+
+class MediaChannel:
+    def __init__(self, client: Client, device: MediaDevice, callback: MediaChannelCallback | None) -> None:
+        self._client = client
+        self._wire = client.wire
+        self._device = device
+        self._callback = callback or MediaChannelCallback()
+        self._state = ChannelState.IDLE
+        self._channel_id = ""
+        self._participants: dict[str, Participant] = {}
+        self._by_sid: dict[int, str] = {}
+        self._role = CustomRole.ROLE_1
+        self._custom_state = CustomState.NONE
+        self._upload_wanted = False  # persists across leave and rejoin (client default: off)
+        self._custom_property = ""
+        self._member_count = 0
+        self._op_ids = itertools.count(1)
+        self._ops_send, self._ops = trio.open_memory_channel[_Operation](OPERATION_QUEUE)
+        self._listeners: list[trio.MemorySendChannel[ChannelEvent]] = []
+        self.events_dropped = 0
+        self.receiver = AudioReceiver()
+        self.receiver.recorders = device.outputs
+        self._sender: AudioSender | None = None
+        self._sender_source: AudioSource | None = None
+        self.source_finished = trio.Event()
+        self.media_sent = 0
+        self.media_refusals = 0
+
+    @classmethod
+    def create(cls, client: Client, device: MediaDevice, callback: MediaChannelCallback | None = None) -> MediaChannel:
+        if client.channel is not None:
+            raise RuntimeError("one MediaChannel per Client: a connection is one session")
+        channel = cls(client, device, callback)
+        client.channel = channel
+        for task in (channel._run_operations, channel._run_pushes, channel._run_media_in, channel._run_playout, channel._run_sender):
+            client.nursery.start_soon(task)
+        return channel
+
+    # --- state ---
+
+    @property
+    def state(self) -> ChannelState:
+        return self._state
+
+    @property
+    def channel_id(self) -> str:
+        return self._channel_id
+
+    @property
+    def participants(self) -> list[Participant]:
+        return list(self._participants.values())
+
+    @property
+    def self_participant(self) -> Participant | None:
+        return self._participants.get(self._client.user_id)
+
+    @property
+    def member_count(self) -> int:
+        return self._member_count
+
+    def participant(self, user_id: str) -> Participant | None:
+        return self._participants.get(user_id)
+
+    def get_custom_property(self) -> str:
+        return self._custom_property
+
+    def get_statistics(self) -> str:
+        """A JSON text with "Config", "Network", "Transport" and "Participants" (the vendor's keys)."""
+        return json.dumps(
+            {
+                "Config": {"url": self._client.url, "user_id": self._client.user_id, "channel_id": self._channel_id,
+                           "state": self._state.name.lower(), "role": self._role.index, "upload": self._upload_wanted,
+                           "audio_output": self.receiver.output_enabled},
+                "Network": {"connected": not self._wire.closed.is_set()},
+                "Transport": {"media_sent": self.media_sent, "media_received": self.receiver.stats.packets,
+                              "media_dropped_locally": self._wire.media_dropped, "concealed_frames": self.receiver.stats.concealed,
+                              "media_refusals": self.media_refusals, "events_dropped": self.events_dropped},
+                "Participants": [
+                    {"user_id": p.user_id, "role": p.custom_role.index, "state": p.custom_state.index, "audio": p.audio,
+                     "volume_status": int(p.volume_status), "is_self": p.is_self}
+                    for p in self._participants.values()
+                ],
+            }
+        )
+
+    # --- the vendor's face: queue and return ---
+
+    def _queue(self, operation: Callable[[], Awaitable[Any]]) -> bool:
+        try:
+            self._ops_send.send_nowait(_Operation(operation))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    async def _ordered(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        """Runs ``operation`` after every call queued before it, and returns its result."""
+        queued = _Operation(operation, trio.Event())
+        await self._ops_send.send(queued)
+        assert queued.done is not None
+        await queued.done.wait()
+        return queued.result
+
+    def set_custom_role(self, role: CustomRole, participant: Participant | str | None = None) -> bool:
+        return self._queue(lambda: self._set_custom_role(role, participant))
+
+    def set_custom_state(self, state: CustomState, participant: Participant | str | None = None) -> bool:
+        return self._queue(lambda: self._set_custom_state(state, participant))
+
+    def enable_upload_audio_stream(self, enable: bool) -> bool:
+        return self._queue(lambda: self._enable_upload_audio_stream(enable))
+
+    def join(self, channel_id_or_uri: str, param: JoinParam | None = None) -> bool:
+        if self._state is not ChannelState.IDLE:
+            return False
+        return self._queue(lambda: self._join(channel_id_or_uri, param))
+
+    def leave(self) -> bool:
+        return self._state is ChannelState.JOINED and self._queue(self._leave)
+
+    def stop(self) -> bool:
+        return self._state is ChannelState.JOINED and self._queue(self._stop)
+
+    def kick(self, participant: Participant | str) -> bool:
+        return self._queue(lambda: self._kick(participant))
+
+    def query(self, channel_id: str) -> int:
+        """Returns the operation id that on_query will carry."""
+        operation_id = next(self._op_ids)
+        self._queue(lambda: self._query(channel_id, operation_id))
+        return operation_id
+
+    def send_message(self, type: str, content: str, to_user_id: str | None = None) -> bool:
+        size = len(content.encode("utf-8", "surrogatepass"))
+        if self._state is not ChannelState.JOINED or not 1 <= size <= limits.MAX_MESSAGE_CONTENT_BYTES:
+            return False
+        return self._queue(lambda: self._send_message(type, content, to_user_id))
+
+    def enable_audio_output(self, enable: bool) -> bool:
+        """Local playback on or off (the default is on); persists across leave and rejoin."""
+        self.receiver.output_enabled = enable
+        self._emit(PropertyChangeEvent(PropertyChange.AUDIO_OUTPUT))
+        return True
+
+    def subscribe_participant_audio(self, participant: Participant | str, enable: bool) -> bool:
+        return self._state is ChannelState.JOINED and self._queue(lambda: self._subscribe_participant_audio(participant, enable))
+
+    def set_custom_property(self, value: str) -> bool:
+        return self._state is ChannelState.JOINED and self._queue(lambda: self._set_custom_property(value))
+
+    # --- the trio face: the same operations, awaited, in the same order as queued calls ---
+
+    def events(self) -> trio.MemoryReceiveChannel[ChannelEvent]:
+        """A new async iterator of every event from now on (bounded; oldest dropped if unread)."""
+        send, receive = trio.open_memory_channel[ChannelEvent](EVENT_QUEUE)
+        self._listeners.append(send)
+        return receive
+
+    async def join_async(self, channel_id_or_uri: str, param: JoinParam | None = None) -> JoinResult:
+        return await self._ordered(lambda: self._join(channel_id_or_uri, param))  # type: ignore[no-any-return]
+
+    async def leave_async(self) -> LeaveEvent:
+        return await self._ordered(self._leave)  # type: ignore[no-any-return]
+
+    async def stop_async(self) -> StopResult:
+        return await self._ordered(self._stop)  # type: ignore[no-any-return]
+
+    async def set_custom_role_async(self, role: CustomRole, participant: Participant | str | None = None) -> Reason:
+        return await self._ordered(lambda: self._set_custom_role(role, participant))  # type: ignore[no-any-return]
+
+    async def set_custom_state_async(self, state: CustomState, participant: Participant | str | None = None) -> Reason:
+        return await self._ordered(lambda: self._set_custom_state(state, participant))  # type: ignore[no-any-return]
+
+    async def enable_upload_audio_stream_async(self, enable: bool) -> Reason:
+        return await self._ordered(lambda: self._enable_upload_audio_stream(enable))  # type: ignore[no-any-return]
+
+    async def kick_async(self, participant: Participant | str) -> Reason:
+        return await self._ordered(lambda: self._kick(participant))  # type: ignore[no-any-return]
+
+    async def query_async(self, channel_id: str) -> QueryResult:
+        return await self._ordered(lambda: self._query(channel_id))  # type: ignore[no-any-return]
+
+    async def send_message_async(self, type: str, content: str, to_user_id: str | None = None) -> Reason:
+        return await self._ordered(lambda: self._send_message(type, content, to_user_id))  # type: ignore[no-any-return]
+
+    async def subscribe_participant_audio_async(self, participant: Participant | str, enable: bool) -> Reason:
+        return await self._ordered(lambda: self._subscribe_participant_audio(participant, enable))  # type: ignore[no-any-return]
+
+    async def set_custom_property_async(self, value: str) -> Reason:
+        return await self._ordered(lambda: self._set_custom_property(value))  # type: ignore[no-any-return]
+
+    # --- the operations themselves ---
+
+    async def _join(self, channel_id_or_uri: str, param: JoinParam | None = None) -> JoinResult:
+        param = param or JoinParam()
+        if self._state is not ChannelState.IDLE:
+            reason = Reason.ALREADY_JOINED if self._state is ChannelState.JOINED else Reason.CALL_FUNCTION_ERROR
+            return self._emit(JoinResult(False, reason, channel_id_or_uri))
+        self._set_state(ChannelState.JOINING)
+        reply = await self._request(
+            Join,
+            channel=channel_id_or_uri,
+            user_id=self._client.user_id,
+            uri_mode=param.uri_mode,
+            display_name=param.display_name,
+            role=self._role,
+            state=self._custom_state,
+            upload=self._upload_wanted,
+            password=param.password,
+            capacity=param.capacity,
+            heartbeat_time=param.heartbeat_time,
+            heartbeat_timeout=param.heartbeat_timeout,
+            title=param.title,
+            custom_property=param.custom_property,
+            max_senders=param.max_senders,
+        )
+        if not reply.ok:
+            self._set_state(ChannelState.IDLE)
+            return self._emit(JoinResult(False, reply.reason, channel_id_or_uri))
+        info = channel_info_from_wire(reply.result)
+        self._channel_id = info.channel_id
+        self._custom_property = info.custom_property
+        self._member_count = info.member_count
+        self._participants.clear()
+        self._by_sid.clear()
+        for p in info.participants:
+            self._store(Participant.from_info(p, is_self=p.user_id == self._client.user_id))
+        self._set_state(ChannelState.JOINED)
+        return self._emit(JoinResult(True, Reason.NONE, self._channel_id))
+
+    async def _leave(self) -> LeaveEvent:
+        if self._state is not ChannelState.JOINED:
+            return self._emit(LeaveEvent(Reason.CALL_FUNCTION_ERROR, self._channel_id))
+        self._set_state(ChannelState.LEAVING)
+        reply = await self._request(Leave)
+        return self._left(Reason.QUIT if reply.ok else reply.reason)
+
+    async def _stop(self) -> StopResult:
+        if self._state is not ChannelState.JOINED:
+            return self._emit(StopResult(False, Reason.CALL_FUNCTION_ERROR))
+        reply = await self._request(Stop)
+        if not reply.ok:
+            return self._emit(StopResult(False, reply.reason))
+        self._reset_channel()
+        self._set_state(ChannelState.IDLE)
+        return self._emit(StopResult(True, Reason.NONE))
+
+    async def _set_custom_role(self, role: CustomRole, participant: Participant | str | None = None) -> Reason:
+        target = _user_id(participant)
+        if self._state is not ChannelState.JOINED:
+            if target is not None and target != self._client.user_id:
+                return self._refused("set_custom_role", Reason.CALL_FUNCTION_ERROR, "not in a channel")
+            self._role = role  # kept, and sent with the join
+            return Reason.NONE
+        reply = await self._request(SetRole, role=role, user_id=target)
+        if reply.ok and target in (None, self._client.user_id):
+            self._role = role
+        return self._checked("set_custom_role", reply)
+
+    async def _set_custom_state(self, state: CustomState, participant: Participant | str | None = None) -> Reason:
+        target = _user_id(participant)
+        if self._state is not ChannelState.JOINED:
+            if target is not None and target != self._client.user_id:
+                return self._refused("set_custom_state", Reason.CALL_FUNCTION_ERROR, "not in a channel")
+            self._custom_state = state
+            return Reason.NONE
+        reply = await self._request(SetState, state=state, user_id=target)
+        if reply.ok and target in (None, self._client.user_id):
+            self._custom_state = state
+        return self._checked("set_custom_state", reply)
+
+    async def _enable_upload_audio_stream(self, enable: bool) -> Reason:
+        """Remembered as a wish: if refused for lack of permission now, it is sent again by
+        itself once a host puts this participant on the mic (the co-host flow)."""
+        self._upload_wanted = enable
+        if self._state is not ChannelState.JOINED:
+            return Reason.NONE
+        return self._checked("enable_upload_audio_stream", await self._request(EnableUpload, enabled=enable))
+
+    async def _kick(self, participant: Participant | str) -> Reason:
+        if self._state is not ChannelState.JOINED:
+            return self._refused("kick", Reason.CALL_FUNCTION_ERROR, "not in a channel")
+        return self._checked("kick", await self._request(Kick, user_id=_user_id(participant)))
+
+    async def _query(self, channel_id: str, operation_id: int | None = None) -> QueryResult:
+        operation_id = operation_id or next(self._op_ids)
+        reply = await self._request(Query, channel=channel_id)
+        info = query_info_from_wire(reply.result) if reply.ok else None
+        return self._emit(QueryResult(operation_id, reply.ok, reply.reason, info))
+
+    async def _send_message(self, type: str, content: str, to_user_id: str | None = None) -> Reason:
+        return self._checked("send_message", await self._request(SendMessage, msg_type=type, content=content, to=to_user_id))
+
+    async def _subscribe_participant_audio(self, participant: Participant | str, enable: bool) -> Reason:
+        user_id = _user_id(participant)
+        reply = await self._request(SubscribeAudio, user_id=user_id, enabled=enable)
+        if reply.ok and (p := self._participants.get(user_id or "")) is not None:
+            self._store(attrs.evolve(p, audio_subscribe=enable))
+            if not enable:
+                self.receiver.forget(p.sid)
+        return self._checked("subscribe_participant_audio", reply)
+
+    async def _set_custom_property(self, value: str) -> Reason:
+        return self._checked("set_custom_property", await self._request(SetCustomProperty, value=value))
+
+    # --- internals ---
+
+    async def _request(self, message_type: type, **fields: Any) -> Any:
+        try:
+            return await self._wire.request(message_type, **fields)
+        except (WireClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            from airwave.protocol import Reply
+
+            return Reply(1, Reason.NETWORK, f"connection lost: {exc}")
+
+    def _checked(self, operation: str, reply: Any) -> Reason:
+        if not reply.ok:
+            self._refused(operation, reply.reason, reply.message)
+        return reply.reason  # type: ignore[no-any-return]
+
+    def _refused(self, operation: str, reason: Reason, message: str) -> Reason:
+        self._emit(OperationError(operation, reason, message))
+        return reason
+
+    def _emit(self, event: Any) -> Any:
+        handler = getattr(self._callback, event.CALLBACK, None)
+        if handler is not None:
+            try:
+                handler(*attrs.astuple(event, recurse=False))
+            except Exception:
+                log.exception("callback %s raised", event.CALLBACK)
+        for listener in list(self._listeners):
+            try:
+                listener.send_nowait(event)
+            except trio.WouldBlock:
+                self.events_dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._listeners.remove(listener)
+        return event
+
+    def _set_state(self, state: ChannelState) -> None:
+        old, self._state = self._state, state
+        if old is not state:
+            self._emit(StateChangeEvent(state, old))
+
+    def _store(self, participant: Participant) -> None:
+        self._participants[participant.user_id] = participant
+        self._by_sid[participant.sid] = participant.user_id
+
+    def _reset_channel(self) -> None:
+        for participant in self._participants.values():
+            self.receiver.forget(participant.sid)
+        self._participants.clear()
+        self._by_sid.clear()
+
+    def _left(self, reason: Reason) -> LeaveEvent:
+        channel_id = self._channel_id
+        self._reset_channel()
+        self._set_state(ChannelState.IDLE)
+        return self._emit(LeaveEvent(reason, channel_id))
+
+    def _sees_everyone(self) -> bool:
+        me = self.self_participant
+        return me is not None and DEFAULT_POLICY.is_host(me.custom_role)
+
+    def _maybe_resume_upload(self) -> None:
+        me = self.self_participant
+        if me is None or me.audio or not self._upload_wanted:
+            return
+        if DEFAULT_POLICY.may_publish(me.custom_role, me.custom_state):
+            self._queue(lambda: self._enable_upload_audio_stream(True))
+
+    # --- tasks ---
+
+    async def _run_operations(self) -> None:
+        async with self._ops:
+            async for operation in self._ops:
+                operation.result = await operation.run()
+                if operation.done is not None:
+                    operation.done.set()
+
+    async def _run_pushes(self) -> None:
+        async for message in self._wire.pushes:
+            self._on_push(message)
+        if self._state is not ChannelState.IDLE:
+            self._left(Reason.NETWORK)
+
+    def _on_push(self, message: object) -> None:
+        me = self._client.user_id
+        match message:
+            case ParticipantJoined(participant=info):
+                participant = Participant.from_info(info, is_self=info.user_id == me)
+                self._store(participant)
+                self._emit(ParticipantJoinEvent(participant))
+            case ParticipantLeft(user_id=user_id, reason=reason):
+                participant = self._participants.pop(user_id, None)
+                if participant is not None:
+                    self._by_sid.pop(participant.sid, None)
+                    self.receiver.forget(participant.sid)
+                    self._emit(ParticipantLeftEvent(participant, reason))
+            case ParticipantUpdated(participant=info, changes=changes):
+                old = self._participants.get(info.user_id)
+                subscribed = old.audio_subscribe if old is not None else True
+                participant = Participant.from_info(info, is_self=info.user_id == me, audio_subscribe=subscribed)
+                self._store(participant)
+                if participant.is_self:
+                    self._role, self._custom_state = participant.custom_role, participant.custom_state
+                    self._maybe_resume_upload()
+                self._emit(ParticipantUpdateEvent(participant, ParticipantChange(changes)))
+                if not self._sees_everyone() and not participant.is_self and not _announced(participant):
+                    # Out of the audience's view from now on: the server tells only hosts
+                    # when ordinary audience members leave.
+                    self._participants.pop(participant.user_id, None)
+            case VolumeChanged(user_id=user_id, volume_status=status):
+                if (p := self._participants.get(user_id)) is not None:
+                    participant = attrs.evolve(p, volume_status=status)
+                    self._store(participant)
+                    self._emit(VolumeChangeEvent(participant))
+            case PropertyChanged(changes=changes, custom_property=value):
+                self._custom_property = value
+                self._emit(PropertyChangeEvent(PropertyChange(changes)))
+            case MessageReceived(msg_type=msg_type, content=content, from_user_id=sender):
+                self._emit(MessageEvent(msg_type, content, sender))
+            case MemberCount(count=count):
+                self._member_count = count
+                self._emit(MemberCountEvent(count))
+            case Left(channel=channel_id, reason=reason):
+                if channel_id == self._channel_id and self._state is not ChannelState.IDLE:
+                    self._left(reason)
+            case Error(reason=reason, message=text):
+                if reason in (Reason.NO_PERMISSION, Reason.CALL_FUNCTION_ERROR):
+                    self.media_refusals += 1
+                self._emit(OperationError("server", reason, text))
+
+    async def _run_media_in(self) -> None:
+        async for packet in self._wire.media:
+            if self._state is ChannelState.JOINED:
+                self.receiver.push(packet, trio.current_time())
+
+    async def _run_playout(self) -> None:
+        """One mixed frame to the outputs every 20 ms while joined."""
+        deadline = trio.current_time()
+        while True:
+            deadline += TICK
+            await trio.sleep_until(deadline)
+            if trio.current_time() - deadline > 10 * TICK:
+                deadline = trio.current_time()  # the process stalled: don't burst to catch up
+            if self._state is ChannelState.JOINED:
+                self.receiver.tick(trio.current_time())
+
+    async def _run_sender(self) -> None:
+        """Paced upload: one frame every 20 ms while joined, uploading, and the source lasts."""
+        deadline = trio.current_time()
+        while True:
+            deadline += TICK
+            await trio.sleep_until(deadline)
+            now = trio.current_time()
+            if now - deadline > 10 * TICK:
+                deadline = now
+            me = self.self_participant
+            source = self._device.source
+            if self._state is not ChannelState.JOINED or me is None or not me.audio or source is None:
+                continue
+            if self._sender is None or self._sender_source is not source:
+                if self._sender is not None:  # a new source: a new "finished"
+                    self.source_finished = trio.Event()
+                self._sender, self._sender_source = AudioSender(source), source
+            frame = self._sender.next_frame()
+            if frame is None:
+                self.source_finished.set()
+                continue
+            try:
+                await self._wire.send_bytes(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, Exception) as exc:  # connection gone
+                log.debug("media send failed: %r", exc)
+                return
+            self.media_sent += 1
+
+
+@attrs.define
+class _Operation:
+    run: Callable[[], Awaitable[Any]]
+    done: trio.Event | None = None  # set when an awaiting caller wants the result
+    result: Any = None
+
+
+def _announced(participant: Participant) -> bool:
+    """Publishers and hosts are announced to everyone (the scale rule, decision 5)."""
+    return DEFAULT_POLICY.is_host(participant.custom_role) or DEFAULT_POLICY.may_publish(
+        participant.custom_role, participant.custom_state
+    )
+
+
+def _user_id(participant: Participant | str | None) -> str | None:
+    return participant.user_id if isinstance(participant, Participant) else participant
+
+
+@asynccontextmanager
+async def open_channel(
+    url: str,
+    *,
+    user_id: str | None = None,
+    device: MediaDevice | None = None,
+    callback: MediaChannelCallback | None = None,
+) -> AsyncIterator[MediaChannel]:
+    """Client.connect + MediaChannel.create in one step, for trio code."""
+    async with Client.connect(url, user_id=user_id) as client:
+        yield MediaChannel.create(client, device or MediaDevice.create(), callback)

@@ -1,0 +1,160 @@
+"""The SDK end to end: the seed's call sequence with callbacks, real Opus through PyAV, a real
+server on loopback, recordings checked by FFT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import trio
+
+from airwave.actors.server import RunningServer
+from airwave.audio import ToneSource
+from airwave.client import (
+    Client,
+    JoinParam,
+    JoinResult,
+    LeaveEvent,
+    MediaChannel,
+    MediaChannelCallback,
+    MediaDevice,
+    MessageEvent,
+    ParticipantJoinEvent,
+    StopResult,
+)
+from airwave.protocol import ChannelState, CustomRole, CustomState, Reason
+
+from audio_checks import dominant_frequency, longest_gap_frames, read_wav, sounding_span
+
+HOST = CustomRole.ROLE_0
+
+
+@attrs.define
+class Recording(MediaChannelCallback):
+    """Keeps every callback as (name, args), in order."""
+
+    calls: list[tuple[str, tuple[object, ...]]] = attrs.field(factory=list)
+
+    def __getattribute__(self, name: str) -> object:
+        if name.startswith("on_"):
+            return lambda *args: object.__getattribute__(self, "calls").append((name, args))
+        return object.__getattribute__(self, name)
+
+    def named(self, name: str) -> list[tuple[object, ...]]:
+        return [args for call, args in self.calls if call == name]
+
+
+async def wait_for(events: trio.MemoryReceiveChannel, kind: type, timeout: float = 3.0) -> object:
+    with trio.fail_after(timeout):
+        async for event in events:
+            if isinstance(event, kind):
+                return event
+    raise AssertionError(f"no {kind.__name__}")
+
+
+async def test_seed_sequence_tone_arrives_as_tone_with_callbacks(server: RunningServer, tmp_path: Path) -> None:
+    recording = tmp_path / "listener.wav"
+    host_calls, listener_calls = Recording(), Recording()
+    with trio.fail_after(20):
+        async with Client.connect(server.url, user_id="host") as host_client, Client.connect(
+            server.url, user_id="listener"
+        ) as listener_client:
+            host_device = MediaDevice.create(source=ToneSource(440.0, seconds=2.0))
+            host = MediaChannel.create(host_client, host_device, host_calls)
+            listener_device = MediaDevice.create(outputs=[str(recording)])
+            listener = MediaChannel.create(listener_client, listener_device, listener_calls)
+            host_events, listener_events = host.events(), listener.events()
+
+            # The seed: set the role, enable upload, join by id (created on first join).
+            assert host.set_custom_role(HOST)
+            assert host.enable_upload_audio_stream(True)
+            assert host.join("222", JoinParam(display_name="Host"))
+            assert (await wait_for(host_events, JoinResult)) == JoinResult(True, Reason.NONE, "222")
+
+            assert listener.join("222")
+            assert (await wait_for(listener_events, JoinResult)).result
+            joined = await wait_for(host_events, ParticipantJoinEvent)
+            assert joined.participant.user_id == "listener"
+            assert joined.participant.custom_role is CustomRole.ROLE_1
+
+            with trio.fail_after(5):
+                await host.source_finished.wait()
+            await trio.sleep(0.3)  # the jitter buffer's tail
+
+            assert host.stop()
+            assert (await wait_for(host_events, StopResult)) == StopResult(True, Reason.NONE)
+            assert (await wait_for(listener_events, LeaveEvent)) == LeaveEvent(Reason.OVER, "222")
+            assert listener.state is ChannelState.IDLE and host.state is ChannelState.IDLE
+            listener_device.close()
+
+    assert host_calls.named("on_join") == [(True, Reason.NONE, "222")]
+    assert host_calls.named("on_stop") == [(True, Reason.NONE)]
+    assert listener_calls.named("on_leave") == [(Reason.OVER, "222")]
+    states = [args for args in listener_calls.named("on_media_channel_state_change")]
+    assert states[:2] == [(ChannelState.JOINING, ChannelState.IDLE), (ChannelState.JOINED, ChannelState.JOINING)]
+
+    pcm = read_wav(recording)
+    first, last = sounding_span(pcm)
+    tone = pcm[first * 960 : (last + 1) * 960]
+    # 2 s sent, plus up to 200 ms of concealment fading out after the last packet.
+    assert 1.9 <= len(tone) / 48_000 <= 2.3, "about the 2 s that were sent"
+    assert abs(dominant_frequency(tone) - 440.0) < 3.0
+    assert longest_gap_frames(pcm) <= 1, "no gap longer than one frame on loopback"
+
+
+async def test_co_host_flow_promoted_listener_is_heard_within_a_second(server: RunningServer, tmp_path: Path) -> None:
+    heard = tmp_path / "bob.wav"
+    with trio.fail_after(20):
+        async with Client.connect(server.url, user_id="host") as h, Client.connect(
+            server.url, user_id="alice"
+        ) as a, Client.connect(server.url, user_id="bob") as b:
+            host = MediaChannel.create(h, MediaDevice.create())
+            alice = MediaChannel.create(a, MediaDevice.create(source=ToneSource(880.0)))
+            bob_device = MediaDevice.create(outputs=[str(heard)])
+            bob = MediaChannel.create(b, bob_device)
+            host_events, alice_events = host.events(), alice.events()
+            host.set_custom_role(HOST)
+            assert (await host.join_async("stage")).result
+            assert (await alice.join_async("stage")).result
+            assert (await bob.join_async("stage")).result
+
+            # Alice wants to talk: upload is refused (audience), and she raises her hand.
+            assert await alice.enable_upload_audio_stream_async(True) is Reason.NO_PERMISSION
+            assert alice.send_message("raise_hand", "may I speak?", to_user_id="host")
+            hand = await wait_for(host_events, MessageEvent)
+            assert (hand.type, hand.from_user_id) == ("raise_hand", "alice")
+
+            promoted_at = trio.current_time()
+            assert await host.set_custom_state_async(CustomState.STATE_0, "alice") is Reason.NONE
+            # No rejoin, no second call: the SDK re-sends her upload wish once she may publish.
+            with trio.fail_after(1.0):
+                while bob.receiver.stats.packets == 0:
+                    await trio.sleep(0.01)
+            assert trio.current_time() - promoted_at < 1.0
+            await trio.sleep(1.0)
+            assert alice.self_participant is not None and alice.self_participant.audio
+            await bob.leave_async()
+            bob_device.close()
+
+    pcm = read_wav(heard)
+    first, last = sounding_span(pcm)
+    assert abs(dominant_frequency(pcm[first * 960 : (last + 1) * 960]) - 880.0) < 5.0
+
+
+async def test_sdk_failure_reasons_reach_on_join_and_on_stop(server: RunningServer) -> None:
+    with trio.fail_after(10):
+        async with Client.connect(server.url, user_id="host") as h, Client.connect(server.url, user_id="guest") as g:
+            host = MediaChannel.create(h, MediaDevice.create())
+            guest = MediaChannel.create(g, MediaDevice.create())
+            host.set_custom_role(HOST)
+            assert (await host.join_async("vip", JoinParam(password="s3cret", capacity=2))).result
+            assert await guest.join_async("vip", JoinParam(password="nope")) == JoinResult(False, Reason.INVALID_PASSWORD, "vip")
+            assert await guest.join_async("ghost", JoinParam(uri_mode=True)) == JoinResult(False, Reason.NOT_FOUND, "ghost")
+            assert (await guest.join_async("vip", JoinParam(password="s3cret"))).result
+            assert await guest.join_async("vip") == JoinResult(False, Reason.ALREADY_JOINED, "vip")
+            assert await guest.stop_async() == StopResult(False, Reason.NO_PERMISSION)
+            assert await host.kick_async("guest") is Reason.NONE
+            with trio.fail_after(2):
+                while guest.state is not ChannelState.IDLE:
+                    await trio.sleep(0.01)
+            assert guest.participants == []
