@@ -9,9 +9,24 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost cause, e.g. "[Errno 111] Connect call failed", not a wrapper's empty repr."""
+    while (inner := error.__cause__ or error.__context__) is not None:
+        error = inner
+    return str(error) or type(error).__name__
 
 
 def _is_loopback(host: str) -> bool:
@@ -48,11 +63,11 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         trio.run(main)
     except* LogCorruption as group:
-        failure = (f"the event log is corrupt, refusing to start: {group.exceptions[0]}", 2)
+        failure = (f"the event log is corrupt, refusing to start: {_leaf(group)}", 2)
     except* LogLocked as group:
-        failure = (str(group.exceptions[0]), 2)
+        failure = (str(_leaf(group)), 2)
     except* OSError as group:
-        failure = (f"cannot serve on {args.host}:{args.port}: {group.exceptions[0]}", 1)
+        failure = (f"cannot serve on {args.host}:{args.port}: {_leaf(group)}", 1)
     if failure is not None:
         print(f"airwave: {failure[0]}", file=sys.stderr)
         return failure[1]
@@ -95,6 +110,56 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_client(args: argparse.Namespace, command: Callable[[], Awaitable[int]]) -> int:
+    """Runs a client command; any failure is one line with its reason and a non-zero exit."""
+    import trio_websocket
+
+    from airwave.commands import CommandFailed
+
+    failure: str | None = None
+    code = 0
+    try:
+        code = trio.run(command)
+    except* CommandFailed as group:
+        failure = str(_leaf(group))
+    except* (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as group:
+        failure = f"cannot reach the server at {args.url}: {_root_cause(_leaf(group))}"
+    if failure is not None:
+        print(f"airwave: {failure}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _host(args: argparse.Namespace) -> int:
+    from airwave import commands
+
+    return _run_client(args, lambda: commands.host(
+        args.url, args.channel, commands.source_from(args.input, args.tone), duration=args.duration,
+        name=args.name, password=args.password, stop_at_end=args.stop_at_end,
+    ))
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from airwave import commands
+
+    return _run_client(args, lambda: commands.listen(
+        args.url, args.channel, args.output, duration=args.duration, name=args.name, password=args.password,
+    ))
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from airwave import commands
+
+    return _run_client(args, lambda: commands.stop(args.url, args.channel, name=args.name, password=args.password))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from airwave.demo import run_demo
+
+    logging.getLogger().setLevel(logging.WARNING)  # the demo narrates; the server stays quiet
+    return int(trio.run(lambda: run_demo(Path(args.dir) if args.dir else None)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airwave", description="Live interactive voice streaming.")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
@@ -114,6 +179,35 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--until", type=int, metavar="SEQ", help="stop after this seq (included)")
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
     replay.set_defaults(run=_replay)
+
+    def client_options(sub: argparse.ArgumentParser, default_name: str) -> None:
+        sub.add_argument("channel", help="the channel id")
+        sub.add_argument("--url", default="ws://127.0.0.1:8765", help="the server (default ws://127.0.0.1:8765)")
+        sub.add_argument("--name", help=f"your user id (default {default_name}-<random>)")
+        sub.add_argument("--password", help="the channel's password (visible in ps; fine for local use)")
+
+    host = commands.add_parser("host", help="join as host (role 0) and stream audio")
+    client_options(host, "host")
+    source = host.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="an audio file (any format FFmpeg reads)")
+    source.add_argument("--tone", type=float, metavar="HZ", help="a generated sine tone")
+    host.add_argument("--duration", type=float, metavar="S", help="stream this long (default: until the input ends)")
+    host.add_argument("--stop-at-end", action="store_true", help="stop the channel for everyone at the end")
+    host.set_defaults(run=_host)
+
+    listen = commands.add_parser("listen", help="join as audience (role 1) and record")
+    client_options(listen, "listener")
+    listen.add_argument("--output", required=True, help="a .wav (decoded) or .ogg/.opus (as received) file")
+    listen.add_argument("--duration", type=float, metavar="S", help="listen this long (default: until the channel ends)")
+    listen.set_defaults(run=_listen)
+
+    stop = commands.add_parser("stop", help="end a channel for everyone")
+    client_options(stop, "stopper")
+    stop.set_defaults(run=_stop)
+
+    demo = commands.add_parser("demo", help="run a server, a host, two listeners, a co-host and a stop, in one go")
+    demo.add_argument("--dir", help="where to put the recordings and the event log (default: a new temp dir)")
+    demo.set_defaults(run=_demo)
     return parser
 
 

@@ -1,0 +1,205 @@
+"""The client commands behind `airwave host`, `listen` and `stop`, as plain async functions.
+
+Each prints progress lines and returns an exit status; failures are one clear line with the
+reason code (`CommandFailed`), raised for the CLI to print.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+import attrs
+import trio
+
+from airwave.audio import AudioSource, FileSource, ToneSource
+from airwave.client import (
+    Client,
+    JoinParam,
+    LeaveEvent,
+    MediaChannel,
+    MediaChannelCallback,
+    MediaDevice,
+    Participant,
+)
+from airwave.protocol import HOST_ROLE, ChannelState, CustomRole, ParticipantChange, Reason, VolumeStatus
+
+DEFAULT_URL = "ws://127.0.0.1:8765"
+
+
+class CommandFailed(Exception):
+    """One line for the user, with the reason code when the server gave one."""
+
+    def __init__(self, message: str, reason: Reason | None = None) -> None:
+        if reason is not None:
+            message = f"{message}: {reason.reason_name} [{int(reason)}]"
+        super().__init__(message)
+        self.reason = reason
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+@attrs.define
+class Narrator(MediaChannelCallback):
+    """Prints what happens in the channel, one line each: presence, roles, who is speaking."""
+
+    out: TextIO = sys.stdout
+    label: str = ""
+    show_speaking: bool = True
+    speaking: dict[str, VolumeStatus] = attrs.field(factory=dict)
+
+    def say(self, text: str) -> None:
+        print(f"{self.label}{text}", file=self.out, flush=True)
+
+    def on_leave(self, reason: Reason, channel_id: str) -> None:
+        self.say(f"left {channel_id!r}: {reason.reason_name} [{int(reason)}]")
+
+    def on_participant_join(self, participant: Participant) -> None:
+        self.say(f"+ {participant.user_id} joined (role {participant.custom_role.index})")
+
+    def on_participant_left(self, participant: Participant, reason: Reason) -> None:
+        self.say(f"- {participant.user_id} left ({reason.reason_name})")
+
+    def on_participant_update(self, participant: Participant, change: ParticipantChange) -> None:
+        what = []
+        if change & ParticipantChange.CUSTOM_ROLE:
+            what.append(f"role {participant.custom_role.index}")
+        if change & ParticipantChange.CUSTOM_STATE:
+            index = participant.custom_state.index
+            what.append({0: "on the mic", None: "off the mic"}.get(index, f"state {index}"))
+        if change & ParticipantChange.AUDIO:
+            what.append("uploading audio" if participant.audio else "stopped uploading")
+        self.say(f"* {participant.user_id}: {', '.join(what) or 'updated'}")
+
+    def on_participant_volume_change(self, participant: Participant) -> None:
+        if not self.show_speaking:
+            return
+        was = self.speaking.get(participant.user_id, VolumeStatus.ZERO)
+        now = participant.volume_status
+        self.speaking[participant.user_id] = now
+        talking = now >= VolumeStatus.LOW
+        if talking != (was >= VolumeStatus.LOW):
+            self.say(f"~ {participant.user_id} {'is speaking' if talking else 'is quiet'}")
+
+    def on_message_receive(self, type: str, content: str, from_user_id: str) -> None:
+        self.say(f"> {from_user_id} [{type}]: {content}")
+
+    def on_member_count_change(self, count: int) -> None:
+        self.say(f"  {count} member(s) in the channel")
+
+
+async def _join(channel: MediaChannel, channel_id: str, param: JoinParam) -> None:
+    result = await channel.join_async(channel_id, param)
+    if not result.result:
+        raise CommandFailed(f"cannot join {channel_id!r}", result.reason)
+
+
+async def _until_done(channel: MediaChannel, duration: float | None, also: Callable[[], bool] = lambda: False) -> Reason | None:
+    """Waits for ``duration``, the end of the channel, or ``also()``; the leave reason if it ended."""
+    events = channel.events()
+    deadline = trio.current_time() + (duration if duration is not None else math.inf)
+    with trio.move_on_at(deadline):
+        while not also():
+            with trio.move_on_after(0.05):
+                event = await events.receive()
+                if isinstance(event, LeaveEvent):
+                    return event.reason
+    return None if channel.state is ChannelState.JOINED else Reason.NETWORK
+
+
+def source_from(input_path: str | None, tone_hz: float | None) -> AudioSource:
+    if input_path is not None:
+        if not Path(input_path).exists():
+            raise CommandFailed(f"no such input file: {input_path}")
+        return FileSource(input_path)
+    return ToneSource(tone_hz if tone_hz is not None else 440.0)
+
+
+async def host(
+    url: str,
+    channel_id: str,
+    source: AudioSource,
+    *,
+    duration: float | None = None,
+    name: str | None = None,
+    password: str | None = None,
+    stop_at_end: bool = False,
+    out: TextIO = sys.stdout,
+) -> int:
+    name = name or _name("host")
+    narrator = Narrator(out)
+    async with Client.connect(url, user_id=name) as client:
+        channel = MediaChannel.create(client, MediaDevice.create(source=source), narrator)
+        channel.set_custom_role(HOST_ROLE)
+        channel.enable_upload_audio_stream(True)
+        await _join(channel, channel_id, JoinParam(password=password, display_name=name))
+        narrator.say(f"joined {channel_id!r} as {name} (host); streaming")
+        ended = await _until_done(channel, duration, also=channel.source_finished.is_set)
+        if ended is not None:
+            narrator.say(f"the channel ended for us: {ended.reason_name} [{int(ended)}]")
+            return 0 if ended is Reason.OVER else 1
+        narrator.say(f"sent {channel.media_sent} packets ({channel.media_sent * 0.02:.1f} s)")
+        if stop_at_end:
+            result = await channel.stop_async()
+            if not result.result:
+                raise CommandFailed(f"cannot stop {channel_id!r}", result.reason)
+            narrator.say(f"stopped {channel_id!r} for everyone")
+        else:
+            await channel.leave_async()
+            narrator.say(f"left {channel_id!r}")
+    return 0
+
+
+async def listen(
+    url: str,
+    channel_id: str,
+    output: str,
+    *,
+    duration: float | None = None,
+    name: str | None = None,
+    password: str | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    name = name or _name("listener")
+    narrator = Narrator(out)
+    try:
+        device = MediaDevice.create(outputs=[output])
+    except ValueError as exc:
+        raise CommandFailed(str(exc)) from None
+    try:
+        async with Client.connect(url, user_id=name) as client:
+            channel = MediaChannel.create(client, device, narrator)
+            await _join(channel, channel_id, JoinParam(password=password, display_name=name))
+            hosts = [p.user_id for p in channel.participants if p.custom_role is CustomRole.ROLE_0]
+            narrator.say(f"joined {channel_id!r} as {name} (audience); hosts: {', '.join(hosts) or 'none'}; recording to {output}")
+            ended = await _until_done(channel, duration)
+            if ended is None:
+                await channel.leave_async()
+            stats = channel.receiver.stats
+            narrator.say(f"received {stats.packets} packets, concealed {stats.concealed}; wrote {output}")
+            if ended is not None:
+                narrator.say(f"the channel ended: {ended.reason_name} [{int(ended)}]")
+                return 0 if ended is Reason.OVER else 1
+    finally:
+        device.close()
+    return 0
+
+
+async def stop(url: str, channel_id: str, *, name: str | None = None, password: str | None = None, out: TextIO = sys.stdout) -> int:
+    """Joins the existing channel as a host (uri mode: it must exist) and stops it."""
+    name = name or _name("stopper")
+    async with Client.connect(url, user_id=name) as client:
+        channel = MediaChannel.create(client, MediaDevice.create())
+        channel.set_custom_role(HOST_ROLE)
+        await _join(channel, channel_id, JoinParam(uri_mode=True, password=password, display_name=name))
+        result = await channel.stop_async()
+        if not result.result:
+            raise CommandFailed(f"cannot stop {channel_id!r}", result.reason)
+    print(f"stopped {channel_id!r} for everyone", file=out, flush=True)
+    return 0

@@ -1,0 +1,79 @@
+"""The `airwave` command as a user runs it: host, listen, stop against a real server, and
+the demo end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from airwave.actors.replay import fold_replayed, replay_events
+from airwave.actors.server import RunningServer
+from airwave.demo import run_demo
+
+from audio_checks import dominant_frequency, read_wav, sounding_span
+
+
+async def airwave(*args: str) -> subprocess.CompletedProcess[str]:
+    done = await trio.run_process(
+        [sys.executable, "-m", "airwave.cli", *args], capture_stdout=True, capture_stderr=True, check=False
+    )
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+async def test_cli_host_listen_stop_tone_arrives_and_channel_ends(server: RunningServer, tmp_path: Path) -> None:
+    output = tmp_path / "heard.wav"
+    url = server.url
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    async def run(name: str, *args: str) -> None:
+        results[name] = await airwave(*args)
+
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "host", "host", "radio", "--tone", "440", "--url", url, "--name", "dj", "--duration", "30")
+            with trio.fail_after(15):
+                while server.registry.find("radio") is None:
+                    await trio.sleep(0.05)
+            nursery.start_soon(run, "listen", "listen", "radio", "--output", str(output), "--url", url, "--name", "fan")
+            await trio.sleep(3.0)  # start-up of the listener's process, then ~2 s of tone
+            await run("stop", "stop", "radio", "--url", url)
+
+    assert results["stop"].returncode == 0, results["stop"].stderr
+    assert "stopped 'radio' for everyone" in results["stop"].stdout
+    for name in ("host", "listen"):
+        assert results[name].returncode == 0, results[name].stderr
+        assert "the channel ended: over [9]" in results[name].stdout or "over [9]" in results[name].stdout
+    assert "joined 'radio' as fan (audience); hosts: dj" in results["listen"].stdout
+    pcm = read_wav(output)
+    first, last = sounding_span(pcm)
+    assert abs(dominant_frequency(pcm[first * 960 : (last + 1) * 960]) - 440.0) < 3.0
+
+
+async def test_cli_errors_are_one_line_with_reason_and_nonzero_exit(server: RunningServer, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        missing = await airwave("stop", "nowhere", "--url", server.url)
+        unreachable = await airwave("listen", "x", "--output", str(tmp_path / "o.wav"), "--url", "ws://127.0.0.1:9/")
+        bad_output = await airwave("listen", "x", "--output", str(tmp_path / "o.mp3"), "--url", server.url)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == "airwave: cannot join 'nowhere': not_found [200]"
+    assert unreachable.returncode == 1 and "cannot reach the server at ws://127.0.0.1:9/" in unreachable.stderr
+    assert bad_output.returncode == 1 and "use a .wav, .ogg or .opus file" in bad_output.stderr
+
+
+async def test_demo_runs_the_whole_story_and_leaves_recordings_and_a_log(tmp_path: Path) -> None:
+    log = tmp_path / "demo.txt"
+    with trio.fail_after(30), open(log, "w") as out:
+        assert await run_demo(tmp_path / "demo", out=out, talk_seconds=1.0) == 0
+    text = log.read_text()
+    for line in ("bob [raise_hand]: may I say something?", "* bob: on the mic", "on_stop(True, none)", "channel_stopped"):
+        assert line in text
+    channels = fold_replayed(list(replay_events(tmp_path / "demo" / "data")))
+    (channel,) = channels.values()
+    assert channel.ended and channel.ended_by == "host"
+    alice = read_wav(tmp_path / "demo" / "alice.wav")
+    first, last = sounding_span(alice)
+    assert (last - first) * 0.02 > 2.0, "alice heard the host and then bob"
+    assert (tmp_path / "demo" / "alice.ogg").stat().st_size > 1000
