@@ -74,6 +74,11 @@ class Member:
     display_name: str
     joined_at: float
     is_creator: bool = False
+    granted_roles: int | None = None  # token grants as a role bit mask; None: open mode
+
+    def may_take(self, role: CustomRole) -> bool:
+        """Whether this member's credentials allow ``role`` (no role is always allowed)."""
+        return self.granted_roles is None or role is CustomRole.NONE or bool(self.granted_roles & role)
 
 
 @attrs.frozen
@@ -313,7 +318,15 @@ def _joined(channel: Channel, cmd: JoinChannel, policy: RolePolicy) -> Participa
         state=cmd.state,
         upload=cmd.upload and policy.may_publish(cmd.role, cmd.state),
         display_name=cmd.display_name,
+        granted_roles=None if cmd.allowed_roles is None else _role_mask(cmd.allowed_roles),
     )
+
+
+def _role_mask(roles: frozenset[CustomRole]) -> int:
+    mask = 0
+    for role in roles:
+        mask |= role
+    return mask
 
 
 def _senders_full(channel: Channel, joining_user: str) -> bool:
@@ -327,14 +340,18 @@ def _decide_role(channel: Channel, cmd: SetRole, actor: Member, granted: Permiss
     target = channel.members.get(cmd.target)
     if target is None:
         return Rejected(Reason.NOT_FOUND, f"{cmd.target!r} is not in the channel")
+    manages = bool(granted & Permission.MANAGE)
+    if target is not actor and not manages:
+        return Rejected(Reason.NO_PERMISSION, "only a host may change another participant's role")
+    if not target.may_take(cmd.role):
+        return Rejected(Reason.NO_PERMISSION, f"role {cmd.role.index} is not granted to {target.user_id!r} by their token")
     if target.role is cmd.role:
         return Accepted(())
-    if not granted & Permission.MANAGE:
-        if target is not actor:
-            return Rejected(Reason.NO_PERMISSION, "only a host may change another participant's role")
-        # Decision 2: anyone may lower their own privileges; raising them takes a host.
+    if not manages:
+        # Decision 2: anyone may lower their own privileges; raising them takes a host, or a
+        # role the member's token grants.
         old, new = policy.roles.get(actor.role, Permission.NONE), policy.roles.get(cmd.role, Permission.NONE)
-        if new & ~old:
+        if new & ~old and actor.granted_roles is None:
             return Rejected(Reason.NO_PERMISSION, "raising your own role takes a host")
     events: list[Event] = [RoleChanged(cmd.time, channel.channel_id, channel.number, target.user_id, cmd.role, actor.user_id)]
     if target.upload and not policy.may_publish(cmd.role, target.state):
@@ -346,11 +363,11 @@ def _decide_state(channel: Channel, cmd: SetState, actor: Member, granted: Permi
     target = channel.members.get(cmd.target)
     if target is None:
         return Rejected(Reason.NOT_FOUND, f"{cmd.target!r} is not in the channel")
+    if target is not actor and not granted & Permission.MANAGE:
+        return Rejected(Reason.NO_PERMISSION, "only a host may change another participant's state")
     if target.state is cmd.state:
         return Accepted(())
     if not granted & Permission.MANAGE:
-        if target is not actor:
-            return Rejected(Reason.NO_PERMISSION, "only a host may change another participant's state")
         gains = policy.permissions(actor.role, cmd.state) & ~policy.permissions(actor.role, actor.state)
         if gains:
             return Rejected(Reason.NO_PERMISSION, "going on the mic takes a host")
@@ -405,6 +422,7 @@ def evolve(channel: Channel | None, event: Event) -> Channel:
                 display_name=event.display_name,
                 joined_at=event.time,
                 is_creator=event.user_id == channel.created_by,
+                granted_roles=event.granted_roles,
             )
             return attrs.evolve(
                 channel, members={**channel.members, event.user_id: member}, next_sid=max(channel.next_sid, event.sid + 1)

@@ -105,6 +105,8 @@ class ParticipantJoined:
     state: CustomState = attrs.field(converter=_enum(CustomState))
     upload: bool = False
     display_name: str = ""
+    # With tokens: the roles the token grants, OR-ed as the vendor's bit flags; None in open mode.
+    granted_roles: int | None = None
 
 
 @_event

@@ -771,3 +771,45 @@ def test_fold_keeps_recreated_channel_apart_by_number() -> None:
     assert world[1].ended and world[1].members == {}
     assert list(world[2].members) == ["bob"]
     assert world[2].created_by == "bob"
+
+
+# --- credentials: what a token grants bounds every role change --------------------------------
+
+
+def test_token_member_may_raise_own_role_to_a_granted_role() -> None:
+    channel = hosted()
+    channel = applied(channel, join(channel, "cohost", allowed_roles=frozenset({HOST, AUDIENCE})))
+    events = accepted(decide(channel, SetRole(2.0, "cohost", "cohost", HOST)))
+    assert [type(e) for e in events] == [RoleChanged]
+
+
+def test_open_mode_member_may_not_raise_own_role_without_a_host() -> None:
+    channel = hosted("alice")
+    refused(decide(channel, SetRole(2.0, "alice", "alice", HOST)), Reason.NO_PERMISSION)
+
+
+def test_host_may_not_give_a_role_beyond_the_members_token() -> None:
+    channel = hosted()
+    channel = applied(channel, join(channel, "fan", allowed_roles=frozenset({AUDIENCE})))
+    refused(decide(channel, SetRole(2.0, "host", "fan", HOST)), Reason.NO_PERMISSION)
+    refused(decide(channel, SetRole(2.0, "host", "fan", CustomRole.ROLE_2)), Reason.NO_PERMISSION)
+    # Lowering to no role is always allowed.
+    assert accepted(decide(channel, SetRole(2.0, "host", "fan", CustomRole.NONE)))
+
+
+def test_token_grants_survive_the_log_path_and_replay() -> None:
+    channel = hosted()
+    decision = join(channel, "fan", allowed_roles=frozenset({AUDIENCE, CustomRole.ROLE_2}))
+    (joined,) = accepted(decision)
+    assert joined.granted_roles == int(AUDIENCE) | int(CustomRole.ROLE_2)
+    record = msgpack.unpackb(msgpack.packb(event_to_record(joined)))
+    from airwave.actors.events import event_from_record
+
+    assert event_from_record(record) == joined
+    assert applied(channel, decision).members["fan"].may_take(CustomRole.ROLE_2)
+
+
+def test_same_value_role_change_of_someone_else_by_audience_is_refused_not_a_no_op() -> None:
+    channel = hosted("alice")
+    refused(decide(channel, SetRole(2.0, "alice", "host", HOST)), Reason.NO_PERMISSION)
+    refused(decide(channel, SetState(2.0, "alice", "host", CustomState.NONE)), Reason.NO_PERMISSION)
