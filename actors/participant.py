@@ -32,6 +32,7 @@ from airwave.protocol import (
     ProtocolError,
     Query,
     QueryInfo,
+    RefreshToken,
     Reason,
     Reply,
     Request,
@@ -50,6 +51,8 @@ from airwave.protocol import (
 )
 
 from . import channel_rules as rules
+from airwave.protocol.tokens import TokenClaims, verify_token
+
 from .channel import ChannelActor, frame_of, now
 from .channel_rules import URI_PREFIX
 
@@ -64,7 +67,8 @@ log = logging.getLogger("airwave.participant")
 ALLOWED: dict[ChannelState, frozenset[type]] = {
     ChannelState.IDLE: frozenset({Join, Query, Ping}),
     ChannelState.JOINED: frozenset(
-        {Leave, Stop, SetRole, SetState, EnableUpload, Kick, Query, SendMessage, SetCustomProperty, SubscribeAudio, Ping}
+        {Leave, Stop, SetRole, SetState, EnableUpload, Kick, Query, SendMessage, SetCustomProperty, SubscribeAudio,
+         Ping, RefreshToken}
     ),
 }
 
@@ -75,6 +79,8 @@ class SessionSettings:
     heartbeat_timeout: float = limits.DEFAULT_HEARTBEAT_TIMEOUT
     max_message_bytes: int = limits.MAX_FRAME_BYTES
     refusal_reply_interval: float = 1.0  # at most one error reply per second for refused media
+    # With a secret, every join needs a token signed with it (protocol/tokens.py).
+    secret: bytes | None = attrs.field(default=None, repr=False)
 
 
 @attrs.define
@@ -108,6 +114,7 @@ class ParticipantActor:
         self._heartbeat = (settings.heartbeat_time, settings.heartbeat_timeout)
         self._last_heard = trio.current_time()
         self._last_refusal_reply = -math.inf
+        self._token_deadline = math.inf  # trio clock; the session's token expiry
         self._held: list[bytes] | None = None
         self.end_reason = Reason.OFFLINE
 
@@ -222,6 +229,8 @@ class ParticipantActor:
         match request:
             case Join():
                 return await self._join(request)
+            case RefreshToken():
+                return self._refresh(request)
             case Ping():
                 return Reply(request.id, result={"time": now()})
             case Query():
@@ -268,6 +277,13 @@ class ParticipantActor:
                 return Reply(request.id, Reason.NOT_FOUND, f"no channel {channel_id!r}")
         elif len(channel_id) > limits.MAX_ID_CHARS or channel_id.startswith(URI_PREFIX):
             return Reply(request.id, Reason.INVALID_PARAM, "a channel id has 1-128 characters; join a uri with uri_mode")
+        claims: TokenClaims | None = None
+        if self._settings.secret is not None:
+            try:
+                claims = self._check_token(request.token, request.user_id, channel_id)
+            except ProtocolError as refusal:
+                log.warning("%s: join of %s as %s refused: %s", self._peer, channel_id, request.user_id, refusal)
+                return Reply(request.id, refusal.reason, refusal.message)
         command = rules.JoinChannel(
             time=now(),
             channel_id=channel_id,
@@ -286,6 +302,7 @@ class ParticipantActor:
             title=request.title,
             custom_property=request.custom_property,
             max_senders=request.max_senders,
+            allowed_roles=None if claims is None else claims.roles,
         )
         self.state = ChannelState.JOINING
         self._held = []
@@ -294,10 +311,39 @@ class ParticipantActor:
             self.state = ChannelState.IDLE
             return Reply(request.id, answer.reason, answer.message)
         self.user_id = request.user_id
+        if claims is not None:
+            self._set_token_deadline(claims)
         # Removed again while the join was being answered (stopped, or a newer session)?
         self.state = ChannelState.JOINED if self._channel is not None else ChannelState.IDLE
         log.info("%s joined %s as %s", self._peer, channel_id, self.user_id)
         return Reply(request.id, result=None if answer.info is None else to_wire(answer.info))
+
+    def _check_token(self, token: str | None, user_id: str, channel_id: str) -> TokenClaims:
+        assert self._settings.secret is not None
+        if token is None:
+            raise ProtocolError(Reason.TOKEN_INVALID, "this server requires a join token")
+        claims = verify_token(self._settings.secret, token, now=now())
+        if claims.user_id != user_id:
+            raise ProtocolError(Reason.TOKEN_INVALID, "the token was issued to another user")
+        if not claims.allows_channel(channel_id):
+            raise ProtocolError(Reason.TOKEN_INVALID, "the token is not valid for this channel")
+        return claims
+
+    def _set_token_deadline(self, claims: TokenClaims) -> None:
+        self._token_deadline = trio.current_time() + (claims.expires_at - now())
+
+    def _refresh(self, request: RefreshToken) -> Reply:
+        """Extends the session without leaving; the roles granted at join stay as they were."""
+        if self._settings.secret is None:
+            return Reply(request.id)  # open mode: nothing expires
+        assert self._channel is not None
+        try:
+            claims = self._check_token(request.token, self.user_id, self._channel.channel_id)
+        except ProtocolError as refusal:
+            log.warning("%s: token refresh for %s refused: %s", self._peer, self.user_id, refusal)
+            return Reply(request.id, refusal.reason, refusal.message)
+        self._set_token_deadline(claims)
+        return Reply(request.id)
 
     def _query(self, request: Query) -> Reply:
         actor = self._registry.find(request.channel.removeprefix(URI_PREFIX))
@@ -335,8 +381,11 @@ class ParticipantActor:
         next_ping = trio.current_time()
         while True:
             interval, timeout = self._heartbeat
-            await trio.sleep_until(min(next_ping, self._last_heard + timeout))
+            await trio.sleep_until(min(next_ping, self._last_heard + timeout, self._token_deadline))
             now = trio.current_time()
+            if now >= self._token_deadline:
+                self._token_deadline = math.inf
+                nursery.start_soon(self._expire_token)
             if now - self._last_heard >= timeout:
                 log.info("%s (%s) timed out", self._peer, self.user_id or "-")
                 self.end_reason = Reason.TIMEOUT
@@ -345,6 +394,12 @@ class ParticipantActor:
             if now >= next_ping:
                 next_ping = now + interval
                 nursery.start_soon(self._ping)
+
+    async def _expire_token(self) -> None:
+        channel = self._channel
+        if channel is not None and self.state is ChannelState.JOINED:
+            log.info("%s (%s): token expired", self._peer, self.user_id)
+            await self._registry.submit(channel.channel_id, rules.LeaveChannel(now(), self.user_id, Reason.TOKEN_EXPIRED), self)
 
     async def _ping(self) -> None:
         try:

@@ -6,9 +6,11 @@ import argparse
 import ipaddress
 import json
 import logging
+import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -29,6 +31,52 @@ def _root_cause(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _secret(args: argparse.Namespace) -> bytes | None:
+    """The server secret: --dev, --secret-file, AIRWAVE_SECRET, or --secret (visible in ps)."""
+    from airwave.protocol.tokens import DEV_SECRET
+
+    if getattr(args, "dev", False):
+        return DEV_SECRET
+    if getattr(args, "secret_file", None):
+        secret = Path(args.secret_file).read_bytes().strip()
+        if not secret:
+            raise ValueError(f"the secret file {args.secret_file} is empty")
+        return secret
+    if os.environ.get("AIRWAVE_SECRET"):
+        return os.environ["AIRWAVE_SECRET"].encode()
+    if getattr(args, "secret", None):
+        return str(args.secret).encode()
+    return None
+
+
+def _token(args: argparse.Namespace) -> int:
+    from airwave.protocol import CustomRole
+    from airwave.protocol.tokens import mint_token
+
+    try:
+        secret = _secret(args)
+        roles = [CustomRole.from_index(int(r)) for r in args.role.split(",")]
+    except ValueError as exc:
+        print(f"airwave: {exc}", file=sys.stderr)
+        return 2
+    if secret is None:
+        print("airwave: no secret: use --secret-file, AIRWAVE_SECRET, --secret or --dev", file=sys.stderr)
+        return 2
+    print(mint_token(secret, channel=args.channel, user_id=args.user, roles=roles, now=time.time(), ttl=args.ttl))
+    return 0
+
+
+def _client_token(args: argparse.Namespace, user_id: str, role_index: int) -> str | None:
+    """--token as given, or with --dev a token this command mints for itself."""
+    if args.token or not args.dev:
+        return args.token  # type: ignore[no-any-return]
+    from airwave.protocol import CustomRole
+    from airwave.protocol.tokens import DEV_SECRET, mint_token
+
+    role = CustomRole.from_index(role_index)
+    return mint_token(DEV_SECRET, channel=args.channel, user_id=user_id, roles=[role], now=time.time(), ttl=24 * 3600)
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
@@ -41,14 +89,27 @@ def _serve(args: argparse.Namespace) -> int:
     from airwave.actors.logformat import LogCorruption
     from airwave.actors.server import ServerSettings, serve
 
-    if not _is_loopback(args.host) and not args.insecure:
+    from airwave.actors.participant import SessionSettings
+
+    try:
+        secret = _secret(args)
+    except ValueError as exc:
+        print(f"airwave: {exc}", file=sys.stderr)
+        return 2
+    if secret is None and not _is_loopback(args.host) and not args.insecure:
         print(
             f"airwave: refusing to serve open mode on non-loopback address {args.host}; "
-            "pass --insecure to do it anyway",
+            "give a secret (--secret-file or AIRWAVE_SECRET) or pass --insecure",
             file=sys.stderr,
         )
         return 2
-    settings = ServerSettings(host=args.host, port=args.port, data_dir=Path(args.data), fsync=FsyncMode(args.fsync))
+    if args.dev and not _is_loopback(args.host):
+        print("airwave: --dev uses a well-known secret and is for loopback only", file=sys.stderr)
+        return 2
+    settings = ServerSettings(
+        host=args.host, port=args.port, data_dir=Path(args.data), fsync=FsyncMode(args.fsync),
+        session=SessionSettings(secret=secret),
+    )
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -133,24 +194,30 @@ def _run_client(args: argparse.Namespace, command: Callable[[], Awaitable[int]])
 def _host(args: argparse.Namespace) -> int:
     from airwave import commands
 
+    name = args.name or commands.random_name("host")
     return _run_client(args, lambda: commands.host(
         args.url, args.channel, commands.source_from(args.input, args.tone), duration=args.duration,
-        name=args.name, password=args.password, stop_at_end=args.stop_at_end,
+        name=name, password=args.password, stop_at_end=args.stop_at_end, token=_client_token(args, name, 0),
     ))
 
 
 def _listen(args: argparse.Namespace) -> int:
     from airwave import commands
 
+    name = args.name or commands.random_name("listener")
     return _run_client(args, lambda: commands.listen(
-        args.url, args.channel, args.output, duration=args.duration, name=args.name, password=args.password,
+        args.url, args.channel, args.output, duration=args.duration, name=name, password=args.password,
+        token=_client_token(args, name, 1),
     ))
 
 
 def _stop(args: argparse.Namespace) -> int:
     from airwave import commands
 
-    return _run_client(args, lambda: commands.stop(args.url, args.channel, name=args.name, password=args.password))
+    name = args.name or commands.random_name("stopper")
+    return _run_client(args, lambda: commands.stop(
+        args.url, args.channel, name=name, password=args.password, token=_client_token(args, name, 0)
+    ))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -158,6 +225,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     logging.getLogger().setLevel(logging.WARNING)  # the demo narrates; the server stays quiet
     return int(trio.run(lambda: run_demo(Path(args.dir) if args.dir else None)))
+
+
+def add_secret_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--secret-file", metavar="PATH", help="the server secret, read from a file (preferred)")
+    sub.add_argument("--secret", help="the server secret in clear (visible in ps; prefer --secret-file or AIRWAVE_SECRET)")
+    sub.add_argument("--dev", action="store_true", help="the fixed development secret: loopback only, never in production")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data", default="airwave-data", help="event log directory (default ./airwave-data)")
     serve.add_argument("--fsync", choices=["always", "batch", "never"], default="batch")
     serve.add_argument("--insecure", action="store_true", help="allow open mode on a non-loopback address")
+    add_secret_options(serve)
     serve.set_defaults(run=_serve)
+
+    token = commands.add_parser("token", help="mint a join token (the server needs the same secret)")
+    token.add_argument("channel", help="a channel id, or a pattern with * and ?")
+    token.add_argument("--user", required=True, help="the user id the token is for")
+    token.add_argument("--role", required=True, metavar="R[,R...]", help="custom role indexes the holder may take (0 host, 1 audience, 2, 3)")
+    token.add_argument("--ttl", type=float, default=3600.0, metavar="S", help="seconds until it expires (default 3600)")
+    add_secret_options(token)
+    token.set_defaults(run=_token)
 
     replay = commands.add_parser("replay", help="print an event log's timeline and final state")
     replay.add_argument("path", help="the data directory, or one segment file")
@@ -182,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_options(sub: argparse.ArgumentParser, default_name: str) -> None:
         sub.add_argument("channel", help="the channel id")
+        sub.add_argument("--token", help="a join token (airwave token ...), for a server with a secret")
+        sub.add_argument("--dev", action="store_true", help="mint a token with the dev secret (a server run with --dev)")
         sub.add_argument("--url", default="ws://127.0.0.1:8765", help="the server (default ws://127.0.0.1:8765)")
         sub.add_argument("--name", help=f"your user id (default {default_name}-<random>)")
         sub.add_argument("--password", help="the channel's password (visible in ps; fine for local use)")

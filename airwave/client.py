@@ -53,6 +53,7 @@ from airwave.protocol import (
     Query,
     QueryInfo,
     Reason,
+    RefreshToken,
     SendMessage,
     SetCustomProperty,
     SetRole,
@@ -90,6 +91,7 @@ class JoinParam:
     title: str = ""
     custom_property: str = ""
     max_senders: int | None = None
+    token: str | None = None  # required by a server with a secret
 
 
 @attrs.frozen
@@ -442,6 +444,10 @@ class MediaChannel:
     def set_custom_property(self, value: str) -> bool:
         return self._state is ChannelState.JOINED and self._queue(lambda: self._set_custom_property(value))
 
+    def refresh_token(self, token: str) -> bool:
+        """A fresh join token for this session, before the current one expires; no leave."""
+        return self._state is ChannelState.JOINED and self._queue(lambda: self._refresh_token(token))
+
     # --- the trio face: the same operations, awaited, in the same order as queued calls ---
 
     def events(self) -> trio.MemoryReceiveChannel[ChannelEvent]:
@@ -483,6 +489,9 @@ class MediaChannel:
     async def set_custom_property_async(self, value: str) -> Reason:
         return await self._ordered(lambda: self._set_custom_property(value))  # type: ignore[no-any-return]
 
+    async def refresh_token_async(self, token: str) -> Reason:
+        return await self._ordered(lambda: self._refresh_token(token))  # type: ignore[no-any-return]
+
     # --- the operations themselves ---
 
     async def _join(self, channel_id_or_uri: str, param: JoinParam | None = None) -> JoinResult:
@@ -507,6 +516,7 @@ class MediaChannel:
             title=param.title,
             custom_property=param.custom_property,
             max_senders=param.max_senders,
+            token=param.token,
         )
         if not reply.ok:
             self._set_state(ChannelState.IDLE)
@@ -596,6 +606,9 @@ class MediaChannel:
 
     async def _set_custom_property(self, value: str) -> Reason:
         return self._checked("set_custom_property", await self._request(SetCustomProperty, value=value))
+
+    async def _refresh_token(self, token: str) -> Reason:
+        return self._checked("refresh_token", await self._request(RefreshToken, token=token))
 
     # --- internals ---
 

@@ -41,7 +41,7 @@ class CommandFailed(Exception):
         self.reason = reason
 
 
-def _name(prefix: str) -> str:
+def random_name(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
 
 
@@ -130,15 +130,16 @@ async def host(
     name: str | None = None,
     password: str | None = None,
     stop_at_end: bool = False,
+    token: str | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    name = name or _name("host")
+    name = name or random_name("host")
     narrator = Narrator(out)
     async with Client.connect(url, user_id=name) as client:
         channel = MediaChannel.create(client, MediaDevice.create(source=source), narrator)
         channel.set_custom_role(HOST_ROLE)
         channel.enable_upload_audio_stream(True)
-        await _join(channel, channel_id, JoinParam(password=password, display_name=name))
+        await _join(channel, channel_id, JoinParam(password=password, display_name=name, token=token))
         narrator.say(f"joined {channel_id!r} as {name} (host); streaming")
         ended = await _until_done(channel, duration, also=channel.source_finished.is_set)
         if ended is not None:
@@ -164,9 +165,10 @@ async def listen(
     duration: float | None = None,
     name: str | None = None,
     password: str | None = None,
+    token: str | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    name = name or _name("listener")
+    name = name or random_name("listener")
     narrator = Narrator(out)
     try:
         device = MediaDevice.create(outputs=[output])
@@ -175,7 +177,7 @@ async def listen(
     try:
         async with Client.connect(url, user_id=name) as client:
             channel = MediaChannel.create(client, device, narrator)
-            await _join(channel, channel_id, JoinParam(password=password, display_name=name))
+            await _join(channel, channel_id, JoinParam(password=password, display_name=name, token=token))
             hosts = [p.user_id for p in channel.participants if p.custom_role is CustomRole.ROLE_0]
             narrator.say(f"joined {channel_id!r} as {name} (audience); hosts: {', '.join(hosts) or 'none'}; recording to {output}")
             ended = await _until_done(channel, duration)
@@ -191,13 +193,16 @@ async def listen(
     return 0
 
 
-async def stop(url: str, channel_id: str, *, name: str | None = None, password: str | None = None, out: TextIO = sys.stdout) -> int:
+async def stop(
+    url: str, channel_id: str, *, name: str | None = None, password: str | None = None, token: str | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
     """Joins the existing channel as a host (uri mode: it must exist) and stops it."""
-    name = name or _name("stopper")
+    name = name or random_name("stopper")
     async with Client.connect(url, user_id=name) as client:
         channel = MediaChannel.create(client, MediaDevice.create())
         channel.set_custom_role(HOST_ROLE)
-        await _join(channel, channel_id, JoinParam(uri_mode=True, password=password, display_name=name))
+        await _join(channel, channel_id, JoinParam(uri_mode=True, password=password, display_name=name, token=token))
         result = await channel.stop_async()
         if not result.result:
             raise CommandFailed(f"cannot stop {channel_id!r}", result.reason)

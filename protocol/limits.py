@@ -15,6 +15,7 @@ MAX_PROPERTY_BYTES = 4096  # custom_property, title
 MAX_MESSAGE_CONTENT_BYTES = 4096  # send_message content (vendor: 1..4096)
 MAX_OPUS_PAYLOAD = 1275  # the largest single Opus frame (RFC 6716)
 MAX_REQUEST_ID = 2**31 - 1
+MAX_TOKEN_CHARS = 2048
 
 DEFAULT_CAPACITY = 10_000
 MAX_CAPACITY = 100_000

@@ -41,8 +41,10 @@ __all__ = [
     "Ping",
     "PropertyChanged",
     "Query",
+    "RefreshToken",
     "QueryInfo",
     "Reply",
+    "Resume",
     "Request",
     "SendMessage",
     "ServerMessage",
@@ -172,6 +174,18 @@ def _participant(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise ValueError(f"{attribute.name} must be a participant map")
 
 
+def _token_text(*, optional: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    """Tokens are printable ASCII (base64url and dots): anything else is not a token."""
+    check = _text(limits.MAX_TOKEN_CHARS, min_chars=1, optional=optional)
+
+    def token(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        check(instance, attribute, value)
+        if value is not None and not value.isascii():
+            raise ValueError(f"{attribute.name} must be ASCII")
+
+    return token
+
+
 _channel_id = _text(limits.MAX_ID_CHARS, min_chars=1)
 _user_id = _text(limits.MAX_ID_CHARS, min_chars=1)
 _optional_user_id = _text(limits.MAX_ID_CHARS, min_chars=1, optional=True)
@@ -225,6 +239,8 @@ class ChannelInfo:
     heartbeat_timeout: float = attrs.field(validator=_seconds)
     self_sid: int = attrs.field(validator=_int_in(0, 2**32 - 1))
     participants: tuple[ParticipantInfo, ...] = attrs.field(converter=tuple)
+    # Presented by `resume` on a new connection within the grace period after a drop.
+    session_token: str = attrs.field(default="", validator=_text(64))
 
     @participants.validator
     def _check_participants(self, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
@@ -287,6 +303,8 @@ class Join:
     title: str = attrs.field(default="", validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
     custom_property: str = attrs.field(default="", validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
     max_senders: int | None = attrs.field(default=None, validator=_optional_int_in(1, 1000))
+    # Required when the server has a secret (airwave token ...); ignored in open mode.
+    token: str | None = attrs.field(default=None, validator=_token_text(optional=True))
 
     def __attrs_post_init__(self) -> None:
         if (
@@ -382,9 +400,28 @@ class Ping:
     id: int = attrs.field(validator=_request_id)
 
 
+@attrs.frozen
+class RefreshToken:
+    """A fresh token for the same user and channel, before the current one expires."""
+
+    TYPE: ClassVar[str] = "refresh_token"
+    id: int = attrs.field(validator=_request_id)
+    token: str = attrs.field(validator=_token_text(optional=False))
+
+
+@attrs.frozen
+class Resume:
+    """Takes over a session whose connection dropped, within the grace period: no leave, no
+    join, same role and upload state. The reply's result is a fresh ChannelInfo."""
+
+    TYPE: ClassVar[str] = "resume"
+    id: int = attrs.field(validator=_request_id)
+    session_token: str = attrs.field(validator=_text(64, min_chars=1))
+
+
 Request = (
     Hello | Join | Leave | Stop | SetRole | SetState | EnableUpload | Kick | Query | SendMessage
-    | SetCustomProperty | SubscribeAudio | Ping
+    | SetCustomProperty | SubscribeAudio | Ping | RefreshToken | Resume
 )
 
 # --- server to client -----------------------------------------------------------------------
@@ -394,7 +431,7 @@ Request = (
 class Reply:
     """The one answer to request ``id``: ``reason`` NONE means success.
 
-    ``result`` depends on the request: hello -> {"version", "server"}; join -> a ChannelInfo;
+    ``result`` depends on the request: hello -> {"version", "server"}; join and resume -> a ChannelInfo;
     query -> a QueryInfo; ping -> {"time"}; everything else -> None.
     """
 
@@ -459,8 +496,9 @@ class MessageReceived:
 
 @attrs.frozen
 class Left:
-    """You are no longer in ``channel``: kicked, over (stopped by a host), timeout,
-    duplicate_session, server_shutdown, slow_consumer. Your own leave() is answered by its Reply."""
+    """You are no longer in ``channel``: kicked, over (stopped by a host), duplicate_session,
+    token_expired, server_shutdown. (A timeout or slow consumer closes the connection instead.)
+    Your own leave() is answered by its Reply."""
 
     TYPE: ClassVar[str] = "left"
     channel: str = attrs.field(validator=_channel_id)
@@ -492,7 +530,7 @@ ServerMessage = (
 
 REQUEST_TYPES: tuple[type, ...] = (
     Hello, Join, Leave, Stop, SetRole, SetState, EnableUpload, Kick, Query, SendMessage,
-    SetCustomProperty, SubscribeAudio, Ping,
+    SetCustomProperty, SubscribeAudio, Ping, RefreshToken, Resume,
 )
 SERVER_MESSAGE_TYPES: tuple[type, ...] = (
     Reply, ParticipantJoined, ParticipantLeft, ParticipantUpdated, VolumeChanged, PropertyChanged,

@@ -18,11 +18,11 @@ from typing import Any
 import attrs
 import msgpack
 
+from .limits import MAX_TOKEN_CHARS
 from .model import CustomRole
 from .reasons import ProtocolError, Reason
 
 PREFIX = "aw1."
-MAX_TOKEN_CHARS = 2048
 DEV_SECRET = b"airwave-dev-secret: loopback only, never in production"
 
 

@@ -8,6 +8,7 @@ frames shown in docs/protocol.md are pinned here too, and checked against the do
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ from airwave.protocol import (
     relay_frame,
     to_wire,
 )
+from airwave.protocol.messages import RefreshToken, Resume
+from airwave.protocol.tokens import mint_token, verify_token
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -112,7 +115,7 @@ REQUEST_GOLDEN: list[tuple[Any, bytes]] = [
     (
         Join(id=2, channel="radio", user_id="alice", display_name="Alice", role=CustomRole.ROLE_0, upload=True),
         _h(
-            "de0010",  # map, 16 entries
+            "de0011",  # map, 17 entries
             "a474797065 a46a6f696e",  # type
             "a26964 02",  # id
             "a76368616e6e656c a5726164696f",  # channel
@@ -129,16 +132,17 @@ REQUEST_GOLDEN: list[tuple[Any, bytes]] = [
             "a57469746c65 a0",  # title
             "af637573746f6d5f70726f7065727479 a0",  # custom_property
             "ab6d61785f73656e64657273 c0",  # max_senders
+            "a5746f6b656e c0",  # token
         ),
     ),
     (
         Join(
             id=3, channel="airwave:radio", user_id="bob", uri_mode=True, role=CustomRole.ROLE_1,
             state=CustomState.STATE_0, password="pw", capacity=16, heartbeat_time=20, heartbeat_timeout=60,
-            title="Talk", custom_property="{}", max_senders=4,
+            title="Talk", custom_property="{}", max_senders=4, token="aw1.payload.signature",
         ),
         _h(
-            "de0010",  # map, 16 entries
+            "de0011",  # map, 17 entries
             "a474797065 a46a6f696e",  # type
             "a26964 03",  # id
             "a76368616e6e656c ad616972776176653a726164696f",  # channel
@@ -155,6 +159,7 @@ REQUEST_GOLDEN: list[tuple[Any, bytes]] = [
             "a57469746c65 a454616c6b",  # title
             "af637573746f6d5f70726f7065727479 a27b7d",  # custom_property
             "ab6d61785f73656e64657273 04",  # max_senders
+            "a5746f6b656e b56177312e7061796c6f61642e7369676e6174757265",  # token (not verified by the codec)
         ),
     ),
     (
@@ -279,6 +284,24 @@ REQUEST_GOLDEN: list[tuple[Any, bytes]] = [
             "a26964 10",  # id
         ),
     ),
+    (
+        RefreshToken(id=17, token="aw1.payload.signature"),
+        _h(
+            "83",  # map, 3 entries
+            "a474797065 ad726566726573685f746f6b656e",  # type
+            "a26964 11",  # id
+            "a5746f6b656e b56177312e7061796c6f61642e7369676e6174757265",  # token
+        ),
+    ),
+    (
+        Resume(id=18, session_token="Zs4-RkM0"),
+        _h(
+            "83",  # map, 3 entries
+            "a474797065 a6726573756d65",  # type
+            "a26964 12",  # id
+            "ad73657373696f6e5f746f6b656e a85a73342d526b4d30",  # session_token
+        ),
+    ),
 ]
 
 SERVER_GOLDEN: list[tuple[Any, bytes]] = [
@@ -395,12 +418,32 @@ SERVER_GOLDEN: list[tuple[Any, bytes]] = [
         ),
     ),
     (
+        Reply(id=17, reason=Reason.TOKEN_INVALID),
+        _h(
+            "85",  # map, 5 entries
+            "a474797065 a57265706c79",  # type
+            "a26964 11",  # id
+            "a6726561736f6e ccca",  # reason: 202 token_invalid
+            "a76d657373616765 a0",  # message
+            "a6726573756c74 c0",  # result
+        ),
+    ),
+    (
         Left(channel="radio", reason=Reason.KICKED),
         _h(
             "83",  # map, 3 entries
             "a474797065 a46c656674",  # type
             "a76368616e6e656c a5726164696f",  # channel
             "a6726561736f6e 06",  # reason
+        ),
+    ),
+    (
+        Left(channel="radio", reason=Reason.TOKEN_EXPIRED),
+        _h(
+            "83",  # map, 3 entries
+            "a474797065 a46c656674",  # type
+            "a76368616e6e656c a5726164696f",  # channel
+            "a6726561736f6e cccb",  # reason: 203 token_expired, not refreshed in time
         ),
     ),
     (
@@ -430,6 +473,16 @@ SERVER_GOLDEN: list[tuple[Any, bytes]] = [
             "a6726561736f6e ccc9",  # reason
             "a76d657373616765 a0",  # message
             "a3726566 07",  # ref
+        ),
+    ),
+    (
+        Error(reason=Reason.RATE_LIMITED, message="too many requests"),
+        _h(
+            "84",  # map, 4 entries
+            "a474797065 a56572726f72",  # type
+            "a6726561736f6e cccc",  # reason: 204 rate_limited (no readable id, so an error push)
+            "a76d657373616765 b1746f6f206d616e79207265717565737473",  # message
+            "a3726566 c0",  # ref
         ),
     ),
 ]
@@ -506,6 +559,13 @@ def test_decode_server_message_request_is_protocol_error(message: Any, data: byt
 
 # --- the frames shown in docs/protocol.md ---------------------------------------------------
 
+# The token example of docs/protocol.md (section 2.7): a test vector for anyone minting tokens.
+DOC_TOKEN_SECRET = b"example secret"
+DOC_TOKEN = (
+    "aw1.haFjpXJhZGlvoXWlYWxpY2WhcpLNEADNIAChZc5lU_8QoWnOZVPxAA"
+    ".YptUtKOw4um74nm6Zi0h7_51XOaPEpgOXCiXor-VB0I"
+)
+DOC_SESSION_TOKEN = "nQ4ZbX2cR7mTq0wLs9EvKg"  # opaque: the server's choice, at most 64 characters
 DOC_ALICE = ParticipantInfo(
     user_id="alice", sid=1, display_name="Alice", role=CustomRole.ROLE_0, audio=True,
     volume_status=VolumeStatus.ZERO, is_creator=True,
@@ -513,13 +573,15 @@ DOC_ALICE = ParticipantInfo(
 DOC_CHANNEL_INFO = ChannelInfo(
     channel_id="radio", channel_uri="airwave:radio", channel_number=1, title="", custom_property="",
     capacity=10_000, has_password=False, member_count=1, heartbeat_time=3, heartbeat_timeout=9,
-    self_sid=1, participants=(DOC_ALICE,),
+    self_sid=1, participants=(DOC_ALICE,), session_token=DOC_SESSION_TOKEN,
 )
 DOC_REQUESTS: dict[str, Any] = {
     "hello_request": Hello(id=1, version=1, client="airwave-py/0.1"),
     "join_request": Join(
         id=2, channel="radio", user_id="alice", display_name="Alice", role=CustomRole.ROLE_0, upload=True
     ),
+    "refresh_token_request": RefreshToken(id=3, token=DOC_TOKEN),
+    "resume_request": Resume(id=2, session_token=DOC_SESSION_TOKEN),
 }
 DOC_SERVER_MESSAGES: dict[str, Any] = {
     "hello_reply": Reply(id=1, result={"version": 1, "server": "airwave/0.1.0"}),
@@ -538,21 +600,32 @@ DOC_FRAMES: dict[str, bytes] = {
         "7273696f6e01a6736572766572ad616972776176652f302e312e30"
     ),
     "join_request": _h(
-        "de0010a474797065a46a6f696ea2696402a76368616e6e656ca5726164696fa7757365725f6964a5616c6963"
+        "de0011a474797065a46a6f696ea2696402a76368616e6e656ca5726164696fa7757365725f6964a5616c6963"
         "65a87572695f6d6f6465c2ac646973706c61795f6e616d65a5416c696365a4726f6c65cd1000a57374617465"
         "00a675706c6f6164c3a870617373776f7264c0a86361706163697479c0ae6865617274626561745f74696d65"
         "c0b16865617274626561745f74696d656f7574c0a57469746c65a0af637573746f6d5f70726f7065727479a0"
-        "ab6d61785f73656e64657273c0"
+        "ab6d61785f73656e64657273c0a5746f6b656ec0"
     ),
     "join_reply": _h(
-        "85a474797065a57265706c79a2696402a6726561736f6e00a76d657373616765a0a6726573756c748caa6368"
+        "85a474797065a57265706c79a2696402a6726561736f6e00a76d657373616765a0a6726573756c748daa6368"
         "616e6e656c5f6964a5726164696fab6368616e6e656c5f757269ad616972776176653a726164696fae636861"
         "6e6e656c5f6e756d62657201a57469746c65a0af637573746f6d5f70726f7065727479a0a863617061636974"
         "79cd2710ac6861735f70617373776f7264c2ac6d656d6265725f636f756e7401ae6865617274626561745f74"
         "696d6503b16865617274626561745f74696d656f757409a873656c665f73696401ac7061727469636970616e"
         "7473918aa7757365725f6964a5616c696365a373696401ac646973706c61795f6e616d65a5416c696365a472"
         "6f6c65cd1000a5737461746500a5617564696fc3ad766f6c756d655f73746174757301aa6e65745f73746174"
-        "757304a47479706500aa69735f63726561746f72c3"
+        "757304a47479706500aa69735f63726561746f72c3ad73657373696f6e5f746f6b656eb66e51345a62583263"
+        "52376d547130774c733945764b67"
+    ),
+    "refresh_token_request": _h(
+        "83a474797065ad726566726573685f746f6b656ea2696403a5746f6b656ed9666177312e6861466a70584a68"
+        "5a476c766f58576c595778705932576863704c4e4541444e494143685a63356c555f38516f576e4f5a565078"
+        "41412e59707455744b4f7734756d37346e6d365a693068375f3531584f61504570674f584369586f722d5642"
+        "3049"
+    ),
+    "resume_request": _h(
+        "83a474797065a6726573756d65a2696402ad73657373696f6e5f746f6b656eb66e51345a6258326352376d54"
+        "7130774c733945764b67"
     ),
     "participant_joined": _h(
         "82a474797065b27061727469636970616e745f6a6f696e6564ab7061727469636970616e748aa7757365725f"
@@ -588,6 +661,22 @@ def test_doc_example_server_message_encodes_to_pinned_bytes_and_back(name: str) 
 def test_doc_example_join_reply_result_reads_as_channel_info() -> None:
     reply = decode_server_message(DOC_FRAMES["join_reply"])
     assert channel_info_from_wire(reply.result) == DOC_CHANNEL_INFO
+
+
+def test_doc_example_token_is_what_mint_token_gives_and_verifies() -> None:
+    # Alice, channel radio, roles 0 and 1, issued 2023-11-14T22:13:20Z, valid for an hour.
+    roles = [CustomRole.ROLE_0, CustomRole.ROLE_1]
+    assert mint_token(DOC_TOKEN_SECRET, channel="radio", user_id="alice", roles=roles, now=1_700_000_000, ttl=3600) == DOC_TOKEN
+    claims = verify_token(DOC_TOKEN_SECRET, DOC_TOKEN, now=1_700_000_000)
+    assert (claims.channel, claims.user_id, claims.roles) == ("radio", "alice", frozenset(roles))
+    assert (claims.issued_at, claims.expires_at) == (1_700_000_000, 1_700_003_600)
+    text = DOCS.read_text(encoding="utf-8")
+    assert DOC_TOKEN in text and DOC_SESSION_TOKEN in text
+
+
+def test_doc_example_join_reply_session_token_is_the_one_resume_presents() -> None:
+    reply = decode_server_message(DOC_FRAMES["join_reply"])
+    assert channel_info_from_wire(reply.result).session_token == decode_request(DOC_FRAMES["resume_request"]).session_token
 
 
 def test_doc_example_media_frames_are_what_the_codec_builds() -> None:
@@ -634,6 +723,14 @@ def _utf8(min_bytes: int, max_bytes: int) -> st.SearchStrategy[str]:
 
 
 request_ids = st.integers(1, limits.MAX_REQUEST_ID)
+# The codec takes any 1-2048 characters as a token (the server verifies it). A join's token is
+# drawn from the token alphabet at full length or as short free text, so a join with every
+# other field near its limit stays under MAX_CONTROL_BYTES (2048 four-byte characters would not).
+_TOKEN_ALPHABET = string.ascii_letters + string.digits + "-_."
+# Tokens are printable ASCII; anything else is refused by the constructors.
+tokens = st.text(_TOKEN_ALPHABET, min_size=1, max_size=limits.MAX_TOKEN_CHARS)
+join_tokens = tokens
+session_tokens = _chars(1, 64)
 user_ids = _chars(1, limits.MAX_ID_CHARS)
 channel_ids = _chars(1, limits.MAX_ID_CHARS)
 channels = _chars(1, limits.MAX_ID_CHARS + 16)  # an id, or a uri ("airwave:" + id)
@@ -665,6 +762,7 @@ REQUEST_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         title=_utf8(0, limits.MAX_PROPERTY_BYTES),
         custom_property=_utf8(0, limits.MAX_PROPERTY_BYTES),
         max_senders=st.none() | st.integers(1, 1000),
+        token=st.none() | join_tokens,
     ),
     Leave: st.builds(Leave, id=request_ids),
     Stop: st.builds(Stop, id=request_ids),
@@ -683,6 +781,8 @@ REQUEST_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     SetCustomProperty: st.builds(SetCustomProperty, id=request_ids, value=_utf8(0, limits.MAX_PROPERTY_BYTES)),
     SubscribeAudio: st.builds(SubscribeAudio, id=request_ids, user_id=user_ids, enabled=st.booleans()),
     Ping: st.builds(Ping, id=request_ids),
+    RefreshToken: st.builds(RefreshToken, id=request_ids, token=tokens),
+    Resume: st.builds(Resume, id=request_ids, session_token=session_tokens),
 }
 
 participants = st.builds(
@@ -712,6 +812,7 @@ channel_infos = st.builds(
     heartbeat_timeout=st.integers(*limits.HEARTBEAT_TIMEOUT_RANGE),
     self_sid=sids,
     participants=st.lists(participants, max_size=4),
+    session_token=st.just("") | session_tokens,
 )
 query_infos = st.builds(
     QueryInfo, channel_id=channel_ids, channel_number=channel_numbers, client_count=counts,
@@ -795,7 +896,8 @@ def test_query_info_from_wire_of_query_reply_result_gives_it_back(info: QueryInf
 
 
 def test_decode_request_largest_valid_join_is_accepted() -> None:
-    # Every field at its limit, in 4-byte characters: still under MAX_CONTROL_BYTES.
+    # Every field at its limit, in 4-byte characters (the token in ASCII, as minted): still
+    # under MAX_CONTROL_BYTES.
     wide = "\U0001f3b5"
     join = Join(
         id=limits.MAX_REQUEST_ID, channel=wide * (limits.MAX_ID_CHARS + 16), user_id=wide * limits.MAX_ID_CHARS,
@@ -803,7 +905,7 @@ def test_decode_request_largest_valid_join_is_accepted() -> None:
         state=CustomState.STATE_3, upload=True, password=wide * limits.MAX_PASSWORD_CHARS,
         capacity=limits.MAX_CAPACITY, heartbeat_time=60, heartbeat_timeout=300,
         title=wide * (limits.MAX_PROPERTY_BYTES // 4), custom_property=wide * (limits.MAX_PROPERTY_BYTES // 4),
-        max_senders=1000,
+        max_senders=1000, token=_TOKEN_ALPHABET[0] * limits.MAX_TOKEN_CHARS,  # a token is ASCII
     )
     assert len(encode(join)) <= limits.MAX_CONTROL_BYTES
     assert decode_request(encode(join)) == join
@@ -1015,8 +1117,10 @@ def test_decode_request_unknown_field_is_invalid_param_with_ref() -> None:
 
 
 def test_decode_request_unknown_field_in_join_is_invalid_param_with_ref() -> None:
-    error = _refusal(_join_wire(token="abc"))
+    # A field of another request (resume's) is as unknown to join as any other name.
+    error = _refusal(_join_wire(session_token="abc"))
     assert (error.reason, error.ref) == (Reason.INVALID_PARAM, 7)
+    assert "session_token" in error.message
 
 
 @pytest.mark.parametrize("missing", ["id", "channel", "user_id"])
@@ -1170,6 +1274,101 @@ def test_join_password_empty_is_invalid_param() -> None:
     assert _refusal(_join_wire(password="")).reason is Reason.INVALID_PARAM
 
 
+# --- tokens and session tokens: the codec checks their shape, the server their meaning ------
+
+
+def _refresh_wire(**changes: Any) -> bytes:
+    return _pack(**{**to_wire(RefreshToken(id=8, token="aw1.a.b")), **changes})
+
+
+def _resume_wire(**changes: Any) -> bytes:
+    return _pack(**{**to_wire(Resume(id=9, session_token="s")), **changes})
+
+
+BAD_TOKENS = pytest.mark.parametrize(
+    "token",
+    ["", "x" * (limits.MAX_TOKEN_CHARS + 1), "aw1.\x00", "aw1.a\nb", "aw1.a\tb", "aw1.\x7f", "aw1.\x85",
+     b"aw1.a.b", 7, True],
+    ids=["empty", "2049-chars", "nul", "newline", "tab", "del", "c1-nel", "bin", "int", "bool"],
+)
+
+
+@BAD_TOKENS
+def test_join_token_invalid_is_invalid_param_never_token_invalid(token: Any) -> None:
+    # A malformed token is a malformed field (invalid_param [14]); token_invalid [202] is the
+    # server's answer to a well-formed token that does not verify.
+    error = _refusal(_join_wire(token=token))
+    assert (error.reason, error.ref) == (Reason.INVALID_PARAM, 7)
+
+
+@BAD_TOKENS
+def test_refresh_token_token_invalid_is_invalid_param(token: Any) -> None:
+    error = _refusal(_refresh_wire(token=token))
+    assert (error.reason, error.ref) == (Reason.INVALID_PARAM, 8)
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["x", "x" * limits.MAX_TOKEN_CHARS, "not a token at all", DOC_TOKEN],
+    ids=["1-char", "2048-chars", "garbage", "minted"],
+)
+def test_token_of_1_to_2048_characters_is_accepted_unverified(token: str) -> None:
+    # Any printable ASCII of the right length; whether the token verifies is the server's business.
+    assert decode_request(_join_wire(token=token)).token == token
+    assert decode_request(_refresh_wire(token=token)).token == token
+
+
+def test_join_token_nil_or_left_out_is_no_token() -> None:
+    assert decode_request(_join_wire(token=None)).token is None
+    assert decode_request(_pack(type="join", id=7, channel="radio", user_id="alice")).token is None
+
+
+def test_refresh_token_without_a_token_is_invalid_param() -> None:
+    for data in (_refresh_wire(token=None), _pack(type="refresh_token", id=8)):
+        error = _refusal(data)
+        assert (error.reason, error.ref) == (Reason.INVALID_PARAM, 8)
+
+
+@pytest.mark.parametrize(
+    "session_token",
+    ["", "x" * 65, "\U0001f3b5" * 65, "s\x00", "s\n", "s\x7f", "s\x9f", None, b"s", 7],
+    ids=["empty", "65-chars", "65-four-byte-chars", "nul", "newline", "del", "c1", "nil", "bin", "int"],
+)
+def test_resume_session_token_invalid_is_invalid_param(session_token: Any) -> None:
+    error = _refusal(_resume_wire(session_token=session_token))
+    assert (error.reason, error.ref) == (Reason.INVALID_PARAM, 9)
+
+
+def test_resume_without_a_session_token_is_invalid_param() -> None:
+    error = _refusal(_pack(type="resume", id=9))
+    assert (error.reason, error.ref) == (Reason.INVALID_PARAM, 9)
+
+
+@pytest.mark.parametrize("session_token", ["s", "x" * 64, "\U0001f3b5" * 64], ids=["1-char", "64-chars", "64-four-byte-chars"])
+def test_resume_session_token_of_1_to_64_characters_is_accepted(session_token: str) -> None:
+    assert decode_request(_resume_wire(session_token=session_token)) == Resume(id=9, session_token=session_token)
+
+
+@pytest.mark.parametrize("session_token", ["", "x" * 64, DOC_SESSION_TOKEN], ids=["empty", "64-chars", "doc"])
+def test_channel_info_session_token_of_0_to_64_characters_is_accepted(session_token: str) -> None:
+    wire = {**to_wire(DOC_CHANNEL_INFO), "session_token": session_token}
+    assert channel_info_from_wire(wire).session_token == session_token
+
+
+@pytest.mark.parametrize("session_token", ["x" * 65, "s\x00", None, 7], ids=["65-chars", "nul", "nil", "int"])
+def test_channel_info_session_token_invalid_is_protocol_error(session_token: Any) -> None:
+    with pytest.raises(ProtocolError) as excinfo:
+        channel_info_from_wire({**to_wire(DOC_CHANNEL_INFO), "session_token": session_token})
+    assert excinfo.value.reason is Reason.PROTOCOL_ERROR
+
+
+def test_channel_info_without_a_session_token_reads_as_empty() -> None:
+    # An older server's join reply has no session_token: no resume, but it still reads.
+    wire = to_wire(DOC_CHANNEL_INFO)
+    del wire["session_token"]
+    assert channel_info_from_wire(wire) == attrs.evolve(DOC_CHANNEL_INFO, session_token="")
+
+
 # --- regressions: every refusal fits an answer, every valid value encodes -------------------
 
 
@@ -1186,8 +1385,11 @@ def test_protocol_error_quoting_a_huge_multibyte_field_name_still_fits_an_error_
         lambda: ParticipantInfo(user_id="\ud800", sid=1),
         lambda: SendMessage(id=1, msg_type="chat", content="lone \udc00 surrogate"),
         lambda: Join(id=1, channel="c", user_id="u", title="\ud83c"),
+        lambda: Join(id=1, channel="c", user_id="u", token="aw1.\ud83c"),
+        lambda: RefreshToken(id=1, token="aw1.\udc00"),
+        lambda: Resume(id=1, session_token="\ud800"),
     ],
-    ids=["user_id", "content", "title"],
+    ids=["user_id", "content", "title", "join.token", "refresh_token.token", "session_token"],
 )
 def test_message_with_lone_surrogate_is_refused_by_its_constructor(build: Any) -> None:
     # UTF-8 cannot carry a lone surrogate, so encode() could not write such a message.
@@ -1248,3 +1450,10 @@ def test_join_heartbeat_timeout_not_longer_than_time_is_invalid_param() -> None:
     with pytest.raises(ProtocolError) as excinfo:
         decode_request(spoiled)
     assert excinfo.value.reason is Reason.INVALID_PARAM and excinfo.value.ref == 7
+
+
+@pytest.mark.parametrize("token", ["aw1.é", "\u00a0" * 3])
+def test_join_token_that_is_not_ascii_is_invalid_param(token: str) -> None:
+    with pytest.raises(ProtocolError) as excinfo:
+        decode_request(_pack(type="join", id=3, channel="c", user_id="u", token=token))
+    assert excinfo.value.reason is Reason.INVALID_PARAM and excinfo.value.ref == 3
