@@ -96,10 +96,19 @@ class ChannelReply:
 
 
 @attrs.frozen
+class Reattach:
+    """A resumed connection takes over a dropped session's membership: nothing is logged,
+    nobody else is told (decision 7)."""
+
+    user_id: str
+    dropped: Session
+
+
+@attrs.frozen
 class Envelope:
     """A command for the channel; ``session`` is None for the server's own commands."""
 
-    command: Command
+    command: Command | Reattach
     session: Session | None
     reply: OneShot | None
 
@@ -187,6 +196,9 @@ class ChannelActor:
         records: list[dict[str, object]] = []
         for envelope in batch:
             command = envelope.command
+            if isinstance(command, Reattach):
+                outcomes.append((envelope, self._reattach(command, envelope.session), []))
+                continue
             if isinstance(command, JoinChannel):
                 command = attrs.evolve(command, new_number=self._allocate_number())
                 decision = decide(self.channel, command, self._policy)
@@ -220,6 +232,17 @@ class ChannelActor:
             if envelope.reply is not None:
                 envelope.reply.set(self._reply_for(envelope, decision))
 
+    def _reattach(self, command: Reattach, session: Session | None) -> Accepted | Rejected:
+        member = self.channel.members.get(command.user_id) if self.live and self.channel else None
+        if member is None or session is None or self._owners.get(command.user_id) is not command.dropped:
+            return Rejected(Reason.NOT_FOUND, "that session is no longer in the channel")
+        self._owners[member.user_id] = self._sessions[member.user_id] = session
+        if member.user_id in self._hosts:
+            self._hosts[member.user_id] = session
+        self.router.add_member(member.sid, session.output, publishing=member.upload)
+        session.attached(self, member.sid)
+        return Accepted(())
+
     def _track_owner(self, event: ev.Event, session: Session | None) -> None:
         if isinstance(event, ev.ParticipantJoined) and session is not None:
             self._owners[event.user_id] = session
@@ -231,7 +254,7 @@ class ChannelActor:
     def _reply_for(self, envelope: Envelope, decision: Accepted | Rejected) -> ChannelReply:
         if isinstance(decision, Rejected):
             return ChannelReply(decision.reason, decision.message)
-        if isinstance(envelope.command, JoinChannel) and self.channel is not None:
+        if isinstance(envelope.command, JoinChannel | Reattach) and self.channel is not None:
             member = self.channel.members.get(envelope.command.user_id)
             if member is not None and self._sessions.get(member.user_id) is envelope.session:
                 return ChannelReply(Reason.NONE, info=self._channel_info(member), sid=member.sid)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 from typing import TYPE_CHECKING
 
 import attrs
@@ -33,6 +34,7 @@ from airwave.protocol import (
     Query,
     QueryInfo,
     RefreshToken,
+    Resume,
     Reason,
     Reply,
     Request,
@@ -53,7 +55,7 @@ from airwave.protocol import (
 from . import channel_rules as rules
 from airwave.protocol.tokens import TokenClaims, verify_token
 
-from .channel import ChannelActor, frame_of, now
+from .channel import ChannelActor, ChannelReply, Reattach, frame_of, now
 from .channel_rules import URI_PREFIX
 
 if TYPE_CHECKING:
@@ -65,7 +67,7 @@ log = logging.getLogger("airwave.participant")
 # The session lifecycle as a table (h11 style): which requests each state accepts.
 # Anything else is answered with CALL_FUNCTION_ERROR, or ALREADY_JOINED for a second join.
 ALLOWED: dict[ChannelState, frozenset[type]] = {
-    ChannelState.IDLE: frozenset({Join, Query, Ping}),
+    ChannelState.IDLE: frozenset({Join, Resume, Query, Ping}),
     ChannelState.JOINED: frozenset(
         {Leave, Stop, SetRole, SetState, EnableUpload, Kick, Query, SendMessage, SetCustomProperty, SubscribeAudio,
          Ping, RefreshToken}
@@ -81,6 +83,8 @@ class SessionSettings:
     refusal_reply_interval: float = 1.0  # at most one error reply per second for refused media
     # With a secret, every join needs a token signed with it (protocol/tokens.py).
     secret: bytes | None = attrs.field(default=None, repr=False)
+    # A connection that drops (no leave, no clean close) is held this long for `resume`.
+    resume_grace: float = 15.0
 
 
 @attrs.define
@@ -115,6 +119,8 @@ class ParticipantActor:
         self._last_heard = trio.current_time()
         self._last_refusal_reply = -math.inf
         self._token_deadline = math.inf  # trio clock; the session's token expiry
+        self._session_token = ""
+        self._dropped = False  # the connection ended without a leave or a clean close
         self._held: list[bytes] | None = None
         self.end_reason = Reason.OFFLINE
 
@@ -165,7 +171,10 @@ class ParticipantActor:
         while True:
             try:
                 data = await ws.get_message()
-            except trio_websocket.ConnectionClosed:
+            except trio_websocket.ConnectionClosed as closed:
+                # 1000/1001 is a client closing on purpose; anything else (1006: no close
+                # frame, a reset) is a drop that may come back with `resume`.
+                self._dropped = closed.reason.code not in (1000, 1001)
                 return
             self._last_heard = trio.current_time()
             if type(data) is not bytes:
@@ -229,6 +238,8 @@ class ParticipantActor:
         match request:
             case Join():
                 return await self._join(request)
+            case Resume():
+                return await self._resume(request)
             case RefreshToken():
                 return self._refresh(request)
             case Ping():
@@ -313,10 +324,32 @@ class ParticipantActor:
         self.user_id = request.user_id
         if claims is not None:
             self._set_token_deadline(claims)
+        log.info("%s joined %s as %s", self._peer, channel_id, self.user_id)
+        return self._joined_reply(request.id, answer)
+
+    def _joined_reply(self, request_id: int, answer: ChannelReply) -> Reply:
         # Removed again while the join was being answered (stopped, or a newer session)?
         self.state = ChannelState.JOINED if self._channel is not None else ChannelState.IDLE
-        log.info("%s joined %s as %s", self._peer, channel_id, self.user_id)
-        return Reply(request.id, result=None if answer.info is None else to_wire(answer.info))
+        self._session_token = secrets.token_urlsafe(24)
+        info = None if answer.info is None else attrs.evolve(answer.info, session_token=self._session_token)
+        return Reply(request_id, result=None if info is None else to_wire(info))
+
+    async def _resume(self, request: Resume) -> Reply:
+        suspension = self._registry.claim(request.session_token)
+        if suspension is None:
+            return Reply(request.id, Reason.NOT_FOUND, "no dropped session to resume (grace period over?)")
+        self.state = ChannelState.JOINING
+        self._held = []
+        dropped = suspension.session
+        answer = await self._registry.submit(suspension.channel_id, Reattach(suspension.user_id, dropped), self)  # type: ignore[arg-type]
+        if answer.reason is not Reason.NONE:
+            self.state = ChannelState.IDLE
+            return Reply(request.id, answer.reason, answer.message)
+        self.user_id = suspension.user_id
+        if isinstance(dropped, ParticipantActor):
+            self._token_deadline = dropped._token_deadline
+        log.info("%s resumed %s in %s", self._peer, self.user_id, suspension.channel_id)
+        return self._joined_reply(request.id, answer)
 
     def _check_token(self, token: str | None, user_id: str, channel_id: str) -> TokenClaims:
         assert self._settings.secret is not None
@@ -413,6 +446,11 @@ class ParticipantActor:
         if channel is None or self.state is not ChannelState.JOINED:
             return
         reason = getattr(self.output, "close_reason", None) or self.end_reason
+        if self._dropped and reason in (Reason.OFFLINE, Reason.NETWORK) and self._settings.resume_grace > 0:
+            # Decision 7: held for the grace period, unseen; a resume writes no leave or join.
+            log.info("%s (%s) dropped; held %.0f s for resume", self._peer, self.user_id, self._settings.resume_grace)
+            self._registry.suspend(self._session_token, channel.channel_id, self, self.user_id, self._settings.resume_grace, now)
+            return
         await self._registry.submit(channel.channel_id, rules.LeaveChannel(now(), self.user_id, Reason(reason)), self)
 
 

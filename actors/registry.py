@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import attrs
 import trio
 
 from airwave.protocol import DEFAULT_POLICY, Reason, RolePolicy
 
 from .channel import ChannelActor, ChannelReply, Envelope, OneShot
-from .channel_rules import Command, EndChannel
+from .channel_rules import Command, EndChannel, LeaveChannel
 
 log = logging.getLogger("airwave.registry")
 
@@ -35,6 +36,7 @@ class Registry:
         self._next_number = next_number
         self._policy = policy
         self._actors: dict[str, ChannelActor] = {}
+        self._suspended: dict[str, Suspension] = {}
 
     def find(self, channel_id: str) -> ChannelActor | None:
         actor = self._actors.get(channel_id)
@@ -88,8 +90,39 @@ class Registry:
                 continue
             return await reply.wait()
 
+    # --- sessions whose connection dropped: held for a grace period (decision 7) ---
+
+    def suspend(self, session_token: str, channel_id: str, session: object, user_id: str, grace: float, now: Callable[[], float]) -> None:
+        """Holds a dropped session, unseen by the others; past ``grace`` it leaves with network."""
+        suspension = Suspension(channel_id, user_id, session, trio.CancelScope())
+        self._suspended[session_token] = suspension
+
+        async def expire() -> None:
+            with suspension.timer:
+                await trio.sleep(grace)
+                if self._suspended.pop(session_token, None) is suspension:
+                    log.info("resume grace over for %s in %s", user_id, channel_id)
+                    await self.submit(channel_id, LeaveChannel(now(), user_id, Reason.NETWORK), session)
+
+        self._nursery.start_soon(expire)
+
+    def claim(self, session_token: str) -> Suspension | None:
+        """The suspended session for ``session_token`` (at most once), its grace timer stopped."""
+        suspension = self._suspended.pop(session_token, None)
+        if suspension is not None:
+            suspension.timer.cancel()
+        return suspension
+
     async def end_all(self, reason: Reason, now: float) -> None:
         """Ends every live channel for everyone (graceful shutdown), each logged as it goes."""
         async with trio.open_nursery() as nursery:
             for channel_id in self.channel_ids():
                 nursery.start_soon(self.submit, channel_id, EndChannel(now, reason), None)
+
+
+@attrs.frozen(eq=False)
+class Suspension:
+    channel_id: str
+    user_id: str
+    session: object
+    timer: trio.CancelScope

@@ -13,11 +13,11 @@ from airwave.actors.server import RunningServer, ServerSettings, serve
 
 
 def fast_settings(data_dir: Path, **session: float) -> ServerSettings:
-    """Short timers (design decision 16): heartbeats in tenths of a second."""
+    """Short timers (design decision 16): heartbeats and the resume grace in tenths of a second."""
     return ServerSettings(
         port=0,
         data_dir=data_dir,
-        session=SessionSettings(**{"heartbeat_time": 0.2, "heartbeat_timeout": 0.6, **session}),
+        session=SessionSettings(**{"heartbeat_time": 0.2, "heartbeat_timeout": 0.6, "resume_grace": 0.5, **session}),
     )
 
 
