@@ -16,9 +16,11 @@ sync call simply queues its ``*_async`` twin on the channel's operation runner.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import json
 import logging
+import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -26,6 +28,7 @@ from typing import Any, ClassVar
 
 import attrs
 import trio
+import trio_websocket
 
 from airwave.audio import AudioReceiver, AudioSender, AudioSource, Recorder, recorder_for
 from airwave.protocol import (
@@ -50,10 +53,12 @@ from airwave.protocol import (
     ParticipantUpdated,
     PropertyChange,
     PropertyChanged,
+    ChannelInfo,
     Query,
     QueryInfo,
     Reason,
     RefreshToken,
+    Resume,
     SendMessage,
     SetCustomProperty,
     SetRole,
@@ -217,6 +222,14 @@ class MemberCountEvent:
 
 
 @attrs.frozen
+class ConnectionStateEvent:
+    """Airwave addition: the connection dropped, came back (and resumed), or was given up."""
+
+    CALLBACK: ClassVar[str] = "on_connection_state_change"
+    state: ConnectionState
+
+
+@attrs.frozen
 class OperationError:
     """Airwave addition: a call the server refused, or an error it pushed (e.g. media refused)."""
 
@@ -229,7 +242,7 @@ class OperationError:
 ChannelEvent = (
     JoinResult | LeaveEvent | StopResult | QueryResult | ParticipantJoinEvent | ParticipantLeftEvent
     | ParticipantUpdateEvent | VolumeChangeEvent | MessageEvent | StateChangeEvent | PropertyChangeEvent
-    | MemberCountEvent | OperationError
+    | MemberCountEvent | ConnectionStateEvent | OperationError
 )
 
 
@@ -248,6 +261,7 @@ class MediaChannelCallback:
     def on_media_channel_state_change(self, state: ChannelState, old_state: ChannelState) -> None: ...
     def on_media_channel_property_change(self, change: PropertyChange) -> None: ...
     def on_member_count_change(self, count: int) -> None: ...
+    def on_connection_state_change(self, state: ConnectionState) -> None: ...
     def on_error(self, operation: str, reason: Reason, message: str) -> None: ...
 
 
@@ -274,23 +288,105 @@ class MediaDevice:
             output.close()
 
 
-class Client:
-    """A connection to an Airwave server (the vendor's JCClient; ``hello`` is the login)."""
+class ConnectionState(enum.Enum):
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    DISCONNECTED = "disconnected"  # reconnection gave up
 
-    def __init__(self, wire: Wire, nursery: trio.Nursery, url: str, user_id: str) -> None:
-        self.wire = wire
+
+@attrs.frozen
+class ReconnectPolicy:
+    """Exponential backoff with full jitter, bounded in total time."""
+
+    first_delay: float = 0.1
+    max_delay: float = 2.0
+    give_up_after: float = 30.0
+
+    def delay(self, attempt: int, random: Callable[[], float]) -> float:
+        return random() * min(self.max_delay, self.first_delay * 2**attempt)
+
+
+class Client:
+    """A connection to an Airwave server (the vendor's JCClient; ``hello`` is the login).
+
+    If the connection drops, the client reconnects by itself (backoff with jitter) and its
+    channel resumes the session, or rejoins if the server no longer holds it (a restart).
+    """
+
+    def __init__(self, nursery: trio.Nursery, url: str, user_id: str, policy: ReconnectPolicy | None) -> None:
         self.nursery = nursery
         self.url = url
         self.user_id = user_id
         self.channel: MediaChannel | None = None
+        self.state = ConnectionState.CONNECTED
+        self.reconnects = 0
+        self._policy = policy
+        self._wire: Wire | None = None
+        self._new_wire = trio.Event()
+
+    @property
+    def wire(self) -> Wire:
+        assert self._wire is not None
+        return self._wire
+
+    async def next_wire(self, after: Wire) -> Wire | None:
+        """The connection that replaced ``after``; None once reconnecting has given up."""
+        while self._wire is after and self.state is not ConnectionState.DISCONNECTED:
+            await self._new_wire.wait()
+        return None if self.state is ConnectionState.DISCONNECTED else self._wire
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, url: str, *, user_id: str | None = None) -> AsyncIterator[Client]:
-        async with open_wire(url) as wire, trio.open_nursery() as nursery:
-            client = cls(wire, nursery, url, user_id or f"user-{secrets.token_hex(4)}")
+    async def connect(
+        cls, url: str, *, user_id: str | None = None, reconnect: ReconnectPolicy | None = ReconnectPolicy()
+    ) -> AsyncIterator[Client]:
+        """The first connection must succeed (its error is raised); later drops are retried."""
+        async with trio.open_nursery() as nursery:
+            client = cls(nursery, url, user_id or f"user-{secrets.token_hex(4)}", reconnect)
+            await nursery.start(client._maintain)
             yield client
             nursery.cancel_scope.cancel()
+
+    def _install(self, wire: Wire | None, state: ConnectionState) -> None:
+        self._wire, self.state = wire or self._wire, state
+        self._new_wire.set()
+        self._new_wire = trio.Event()
+        if self.channel is not None:
+            self.channel._connection_changed(state)
+
+    async def _maintain(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        rng = random.Random()
+        first = True
+        while True:
+            failed_since = trio.current_time()
+            attempt = 0
+            while True:
+                try:
+                    async with open_wire(self.url) as wire:
+                        if first:
+                            self._wire = wire
+                            task_status.started()
+                            first = False
+                        else:
+                            self.reconnects += 1
+                            self._install(wire, ConnectionState.CONNECTED)
+                            if self.channel is not None:
+                                await self.channel._recover()
+                        await wire.closed.wait()
+                    break
+                except (OSError, ConnectionError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
+                    if first:
+                        raise
+                if self._policy is None or trio.current_time() - failed_since > self._policy.give_up_after:
+                    self._install(None, ConnectionState.DISCONNECTED)
+                    return
+                await trio.sleep(self._policy.delay(attempt, rng.random))
+                attempt += 1
+            if self._policy is None:
+                self._install(None, ConnectionState.DISCONNECTED)
+                return
+            log.info("connection to %s lost; reconnecting", self.url)
+            self._install(None, ConnectionState.RECONNECTING)
 
 
 # --- the channel ----------------------------------------------------------------------------
@@ -299,7 +395,6 @@ class Client:
 class MediaChannel:
     def __init__(self, client: Client, device: MediaDevice, callback: MediaChannelCallback | None) -> None:
         self._client = client
-        self._wire = client.wire
         self._device = device
         self._callback = callback or MediaChannelCallback()
         self._state = ChannelState.IDLE
@@ -311,6 +406,8 @@ class MediaChannel:
         self._upload_wanted = False  # persists across leave and rejoin (client default: off)
         self._custom_property = ""
         self._member_count = 0
+        self._session_token = ""
+        self._last_join: tuple[str, JoinParam | None] | None = None
         self._op_ids = itertools.count(1)
         self._ops_send, self._ops = trio.open_memory_channel[_Operation](OPERATION_QUEUE)
         self._listeners: list[trio.MemorySendChannel[ChannelEvent]] = []
@@ -368,9 +465,9 @@ class MediaChannel:
                 "Config": {"url": self._client.url, "user_id": self._client.user_id, "channel_id": self._channel_id,
                            "state": self._state.name.lower(), "role": self._role.index, "upload": self._upload_wanted,
                            "audio_output": self.receiver.output_enabled},
-                "Network": {"connected": not self._wire.closed.is_set()},
+                "Network": {"connection": self._client.state.value, "reconnects": self._client.reconnects},
                 "Transport": {"media_sent": self.media_sent, "media_received": self.receiver.stats.packets,
-                              "media_dropped_locally": self._wire.media_dropped, "concealed_frames": self.receiver.stats.concealed,
+                              "media_dropped_locally": self._client.wire.media_dropped, "concealed_frames": self.receiver.stats.concealed,
                               "media_refusals": self.media_refusals, "events_dropped": self.events_dropped},
                 "Participants": [
                     {"user_id": p.user_id, "role": p.custom_role.index, "state": p.custom_state.index, "audio": p.audio,
@@ -521,16 +618,20 @@ class MediaChannel:
         if not reply.ok:
             self._set_state(ChannelState.IDLE)
             return self._emit(JoinResult(False, reply.reason, channel_id_or_uri))
-        info = channel_info_from_wire(reply.result)
+        self._last_join = (channel_id_or_uri, param)
+        self._apply_channel_info(channel_info_from_wire(reply.result))
+        self._set_state(ChannelState.JOINED)
+        return self._emit(JoinResult(True, Reason.NONE, self._channel_id))
+
+    def _apply_channel_info(self, info: ChannelInfo) -> None:
         self._channel_id = info.channel_id
+        self._session_token = info.session_token
         self._custom_property = info.custom_property
         self._member_count = info.member_count
         self._participants.clear()
         self._by_sid.clear()
         for p in info.participants:
             self._store(Participant.from_info(p, is_self=p.user_id == self._client.user_id))
-        self._set_state(ChannelState.JOINED)
-        return self._emit(JoinResult(True, Reason.NONE, self._channel_id))
 
     async def _leave(self) -> LeaveEvent:
         if self._state is not ChannelState.JOINED:
@@ -614,7 +715,7 @@ class MediaChannel:
 
     async def _request(self, message_type: type, **fields: Any) -> Any:
         try:
-            return await self._wire.request(message_type, **fields)
+            return await self._client.wire.request(message_type, **fields)
         except (WireClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             from airwave.protocol import Reply
 
@@ -687,10 +788,29 @@ class MediaChannel:
                     operation.done.set()
 
     async def _run_pushes(self) -> None:
-        async for message in self._wire.pushes:
-            self._on_push(message)
+        wire: Wire | None = self._client.wire
+        while wire is not None:
+            async for message in wire.pushes:
+                self._on_push(message)
+            wire = await self._client.next_wire(wire)
         if self._state is not ChannelState.IDLE:
             self._left(Reason.NETWORK)
+
+    def _connection_changed(self, state: ConnectionState) -> None:
+        self._emit(ConnectionStateEvent(state))
+
+    async def _recover(self) -> None:
+        """On a new connection: resume the session (decision 7), or rejoin if it is gone."""
+        if self._state is ChannelState.IDLE or self._last_join is None:
+            return
+        reply = await self._request(Resume, session_token=self._session_token)
+        if reply.ok:
+            self._apply_channel_info(channel_info_from_wire(reply.result))
+            return
+        log.info("resume refused (%s); rejoining %s", reply.reason.reason_name, self._last_join[0])
+        self._set_state(ChannelState.IDLE)
+        self._reset_channel()
+        await self._ordered(lambda: self._join(*self._last_join))  # type: ignore[misc]
 
     def _on_push(self, message: object) -> None:
         me = self._client.user_id
@@ -740,9 +860,12 @@ class MediaChannel:
                 self._emit(OperationError("server", reason, text))
 
     async def _run_media_in(self) -> None:
-        async for packet in self._wire.media:
-            if self._state is ChannelState.JOINED:
-                self.receiver.push(packet, trio.current_time())
+        wire: Wire | None = self._client.wire
+        while wire is not None:
+            async for packet in wire.media:
+                if self._state is ChannelState.JOINED:
+                    self.receiver.push(packet, trio.current_time())
+            wire = await self._client.next_wire(wire)
 
     async def _run_playout(self) -> None:
         """One mixed frame to the outputs every 20 ms while joined."""
@@ -777,10 +900,10 @@ class MediaChannel:
                 self.source_finished.set()
                 continue
             try:
-                await self._wire.send_bytes(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, Exception) as exc:  # connection gone
-                log.debug("media send failed: %r", exc)
-                return
+                await self._client.wire.send_bytes(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed) as exc:
+                log.debug("media send failed (reconnecting?): %r", exc)
+                continue
             self.media_sent += 1
 
 

@@ -1,0 +1,82 @@
+"""The SDK survives its connection: a drop is resumed, a server crash is rejoined (decision 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import trio
+
+from airwave.actors.replay import replay_events
+from airwave.actors.server import RunningServer, serve
+from airwave.audio import ToneSource
+from airwave.client import Client, ConnectionState, ConnectionStateEvent, JoinResult, MediaChannel, MediaDevice
+from airwave.protocol import ChannelState, CustomRole, Reason
+from conftest import fast_settings
+
+
+async def packets_flowing(channel: MediaChannel, more_than: int, timeout: float = 3.0) -> None:
+    with trio.fail_after(timeout):
+        while channel.receiver.stats.packets <= more_than:
+            await trio.sleep(0.02)
+
+
+async def test_sdk_drop_is_resumed_and_audio_continues_without_leave_or_join(server: RunningServer) -> None:
+    with trio.fail_after(15):
+        async with Client.connect(server.url, user_id="host") as h, Client.connect(server.url, user_id="fan") as f:
+            host = MediaChannel.create(h, MediaDevice.create(source=ToneSource(440)))
+            fan = MediaChannel.create(f, MediaDevice.create())
+            host.set_custom_role(CustomRole.ROLE_0)
+            host.enable_upload_audio_stream(True)
+            assert (await host.join_async("live")).result
+            assert (await fan.join_async("live")).result
+            fan_events = fan.events()
+            await packets_flowing(fan, 10)
+
+            await f.wire.ws._stream.aclose()  # the network drops the fan's connection
+            states = []
+            with trio.fail_after(5):
+                async for event in fan_events:
+                    if isinstance(event, ConnectionStateEvent):
+                        states.append(event.state)
+                        if event.state is ConnectionState.CONNECTED:
+                            break
+            assert states == [ConnectionState.RECONNECTING, ConnectionState.CONNECTED]
+            received = fan.receiver.stats.packets
+            await packets_flowing(fan, received + 10)
+            assert fan.state is ChannelState.JOINED and f.reconnects == 1
+            logged = [(i.event.TYPE, getattr(i.event, "user_id", None)) for i in replay_events(server.event_log.directory)]
+            assert logged == [("channel_created", None), ("participant_joined", "host"), ("participant_joined", "fan")]
+
+
+async def test_sdk_rejoins_by_itself_after_a_server_crash(data_dir: Path) -> None:
+    settings = fast_settings(data_dir)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as outer:
+            crash_scope = trio.CancelScope()
+
+            async def run_server(task_status: trio.TaskStatus[RunningServer]) -> None:
+                with crash_scope:
+                    await serve(settings, task_status=task_status)
+
+            first: RunningServer = await outer.start(run_server)
+            port = first.port
+            async with Client.connect(first.url, user_id="fan") as f:
+                fan = MediaChannel.create(f, MediaDevice.create())
+                assert (await fan.join_async("live")).result
+                events = fan.events()
+                crash_scope.cancel()  # no graceful shutdown: as far as the log knows, a crash
+                await trio.sleep(0.3)
+                second: RunningServer = await outer.start(serve, attrs.evolve(settings, port=port))
+                rejoined = None
+                with trio.fail_after(8):
+                    async for event in events:
+                        if isinstance(event, JoinResult):
+                            rejoined = event
+                            break
+                assert rejoined == JoinResult(True, Reason.NONE, "live")
+                assert fan.state is ChannelState.JOINED
+                second.shutdown()
+    types = [(i.event.TYPE, getattr(i.event, "user_id", None), getattr(i.event, "reason", None)) for i in replay_events(data_dir)]
+    assert ("participant_left", "fan", Reason.SERVER_RESTART) in types
+    assert [t for t in types if t[0] == "channel_created"].__len__() == 2
