@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
 import trio
 
+from airwave.protocol import Error, Reason
+
+from .channel import frame_of
 from .participant import ParticipantActor, SessionSettings
 from .transport import Connection, accept_websocket
 
@@ -21,10 +26,19 @@ WEBSOCKET_MAX_MESSAGE = 1 << 20
 
 
 class Gateway:
-    def __init__(self, registry: Registry, settings: SessionSettings) -> None:
+    """``max_per_address`` bounds the connections one peer address holds (decision 15: the
+    loopback address is exempt unless ``limit_loopback``, so benchmarks run from one host)."""
+
+    def __init__(
+        self, registry: Registry, settings: SessionSettings, *, max_per_address: int = 64, limit_loopback: bool = False
+    ) -> None:
         self._registry = registry
         self._settings = settings
+        self._max_per_address = max_per_address
+        self._limit_loopback = limit_loopback
+        self._per_address: collections.Counter[str] = collections.Counter()
         self.connections = 0
+        self.refused_connections = 0
 
     async def handle(self, conn: Connection) -> None:
         host, port = conn.remote_address
@@ -33,6 +47,14 @@ class Gateway:
             ws = await accept_websocket(conn, nursery, max_message_size=WEBSOCKET_MAX_MESSAGE)
             if ws is None:
                 return
+            limited = self._limit_loopback or not ipaddress.ip_address(host).is_loopback
+            if limited and self._per_address[host] >= self._max_per_address:
+                self.refused_connections += 1
+                log.warning("refused %s: %d connections from that address", peer, self._per_address[host])
+                conn.send_frame_nowait(frame_of(Error(Reason.RATE_LIMITED, "too many connections from your address")), droppable=False)
+                await ws.aclose(code=1008, reason="too many connections from your address")
+                return
+            self._per_address[host] += 1
             self.connections += 1
             log.info("connect %s", peer)
             participant = ParticipantActor(ws, conn, self._registry, self._settings, peer)
@@ -40,6 +62,9 @@ class Gateway:
                 await participant.run()
             finally:
                 self.connections -= 1
+                self._per_address[host] -= 1
+                if not self._per_address[host]:
+                    del self._per_address[host]
                 log.info(
                     "disconnect %s %s reason=%s",
                     peer,

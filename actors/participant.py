@@ -53,6 +53,7 @@ from airwave.protocol import (
 )
 
 from . import channel_rules as rules
+from airwave.protocol.ratelimit import TokenBucket
 from airwave.protocol.tokens import TokenClaims, verify_token
 
 from .channel import ChannelActor, ChannelReply, Reattach, frame_of, now
@@ -85,6 +86,13 @@ class SessionSettings:
     secret: bytes | None = attrs.field(default=None, repr=False)
     # A connection that drops (no leave, no clean close) is held this long for `resume`.
     resume_grace: float = 15.0
+    # Rate limits, checked before anything is decoded further (token buckets).
+    control_rate: float = 20.0  # requests per second, on average
+    control_burst: float = 50.0
+    media_rate: float = 100.0  # media frames per second (a 20 ms speaker sends 50)
+    media_burst: float = 100.0
+    # Refusals (rate limits, malformed frames) a connection may earn before it is closed.
+    max_strikes: int = 200
 
 
 @attrs.define
@@ -93,6 +101,7 @@ class SessionStatistics:
     media_in: int = 0
     media_refused: int = 0
     protocol_errors: int = 0
+    rate_limited: int = 0
 
 
 class ParticipantActor:
@@ -120,6 +129,9 @@ class ParticipantActor:
         self._last_refusal_reply = -math.inf
         self._token_deadline = math.inf  # trio clock; the session's token expiry
         self._session_token = ""
+        self._control_bucket = TokenBucket(settings.control_rate, settings.control_burst)
+        self._media_bucket = TokenBucket(settings.media_rate, settings.media_burst)
+        self._strikes = 0
         self._dropped = False  # the connection ended without a leave or a clean close
         self._held: list[bytes] | None = None
         self.end_reason = Reason.OFFLINE
@@ -176,18 +188,32 @@ class ParticipantActor:
                 # frame, a reset) is a drop that may come back with `resume`.
                 self._dropped = closed.reason.code not in (1000, 1001)
                 return
-            self._last_heard = trio.current_time()
+            self._last_heard = current = trio.current_time()
+            if self._strikes > self._settings.max_strikes:
+                log.warning("%s (%s): %d refusals, disconnecting", self._peer, self.user_id or "-", self._strikes)
+                self.end_reason = Reason.RATE_LIMITED
+                await ws.aclose(code=1008, reason="too many refused messages")
+                return
             if type(data) is not bytes:
                 self._refuse(ProtocolError(Reason.PROTOCOL_ERROR, "text frames are not part of the protocol"))
             elif len(data) > self._settings.max_message_bytes:
                 self._refuse(ProtocolError(Reason.TOO_LARGE, f"message of {len(data)} bytes"))
             elif is_media_frame(data):
-                self._on_media(data)
+                if self._media_bucket.allow(current):
+                    self._on_media(data)
+                else:
+                    self.stats.rate_limited += 1
+                    self._strikes += 1
+                    self._refuse_media(ProtocolError(Reason.RATE_LIMITED, "too many media frames per second"))
             else:
                 try:
                     request = decode_request(data)
                 except ProtocolError as error:
                     self._refuse(error)
+                    continue
+                if not self._control_bucket.allow(current):
+                    self.stats.rate_limited += 1
+                    self._refuse(ProtocolError(Reason.RATE_LIMITED, "too many requests per second", request.id))
                     continue
                 self.stats.requests += 1
                 reply = await self._handle(request)
@@ -198,6 +224,7 @@ class ParticipantActor:
 
     def _refuse(self, error: ProtocolError) -> None:
         self.stats.protocol_errors += 1
+        self._strikes += 1
         if error.ref is not None:
             self.send(Reply(error.ref, error.reason, error.message[:1024]))
         else:
@@ -215,12 +242,15 @@ class ParticipantActor:
             if not channel.router.publish(self._sid, frame):
                 raise ProtocolError(Reason.NO_PERMISSION, "you may not publish audio: enable upload first (hosts and on-the-mic members only)")
         except ProtocolError as error:
-            # Decision 4: dropped and counted, with at most one error reply per interval.
-            self.stats.media_refused += 1
-            current = trio.current_time()
-            if current - self._last_refusal_reply >= self._settings.refusal_reply_interval:
-                self._last_refusal_reply = current
-                self.send(Error(error.reason, error.message))
+            self._refuse_media(error)
+
+    def _refuse_media(self, error: ProtocolError) -> None:
+        """Decision 4: dropped and counted, with at most one error reply per interval."""
+        self.stats.media_refused += 1
+        current = trio.current_time()
+        if current - self._last_refusal_reply >= self._settings.refusal_reply_interval:
+            self._last_refusal_reply = current
+            self.send(Error(error.reason, error.message))
 
     # --- requests ---
 

@@ -30,7 +30,10 @@ class Registry:
         *,
         next_number: int = 1,
         policy: RolePolicy = DEFAULT_POLICY,
+        max_channels: int = 10_000,
     ) -> None:
+        self._max_channels = max_channels
+        self.refused_channels = 0
         self._nursery = nursery
         self._log_append = log_append
         self._next_number = next_number
@@ -80,6 +83,9 @@ class Registry:
     async def submit(self, channel_id: str, command: Command, session: object | None) -> ChannelReply:
         """Sends ``command`` to the channel's actor (starting one if needed) and awaits its answer."""
         while True:
+            if channel_id not in self._actors and len(self._actors) >= self._max_channels:
+                self.refused_channels += 1
+                return ChannelReply(Reason.FULL, f"this server already has its maximum of {self._max_channels} channels")
             actor = self._actor_for(channel_id)
             reply = OneShot()
             try:

@@ -35,6 +35,9 @@ class ServerSettings:
     fsync: FsyncMode = FsyncMode.BATCH
     session: SessionSettings = SessionSettings()
     transport: TransportSettings = TransportSettings()
+    max_channels: int = 10_000
+    max_connections_per_address: int = 64
+    limit_loopback: bool = False  # decision 15: loopback is exempt from per-address limits
 
 
 class RunningServer:
@@ -85,8 +88,11 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
         listener = open_listener(settings.host, settings.port)
         try:
             async with trio.open_nursery() as service:
-                registry = Registry(service, event_log.append, next_number=next_number)
-                gateway = Gateway(registry, settings.session)
+                registry = Registry(service, event_log.append, next_number=next_number, max_channels=settings.max_channels)
+                gateway = Gateway(
+                    registry, settings.session, max_per_address=settings.max_connections_per_address,
+                    limit_loopback=settings.limit_loopback,
+                )
                 await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))
                 server = RunningServer(listener.getsockname()[1], registry, gateway, event_log, report)
                 log.info("listening on ws://%s:%d/", settings.host, server.port)
