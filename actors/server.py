@@ -38,6 +38,7 @@ class ServerSettings:
     max_channels: int = 10_000
     max_connections_per_address: int = 64
     limit_loopback: bool = False  # decision 15: loopback is exempt from per-address limits
+    stats_interval: float | None = None  # log a statistics line this often (soak runs read it)
 
 
 class RunningServer:
@@ -55,6 +56,18 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/"
+
+    def statistics(self) -> dict[str, int]:
+        """What an operator watches for leaks: tasks, connections, channels, memory, the log."""
+        return {
+            "tasks": count_tasks(),
+            "connections": self.gateway.connections,
+            "refused_connections": self.gateway.refused_connections,
+            "channels": len(self.registry.channel_ids()),
+            "members": sum(len(a.channel.members) for a in map(self.registry.find, self.registry.channel_ids()) if a and a.channel),
+            "rss_kb": rss_kb(),
+            "log_seq": self.event_log.last_seq,
+        }
 
     def shutdown(self) -> None:
         """Asks for a graceful stop: members told server_shutdown, the log flushed."""
@@ -97,6 +110,8 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                 server = RunningServer(listener.getsockname()[1], registry, gateway, event_log, report)
                 log.info("listening on ws://%s:%d/", settings.host, server.port)
                 task_status.started(server)
+                if settings.stats_interval:
+                    service.start_soon(_log_statistics, server, settings.stats_interval)
                 await server._stop.wait()
                 log.info("shutting down")
                 close_listener(listener)
@@ -109,3 +124,33 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                 await event_log.aclose()
     server.stopped.set()
     log.info("stopped; event log flushed at seq %d", event_log.last_seq)
+
+
+async def _log_statistics(server: RunningServer, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        log.info("stats %s", " ".join(f"{key}={value}" for key, value in server.statistics().items()))
+
+
+def count_tasks() -> int:
+    """Every live task under the run's root: a leak of tasks shows up here."""
+    pending = [trio.lowlevel.current_root_task()]
+    count = 0
+    while pending:
+        task = pending.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
+
+
+def rss_kb() -> int:
+    """Resident memory of this process (Linux /proc), in KiB."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

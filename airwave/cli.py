@@ -108,7 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     settings = ServerSettings(
         host=args.host, port=args.port, data_dir=Path(args.data), fsync=FsyncMode(args.fsync),
-        session=SessionSettings(secret=secret),
+        session=SessionSettings(secret=secret), stats_interval=args.stats_interval,
     )
 
     async def main() -> None:
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data", default="airwave-data", help="event log directory (default ./airwave-data)")
     serve.add_argument("--fsync", choices=["always", "batch", "never"], default="batch")
     serve.add_argument("--insecure", action="store_true", help="allow open mode on a non-loopback address")
+    serve.add_argument("--stats-interval", type=float, metavar="S", help="log a statistics line every S seconds")
     add_secret_options(serve)
     serve.set_defaults(run=_serve)
 
