@@ -158,3 +158,45 @@ async def test_sdk_failure_reasons_reach_on_join_and_on_stop(server: RunningServ
                 while guest.state is not ChannelState.IDLE:
                     await trio.sleep(0.01)
             assert guest.participants == []
+
+
+async def test_sdk_every_user_triggerable_failure_reaches_a_callback(server: RunningServer) -> None:
+    """full, invalid_param, no_permission, kicked, duplicate_session, call_function_error,
+    not_found: each arrives through the callback a vendor-SDK user would watch."""
+    calls = {name: Recording() for name in ("host", "a", "b", "a2")}
+    with trio.fail_after(15):
+        async with Client.connect(server.url, user_id="host") as h, Client.connect(server.url, user_id="a") as ca, \
+                Client.connect(server.url, user_id="b") as cb, Client.connect(server.url, user_id="a") as ca2:
+            host = MediaChannel.create(h, MediaDevice.create(), calls["host"])
+            a = MediaChannel.create(ca, MediaDevice.create(), calls["a"])
+            b = MediaChannel.create(cb, MediaDevice.create(), calls["b"])
+            a2 = MediaChannel.create(ca2, MediaDevice.create(), calls["a2"])
+            host.set_custom_role(HOST)
+            assert (await host.join_async("small", JoinParam(capacity=3))).result
+            assert (await a.join_async("small")).result
+            assert (await b.join_async("small")).result
+            assert not (await a2.join_async("ghost", JoinParam(uri_mode=True))).result  # not_found
+
+            assert await host.kick_async("host") is Reason.INVALID_PARAM
+            assert await b.kick_async("a") is Reason.NO_PERMISSION
+            assert await b.set_custom_role_async(HOST) is Reason.NO_PERMISSION
+            assert await a2.kick_async("b") is Reason.CALL_FUNCTION_ERROR  # not in a channel
+            assert await host.kick_async("b") is Reason.NONE
+            assert (await a2.join_async("small")).result  # same user id "a": the older session leaves
+            await trio.sleep(0.3)
+            # Capacity 3: host and a are in (b was kicked); c takes the last place, d finds it full.
+            async with Client.connect(server.url, user_id="c") as cc, Client.connect(server.url, user_id="d") as cd:
+                c = MediaChannel.create(cc, MediaDevice.create())
+                d = MediaChannel.create(cd, MediaDevice.create())
+                assert (await c.join_async("small")).result
+                full = await d.join_async("small")
+    assert calls["a2"].named("on_join")[0] == (False, Reason.NOT_FOUND, "ghost")
+    assert ("kick", Reason.INVALID_PARAM) in [(op, r) for op, r, _ in calls["host"].named("on_error")]
+    assert ("kick", Reason.NO_PERMISSION) in [(op, r) for op, r, _ in calls["b"].named("on_error")]
+    assert ("set_custom_role", Reason.NO_PERMISSION) in [(op, r) for op, r, _ in calls["b"].named("on_error")]
+    assert ("kick", Reason.CALL_FUNCTION_ERROR) in [(op, r) for op, r, _ in calls["a2"].named("on_error")]
+    assert calls["b"].named("on_leave")[0] == (Reason.KICKED, "small")
+    assert calls["a"].named("on_leave") == [(Reason.DUPLICATE_SESSION, "small")]
+    assert full == JoinResult(False, Reason.FULL, "small")
+    left = [args for args in calls["host"].named("on_participant_left")]
+    assert [(p.user_id, reason) for p, reason in left][:1] == [("b", Reason.KICKED)]
