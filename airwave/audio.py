@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
 
 from airwave.media import (
     FRAME_SAMPLES,
+    SAMPLE_RATE,
     JitterBuffer,
     Lost,
     OggOpusSink,
@@ -73,6 +74,77 @@ class FileSource:
 
     def frames(self) -> Iterator[np.ndarray]:
         return file_frames(self.path)
+
+
+def _sounddevice() -> Any:
+    """sounddevice, or a clear error: it is an optional extra and needs PortAudio and a device."""
+    try:
+        import sounddevice
+    except (ImportError, OSError) as exc:
+        raise AudioDeviceError(
+            "microphone and speaker need the 'devices' extra and PortAudio: "
+            "pip install 'airwave[devices]' and apt-get install libportaudio2"
+        ) from exc
+    return sounddevice
+
+
+class AudioDeviceError(RuntimeError):
+    """No usable sound device (or no PortAudio): say so, never fall back silently."""
+
+
+class MicSource:
+    """The microphone (the default input device, or ``device``), 48 kHz mono.
+
+    PortAudio's callback thread fills a bounded queue; the paced sender takes one frame per
+    20 ms tick without blocking the event loop, and a tick with nothing captured yet sends
+    silence. When the sender falls behind, the oldest captured frames are dropped.
+    """
+
+    def __init__(self, device: int | str | None = None) -> None:
+        self.device = device
+        self.dropped = 0
+
+    def frames(self) -> Iterator[np.ndarray]:
+        sd = _sounddevice()
+        captured: deque[np.ndarray] = deque(maxlen=10)  # 200 ms; older frames fall off
+
+        def on_audio(indata: np.ndarray, frames: int, time: object, status: object) -> None:
+            if len(captured) == captured.maxlen:
+                self.dropped += 1
+            captured.append(indata[:, 0].copy())
+
+        try:
+            stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16", blocksize=FRAME_SAMPLES,
+                                    device=self.device, callback=on_audio)
+        except Exception as exc:  # PortAudioError and friends: no device
+            raise AudioDeviceError(f"cannot open the microphone: {exc}") from exc
+        with stream:
+            while True:
+                yield captured.popleft() if captured else SILENCE
+
+
+class SpeakerOutput:
+    """Plays the mixed audio on the default output device (or ``device``)."""
+
+    def __init__(self, device: int | str | None = None) -> None:
+        sd = _sounddevice()
+        self._pending: deque[np.ndarray] = deque(maxlen=10)  # 200 ms of playout at most
+        try:
+            self._stream = sd.OutputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16",
+                                           blocksize=FRAME_SAMPLES, device=device, callback=self._fill)
+        except Exception as exc:
+            raise AudioDeviceError(f"cannot open the speaker: {exc}") from exc
+        self._stream.start()
+
+    def _fill(self, outdata: np.ndarray, frames: int, time: object, status: object) -> None:
+        outdata[:, 0] = self._pending.popleft() if self._pending else 0
+
+    def write(self, pcm: np.ndarray, packet: bytes | None) -> None:
+        self._pending.append(pcm)
+
+    def close(self) -> None:
+        self._stream.stop()
+        self._stream.close()
 
 
 class AudioSender:

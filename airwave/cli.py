@@ -196,7 +196,7 @@ def _host(args: argparse.Namespace) -> int:
 
     name = args.name or commands.random_name("host")
     return _run_client(args, lambda: commands.host(
-        args.url, args.channel, commands.source_from(args.input, args.tone), duration=args.duration,
+        args.url, args.channel, commands.source_from(args.input, args.tone, args.mic), duration=args.duration,
         name=name, password=args.password, stop_at_end=args.stop_at_end, token=_client_token(args, name, 0),
     ))
 
@@ -204,9 +204,13 @@ def _host(args: argparse.Namespace) -> int:
 def _listen(args: argparse.Namespace) -> int:
     from airwave import commands
 
+    if args.output is None and not args.speaker:
+        print("airwave: listen needs --output FILE or --speaker", file=sys.stderr)
+        return 2
     name = args.name or commands.random_name("listener")
     return _run_client(args, lambda: commands.listen(
-        args.url, args.channel, args.output, duration=args.duration, name=name, password=args.password,
+        args.url, args.channel, args.output, speaker=args.speaker, duration=args.duration, name=name,
+        password=args.password,
         token=_client_token(args, name, 1),
     ))
 
@@ -276,13 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     source = host.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="an audio file (any format FFmpeg reads)")
     source.add_argument("--tone", type=float, metavar="HZ", help="a generated sine tone")
+    source.add_argument("--mic", action="store_true", help="the microphone (needs the 'devices' extra and a sound device)")
     host.add_argument("--duration", type=float, metavar="S", help="stream this long (default: until the input ends)")
     host.add_argument("--stop-at-end", action="store_true", help="stop the channel for everyone at the end")
     host.set_defaults(run=_host)
 
     listen = commands.add_parser("listen", help="join as audience (role 1) and record")
     client_options(listen, "listener")
-    listen.add_argument("--output", required=True, help="a .wav (decoded) or .ogg/.opus (as received) file")
+    sink = listen.add_argument_group("where the audio goes (at least one)")
+    sink.add_argument("--output", help="a .wav (decoded) or .ogg/.opus (as received) file")
+    sink.add_argument("--speaker", action="store_true", help="play it (needs the 'devices' extra and a sound device)")
     listen.add_argument("--duration", type=float, metavar="S", help="listen this long (default: until the channel ends)")
     listen.set_defaults(run=_listen)
 

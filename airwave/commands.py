@@ -16,7 +16,7 @@ from typing import TextIO
 import attrs
 import trio
 
-from airwave.audio import AudioSource, FileSource, ToneSource
+from airwave.audio import AudioDeviceError, AudioSource, FileSource, MicSource, Recorder, SpeakerOutput, ToneSource
 from airwave.client import (
     Client,
     JoinParam,
@@ -113,7 +113,9 @@ async def _until_done(channel: MediaChannel, duration: float | None, also: Calla
     return None if channel.state is ChannelState.JOINED else Reason.NETWORK
 
 
-def source_from(input_path: str | None, tone_hz: float | None) -> AudioSource:
+def source_from(input_path: str | None, tone_hz: float | None, mic: bool = False) -> AudioSource:
+    if mic:
+        return MicSource()
     if input_path is not None:
         if not Path(input_path).exists():
             raise CommandFailed(f"no such input file: {input_path}")
@@ -160,8 +162,9 @@ async def host(
 async def listen(
     url: str,
     channel_id: str,
-    output: str,
+    output: str | None,
     *,
+    speaker: bool = False,
     duration: float | None = None,
     name: str | None = None,
     password: str | None = None,
@@ -170,21 +173,24 @@ async def listen(
 ) -> int:
     name = name or random_name("listener")
     narrator = Narrator(out)
+    outputs: list[str | Recorder] = [] if output is None else [output]
     try:
-        device = MediaDevice.create(outputs=[output])
-    except ValueError as exc:
+        if speaker:
+            outputs.append(SpeakerOutput())
+        device = MediaDevice.create(outputs=outputs)
+    except (ValueError, AudioDeviceError) as exc:
         raise CommandFailed(str(exc)) from None
     try:
         async with Client.connect(url, user_id=name) as client:
             channel = MediaChannel.create(client, device, narrator)
             await _join(channel, channel_id, JoinParam(password=password, display_name=name, token=token))
             hosts = [p.user_id for p in channel.participants if p.custom_role is CustomRole.ROLE_0]
-            narrator.say(f"joined {channel_id!r} as {name} (audience); hosts: {', '.join(hosts) or 'none'}; recording to {output}")
+            narrator.say(f"joined {channel_id!r} as {name} (audience); hosts: {', '.join(hosts) or 'none'}; playing to {output or 'the speaker'}")
             ended = await _until_done(channel, duration)
             if ended is None:
                 await channel.leave_async()
             stats = channel.receiver.stats
-            narrator.say(f"received {stats.packets} packets, concealed {stats.concealed}; wrote {output}")
+            narrator.say(f"received {stats.packets} packets, concealed {stats.concealed}" + (f"; wrote {output}" if output else ""))
             if ended is not None:
                 narrator.say(f"the channel ended: {ended.reason_name} [{int(ended)}]")
                 return 0 if ended is Reason.OVER else 1
