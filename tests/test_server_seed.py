@@ -7,7 +7,6 @@ import trio
 from airwave.actors.replay import fold_replayed, replay_events
 from airwave.actors.server import RunningServer
 from airwave.protocol import (
-    CustomRole,
     CustomState,
     EnableUpload,
     Join,
@@ -22,19 +21,9 @@ from airwave.protocol import (
     channel_info_from_wire,
     encode_client_media,
 )
-from airwave.wire import Wire, open_wire
+from airwave.wire import open_wire
 
-HOST = CustomRole.ROLE_0
-AUDIENCE = CustomRole.ROLE_1
-
-
-async def next_push(wire: Wire, kind: type, timeout: float = 2.0) -> object:
-    """The next pushed message of ``kind``, skipping others (member counts, volumes)."""
-    with trio.fail_after(timeout):
-        while True:
-            message = await wire.pushes.receive()
-            if isinstance(message, kind):
-                return message
+from helpers import AUDIENCE, HOST, next_push
 
 
 async def test_seed_sequence_join_talk_listen_leave_stop(server: RunningServer) -> None:

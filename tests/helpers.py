@@ -1,0 +1,148 @@
+"""Helpers shared by the integration tests that drive a real server over loopback WebSockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import trio
+
+from airwave.actors import events as ev
+from airwave.actors.replay import replay_events
+from airwave.protocol import CustomRole, MediaPacket, Ping, Reply, encode_client_media
+from airwave.wire import Wire
+
+HOST = CustomRole.ROLE_0
+AUDIENCE = CustomRole.ROLE_1
+
+
+async def next_push(wire: Wire, kind: type, timeout: float = 2.0) -> object:
+    """The next pushed message of ``kind``, skipping others (member counts, volumes)."""
+    with trio.fail_after(timeout):
+        while True:
+            message = await wire.pushes.receive()
+            if isinstance(message, kind):
+                return message
+
+
+def queued_pushes(wire: Wire) -> list[object]:
+    """Every push already received and not yet consumed, without waiting."""
+    found = []
+    while True:
+        try:
+            found.append(wire.pushes.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return found
+
+
+async def settle(wire: Wire) -> list[object]:
+    """A ping round trip, then the pushes queued so far: the server answers a session's
+    requests in order after acting on everything it read before, so whatever those frames
+    caused for this session has arrived once the ping's reply has."""
+    reply = await wire.request(Ping)
+    assert reply.ok, reply
+    return queued_pushes(wire)
+
+
+def describe(event: ev.Event) -> str:
+    """A short, stable line for one logged event (time and salts left out)."""
+    match event:
+        case ev.ChannelCreated():
+            return f"created {event.channel} by {event.created_by}"
+        case ev.ParticipantJoined():
+            upload = " upload" if event.upload else ""
+            return f"joined {event.channel} {event.user_id} role={event.role.index}{upload}"
+        case ev.ParticipantLeft():
+            by = f" by {event.by}" if event.by else ""
+            return f"left {event.channel} {event.user_id} {event.reason.reason_name}{by}"
+        case ev.ChannelStopped():
+            by = f" by {event.by}" if event.by else ""
+            return f"stopped {event.channel} {event.reason.reason_name}{by}"
+        case ev.RoleChanged():
+            return f"role {event.channel} {event.user_id} {event.role.index} by {event.by}"
+        case ev.StateChanged():
+            return f"state {event.channel} {event.user_id} {event.state.index} by {event.by}"
+        case ev.AudioUploadChanged():
+            return f"upload {event.channel} {event.user_id} {event.enabled}"
+        case ev.CustomPropertyChanged():
+            return f"property {event.channel} {event.value!r} by {event.by}"
+    raise TypeError(event)  # pragma: no cover
+
+
+def logged(directory: Path) -> list[str]:
+    """The event log replayed (every segment, CRCs verified), one `describe` line per event."""
+    return [describe(item.event) for item in replay_events(directory)]
+
+
+def logged_seqs(directory: Path) -> list[int]:
+    return [item.seq for item in replay_events(directory)]
+
+
+def ok(reply: Reply) -> Reply:
+    assert reply.ok, reply
+    return reply
+
+
+@attrs.define
+class MediaFlow:
+    """What `steady_media` saw: the frames sent, and what each listener received."""
+
+    sid: int
+    sent: int = 0
+    received: dict[int, list[MediaPacket]] = attrs.field(factory=dict)
+
+    def packets(self, listener: Wire) -> list[MediaPacket]:
+        return self.received[id(listener)]
+
+
+@asynccontextmanager
+async def steady_media(
+    sender: Wire, listeners: list[Wire], sid: int, *, interval: float = 0.005, min_frames: int = 20
+) -> AsyncIterator[MediaFlow]:
+    """``sender`` (a publisher with media sender id ``sid``) streams numbered frames while the
+    body runs; on exit, every listener must have received every one of them, in order, each
+    once, and nothing else from ``sid``. Other senders' frames are kept for the test to check.
+
+    The point: whatever abuse the body commits, media to the others flows undisturbed.
+    """
+    flow = MediaFlow(sid)
+    stop = trio.Event()
+
+    async def send_loop() -> None:
+        # Never cancelled mid-send (a torn WebSocket frame would be the test's own fault).
+        while not stop.is_set():
+            seq = flow.sent
+            await sender.send_bytes(encode_client_media(seq, seq * 960, b"\xf8" + seq.to_bytes(4, "big"), level=40))
+            flow.sent += 1
+            await trio.sleep(interval)
+
+    async def receive_loop(listener: Wire, into: list[MediaPacket]) -> None:
+        async for packet in listener.media:
+            into.append(packet)
+
+    def from_sender(listener: Wire) -> list[MediaPacket]:
+        return [p for p in flow.packets(listener) if p.sid == sid]
+
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            flow.received[id(listener)] = []
+            nursery.start_soon(receive_loop, listener, flow.received[id(listener)])
+        async with trio.open_nursery() as sending:
+            sending.start_soon(send_loop)
+            yield flow
+            with trio.fail_after(3):
+                while flow.sent < min_frames:  # the body was too quick to prove anything
+                    await trio.sleep(interval)
+            stop.set()
+        with trio.move_on_after(2):  # then the comparison below says what went missing
+            while any(len(from_sender(listener)) < flow.sent for listener in listeners):
+                await trio.sleep(0.005)
+        await trio.sleep(0.02)  # a duplicate or stray frame would show up now
+        nursery.cancel_scope.cancel()
+    for listener in listeners:
+        assert listener.media_dropped == 0
+        packets = from_sender(listener)
+        assert [p.seq for p in packets] == list(range(flow.sent)), "media to another member was disturbed"
+        assert [p.payload for p in packets] == [b"\xf8" + seq.to_bytes(4, "big") for seq in range(flow.sent)]
