@@ -252,13 +252,31 @@ def _classify(
     size = len(data)
     if is_last:
         if stop >= size:
-            return TornTail(path, offset, size - offset, reason)
+            # A damaged length field also "runs past the end": only a dying writer's last
+            # record may, so an intact record anywhere after the damage means corruption.
+            intact = _intact_record_after(data, offset + 1)
+            if intact is None:
+                return TornTail(path, offset, size - offset, reason)
+            reason += f", but an intact record follows at byte offset {intact}"
+            raise LogCorruption(path, offset, reason)
         if data.count(0, offset) == size - offset:
             return TornTail(path, offset, size - offset, f"zero-filled tail ({reason})")
         reason += f", and {size - stop} more bytes follow that record"
     else:
         reason += " (in a segment that is not the last)"
     raise LogCorruption(path, offset, reason)
+
+
+def _intact_record_after(data: bytes, start: int) -> int | None:
+    """The offset of the first complete record with a good checksum at or after ``start``."""
+    size = len(data)
+    unpack_header = _HEADER.unpack_from
+    for offset in range(start, size - HEADER_BYTES + 1):
+        length, stored = unpack_header(data, offset)
+        stop = offset + HEADER_BYTES + length
+        if 0 < length <= MAX_RECORD_BYTES and stop <= size and mask_crc(zlib.crc32(data[offset + HEADER_BYTES : stop])) == stored:
+            return offset
+    return None
 
 
 def _iter_records(

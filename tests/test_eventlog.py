@@ -585,3 +585,15 @@ def test_logformat_import_leaves_trio_unloaded() -> None:
         "assert 'trio' not in sys.modules, 'logformat imported trio'\n"
     )
     subprocess.run([sys.executable, "-c", code, logformat.__file__], check=True)
+
+
+def test_scan_length_field_corrupted_past_eof_with_intact_records_after_is_corruption() -> None:
+    """One flipped bit in a length must not read as a torn tail and wipe the records after it."""
+    from airwave.actors.logformat import LogCorruption, encode_record, scan_segment
+
+    records = [encode_record({"seq": n, "type": "x", "pad": "y" * 20}) for n in range(1, 6)]
+    data = bytearray(b"".join(records))
+    data[1] ^= 0x04  # the first record's length grows by 1 KiB: past the end of the file
+    with pytest.raises(LogCorruption) as excinfo:
+        scan_segment(bytes(data), is_last=True)
+    assert excinfo.value.offset == 0 and "intact record follows" in str(excinfo.value)
