@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import trio
+import trio_websocket
 
 from airwave.protocol import Error, Reason
 
@@ -39,6 +40,7 @@ class Gateway:
         self._per_address: collections.Counter[str] = collections.Counter()
         self.connections = 0
         self.refused_connections = 0
+        self._open: set[trio_websocket.WebSocketConnection] = set()
 
     async def handle(self, conn: Connection) -> None:
         host, port = conn.remote_address
@@ -56,11 +58,13 @@ class Gateway:
                 return
             self._per_address[host] += 1
             self.connections += 1
+            self._open.add(ws)
             log.info("connect %s", peer)
             participant = ParticipantActor(ws, conn, self._registry, self._settings, peer)
             try:
                 await participant.run()
             finally:
+                self._open.discard(ws)
                 self.connections -= 1
                 self._per_address[host] -= 1
                 if not self._per_address[host]:
@@ -72,3 +76,9 @@ class Gateway:
                     (conn.close_reason or participant.end_reason).reason_name,
                 )
                 nursery.cancel_scope.cancel()
+
+    async def close_all(self, reason: str = "server shutting down") -> None:
+        """Closes every WebSocket with 1001 (going away), so clients see a clean close."""
+        async with trio.open_nursery() as nursery:
+            for ws in list(self._open):
+                nursery.start_soon(ws.aclose, 1001, reason)

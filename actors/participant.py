@@ -186,7 +186,9 @@ class ParticipantActor:
             except trio_websocket.ConnectionClosed as closed:
                 # 1000/1001 is a client closing on purpose; anything else (1006: no close
                 # frame, a reset) is a drop that may come back with `resume`.
-                self._dropped = closed.reason.code not in (1000, 1001)
+                self._dropped = closed.reason.code not in (1000, 1001, 1009)
+                if closed.reason.code == 1009:  # trio-websocket's answer to a message over 1 MiB
+                    self.end_reason = Reason.TOO_LARGE
                 return
             self._last_heard = current = trio.current_time()
             if self._strikes > self._settings.max_strikes:

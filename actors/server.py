@@ -117,6 +117,8 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                 close_listener(listener)
                 with trio.move_on_after(10):
                     await registry.end_all(Reason.SERVER_SHUTDOWN, now())
+                with trio.move_on_after(2):
+                    await gateway.close_all()
                 service.cancel_scope.cancel()
         finally:
             close_listener(listener)
