@@ -96,6 +96,9 @@ def final_state_json(channel: Channel) -> dict[str, Any]:
 def event_text(item: ReplayedEvent) -> str:
     data = event_json(item)
     head = f"{data.pop('seq'):>8}  {data.pop('time')}  {data.pop('channel')}  {data.pop('type')}"
+    for key in ("role", "state"):
+        if key in data and data[key] is None:
+            data[key] = "none"  # no role / no custom state, not "absent"
     if "reason" in data:
         data["reason"] = f"{data.pop('reason')}({data.pop('reason_name')})"
     details = " ".join(f"{key}={value}" for key, value in data.items() if value not in (None, ""))
