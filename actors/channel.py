@@ -157,6 +157,7 @@ class ChannelActor:
         self._hosts: dict[str, Session] = {}
         self._count_dirty = False
         self._volumes: dict[int, VolumeStatus] = {}
+        self._announced: set[str] = set()  # hosts and publishers: who everyone sees
         self.mailbox, self._inbox = trio.open_memory_channel[Envelope](MAILBOX_SIZE)
 
     # --- queries (plain reads of the current immutable state) ---
@@ -267,7 +268,10 @@ class ChannelActor:
         if self._policy.is_host(viewer.role):
             visible = list(channel.members.values())
         else:  # the scale rule: the audience sees publishers, hosts and itself, and a count
-            visible = [m for m in channel.members.values() if m.upload or self._is_announced(m) or m is viewer]
+            # Kept incrementally (hosts and publishers are few): a join costs O(1), not O(members).
+            visible = [channel.members[user_id] for user_id in self._announced if user_id in channel.members]
+            if viewer.user_id not in self._announced:
+                visible.append(viewer)
         return ChannelInfo(
             channel_id=channel.channel_id,
             channel_uri=channel.uri,
@@ -309,6 +313,8 @@ class ChannelActor:
                 self.router.add_member(member.sid, envelope.session.output, publishing=member.upload)
                 self._count_dirty = True
                 announced = self._is_announced(member)
+                if announced:
+                    self._announced.add(member.user_id)
                 self._broadcast(
                     JoinedMessage(participant_info(member, VolumeStatus.ZERO)),
                     to_hosts_only=not announced,
@@ -321,6 +327,7 @@ class ChannelActor:
                 session = self._sessions.pop(member.user_id, None)
                 self._hosts.pop(member.user_id, None)
                 self._volumes.pop(member.sid, None)
+                self._announced.discard(member.user_id)
                 self.router.remove_member(member.sid)
                 self._count_dirty = True
                 if session is not None and event.reason is not Reason.QUIT:
@@ -338,6 +345,10 @@ class ChannelActor:
                     else:
                         self._hosts.pop(member.user_id, None)
                 self.router.set_publishing(member.sid, member.upload)
+                if self._is_announced(member):
+                    self._announced.add(member.user_id)
+                else:
+                    self._announced.discard(member.user_id)
                 changes = {
                     ev.RoleChanged: ParticipantChange.CUSTOM_ROLE,
                     ev.StateChanged: ParticipantChange.CUSTOM_STATE,
@@ -356,6 +367,7 @@ class ChannelActor:
                 self._sessions.clear()
                 self._hosts.clear()
                 self._volumes.clear()
+                self._announced.clear()
                 log.info("stop %s #%d by=%s reason=%s", event.channel, event.number, event.by, event.reason.reason_name)
 
     # --- periodic presence: volume changes and the audience's member count ---
@@ -377,7 +389,8 @@ class ChannelActor:
 
     def _announce_volumes(self) -> None:
         assert self.channel is not None
-        by_sid = {m.sid: m for m in self.channel.members.values() if m.upload}
+        members = self.channel.members
+        by_sid = {m.sid: m for m in (members[u] for u in self._announced if u in members) if m.upload}
         for sid, member in by_sid.items():
             level = self.router.levels.get(sid)
             status = VolumeStatus.ZERO if level is None else volume_status_for_level(level)

@@ -8,7 +8,6 @@ import logging
 from typing import TYPE_CHECKING
 
 import trio
-import trio_websocket
 
 from airwave.protocol import Error, Reason
 
@@ -40,7 +39,7 @@ class Gateway:
         self._per_address: collections.Counter[str] = collections.Counter()
         self.connections = 0
         self.refused_connections = 0
-        self._open: set[trio_websocket.WebSocketConnection] = set()
+        self._open: set[ParticipantActor] = set()
 
     async def handle(self, conn: Connection) -> None:
         host, port = conn.remote_address
@@ -58,13 +57,14 @@ class Gateway:
                 return
             self._per_address[host] += 1
             self.connections += 1
-            self._open.add(ws)
+
             log.info("connect %s", peer)
-            participant = ParticipantActor(ws, conn, self._registry, self._settings, peer)
+            participant = ParticipantActor(ws, conn, self._registry, self._settings, nursery, peer)
+            self._open.add(participant)
             try:
                 await participant.run()
             finally:
-                self._open.discard(ws)
+                self._open.discard(participant)
                 self.connections -= 1
                 self._per_address[host] -= 1
                 if not self._per_address[host]:
@@ -80,5 +80,13 @@ class Gateway:
     async def close_all(self, reason: str = "server shutting down") -> None:
         """Closes every WebSocket with 1001 (going away), so clients see a clean close."""
         async with trio.open_nursery() as nursery:
-            for ws in list(self._open):
-                nursery.start_soon(ws.aclose, 1001, reason)
+            for participant in list(self._open):
+                nursery.start_soon(participant.close, 1001, reason)
+
+    async def run_heartbeats(self, period: float) -> None:
+        """One task for every connection's heartbeat (see ParticipantActor.tick)."""
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for participant in list(self._open):
+                participant.tick(now)

@@ -65,6 +65,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("airwave.participant")
 
+PING_FRAME = b"\x89\x00"  # an unmasked server WebSocket ping with no payload: built once
+
 # The session lifecycle as a table (h11 style): which requests each state accepts.
 # Anything else is answered with CALL_FUNCTION_ERROR, or ALREADY_JOINED for a second join.
 ALLOWED: dict[ChannelState, frozenset[type]] = {
@@ -93,6 +95,8 @@ class SessionSettings:
     media_burst: float = 100.0
     # Refusals (rate limits, malformed frames) a connection may earn before it is closed.
     max_strikes: int = 200
+    # How often the gateway's sweep checks every connection's heartbeat.
+    heartbeat_sweep: float = 0.25
 
 
 @attrs.define
@@ -111,6 +115,7 @@ class ParticipantActor:
         connection: Connection,
         registry: Registry,
         settings: SessionSettings,
+        nursery: trio.Nursery,
         peer: str = "?",
     ) -> None:
         self.output = connection
@@ -125,7 +130,9 @@ class ParticipantActor:
         self._channel: ChannelActor | None = None
         self._sid = 0
         self._heartbeat = (settings.heartbeat_time, settings.heartbeat_timeout)
-        self._last_heard = trio.current_time()
+        self._last_ping = trio.current_time()
+        self._timing_out = False
+        self._nursery = nursery
         self._last_refusal_reply = -math.inf
         self._token_deadline = math.inf  # trio clock; the session's token expiry
         self._session_token = ""
@@ -169,10 +176,7 @@ class ParticipantActor:
         that is a crash as far as the log is concerned, and restart recovery records it.
         """
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._heartbeats, nursery)
-                await self._read_loop()
-                nursery.cancel_scope.cancel()
+            await self._read_loop()
         except Exception:
             log.exception("session %s (%s) failed", self._peer, self.user_id or "-")
             self.end_reason = Reason.INTERNAL_ERROR
@@ -190,7 +194,7 @@ class ParticipantActor:
                 if closed.reason.code == 1009:  # trio-websocket's answer to a message over 1 MiB
                     self.end_reason = Reason.TOO_LARGE
                 return
-            self._last_heard = current = trio.current_time()
+            current = trio.current_time()
             if self._strikes > self._settings.max_strikes:
                 log.warning("%s (%s): %d refusals, disconnecting", self._peer, self.user_id or "-", self._strikes)
                 self.end_reason = Reason.RATE_LIMITED
@@ -440,38 +444,43 @@ class ParticipantActor:
 
     # --- heartbeats and the end of the connection ---
 
-    async def _heartbeats(self, nursery: trio.Nursery) -> None:
-        """Pings every heartbeat_time; silence (no frame, no pong) for heartbeat_timeout ends
-        the session at that moment, not at the next ping (a vanished client is gone in 9 s)."""
-        next_ping = trio.current_time()
-        while True:
-            interval, timeout = self._heartbeat
-            await trio.sleep_until(min(next_ping, self._last_heard + timeout, self._token_deadline))
-            now = trio.current_time()
-            if now >= self._token_deadline:
-                self._token_deadline = math.inf
-                nursery.start_soon(self._expire_token)
-            if now - self._last_heard >= timeout:
-                log.info("%s (%s) timed out", self._peer, self.user_id or "-")
-                self.end_reason = Reason.TIMEOUT
-                await self._ws.aclose(code=1001, reason="heartbeat timeout")
-                return
-            if now >= next_ping:
-                next_ping = now + interval
-                nursery.start_soon(self._ping)
+    def tick(self, now: float) -> None:
+        """The heartbeat, driven by the gateway's one sweep over every connection (a sleeping
+        task per connection cost memory, timers and GC churn at thousands of listeners).
+
+        Pings every heartbeat_time (a pre-built frame through the ordered output); silence
+        for heartbeat_timeout (no frame, no pong: anything the socket received counts) ends
+        the session with timeout; an expired token ends its membership.
+        """
+        if self._timing_out:
+            return
+        interval, timeout = self._heartbeat
+        if now - self.output.last_received >= timeout:
+            log.info("%s (%s) timed out", self._peer, self.user_id or "-")
+            self._timing_out = True
+            self.end_reason = Reason.TIMEOUT
+            self._nursery.start_soon(self._time_out)
+            return
+        if now >= self._token_deadline:
+            self._token_deadline = math.inf
+            self._nursery.start_soon(self._expire_token)
+        if now - self._last_ping >= interval:
+            self._last_ping = now
+            self.output.send_frame_nowait(PING_FRAME, droppable=False)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.aclose(code=code, reason=reason)
+
+    async def _time_out(self) -> None:
+        with trio.move_on_after(1.0):  # a vanished peer never answers the close handshake
+            await self._ws.aclose(code=1001, reason="heartbeat timeout")
+        await self.output.aclose()
 
     async def _expire_token(self) -> None:
         channel = self._channel
         if channel is not None and self.state is ChannelState.JOINED:
             log.info("%s (%s): token expired", self._peer, self.user_id)
             await self._registry.submit(channel.channel_id, rules.LeaveChannel(now(), self.user_id, Reason.TOKEN_EXPIRED), self)
-
-    async def _ping(self) -> None:
-        try:
-            await self._ws.ping()
-        except (trio_websocket.ConnectionClosed, ValueError, trio.BrokenResourceError):
-            return
-        self._last_heard = trio.current_time()
 
     async def _leave_on_disconnect(self) -> None:
         channel = self._channel

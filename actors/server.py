@@ -107,6 +107,7 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                     limit_loopback=settings.limit_loopback,
                 )
                 await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))
+                service.start_soon(gateway.run_heartbeats, settings.session.heartbeat_sweep)
                 server = RunningServer(listener.getsockname()[1], registry, gateway, event_log, report)
                 log.info("listening on ws://%s:%d/", settings.host, server.port)
                 task_status.started(server)

@@ -69,6 +69,8 @@ _MAX_GATHER = 64
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _ACCEPT_CAPACITY_PAUSE = 0.1
 
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number if Python lacks the name
+
 _OPEN = "open"
 # A failure was found (slow consumer, send error); the flusher task closes the socket soon.
 _CLOSING = "closing"
@@ -91,6 +93,10 @@ class TransportSettings:
 
     # SO_SNDBUF for accepted sockets; None keeps the OS default (and its autotuning).
     send_buffer_size: int | None = attrs.field(default=None, validator=_optional_positive)
+    # TCP_NOTSENT_LOWAT: unsent bytes the kernel holds before a send would block. Without it
+    # loopback autotunes to megabytes (minutes of audio) and the drop-oldest queue never
+    # engages; 8 KiB is ~50 media frames, about a second. None keeps the OS behaviour.
+    notsent_lowat: int | None = attrs.field(default=8 * 1024, validator=_optional_positive)
     # Media frames (droppable) queued per connection; beyond it the oldest queued whole
     # frame is dropped and counted. 64 frames of 20 ms is 1.3 s of audio.
     max_queued_media_frames: int = attrs.field(default=64, validator=_positive)
@@ -164,6 +170,7 @@ class Connection(trio.abc.Stream):
         "_direct",
         "_drained",
         "_flusher_running",
+        "_last_received",
         "_n_direct",
         "_n_dropped",
         "_n_queued",
@@ -216,6 +223,7 @@ class Connection(trio.abc.Stream):
         self._wait_scope: trio.CancelScope | None = None
         self._drained: trio.Event | None = None
         self._receive_ended = trio.Event()
+        self._last_received = trio.current_time()
         self._receiving = False
         self._sending = False
         self._n_direct = 0
@@ -234,6 +242,11 @@ class Connection(trio.abc.Stream):
     def remote_address(self) -> tuple[str, int]:
         """The peer's (host, port), captured at accept time (valid after a reset too)."""
         return self._remote_address
+
+    @property
+    def last_received(self) -> float:
+        """trio time of the last receive (data, pong or EOF): the heartbeat's evidence of life."""
+        return self._last_received
 
     @property
     def settings(self) -> TransportSettings:
@@ -385,6 +398,7 @@ class Connection(trio.abc.Stream):
                     self._fail(exc)
                     raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
                 break
+            self._last_received = trio.current_time()
             if not data:
                 self._receive_ended.set()
             if not waited:
@@ -712,6 +726,8 @@ def _configure_accepted(sock: socket.socket, settings: TransportSettings) -> Non
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if settings.send_buffer_size is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_size)
+    if settings.notsent_lowat is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, settings.notsent_lowat)
 
 
 async def _serve_one(

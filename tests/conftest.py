@@ -17,7 +17,7 @@ def fast_settings(data_dir: Path, **session: float) -> ServerSettings:
     return ServerSettings(
         port=0,
         data_dir=data_dir,
-        session=SessionSettings(**{"heartbeat_time": 0.2, "heartbeat_timeout": 0.6, "resume_grace": 0.5, **session}),
+        session=SessionSettings(**{"heartbeat_time": 0.2, "heartbeat_timeout": 0.6, "resume_grace": 0.5, "heartbeat_sweep": 0.05, **session}),
     )
 
 
