@@ -44,38 +44,39 @@ class Gateway:
     async def handle(self, conn: Connection) -> None:
         host, port = conn.remote_address
         peer = f"{host}:{port}"
-        async with trio.open_nursery() as nursery:
-            ws = await accept_websocket(conn, nursery, max_message_size=WEBSOCKET_MAX_MESSAGE)
-            if ws is None:
-                return
-            limited = self._limit_loopback or not ipaddress.ip_address(host).is_loopback
-            if limited and self._per_address[host] >= self._max_per_address:
-                self.refused_connections += 1
-                log.warning("refused %s: %d connections from that address", peer, self._per_address[host])
-                conn.send_frame_nowait(frame_of(Error(Reason.RATE_LIMITED, "too many connections from your address")), droppable=False)
-                await ws.aclose(code=1008, reason="too many connections from your address")
-                return
-            self._per_address[host] += 1
-            self.connections += 1
+        # trio-websocket's reader lives in the connection's own nursery: one per connection.
+        nursery = conn.nursery
+        ws = await accept_websocket(conn, nursery, max_message_size=WEBSOCKET_MAX_MESSAGE)
+        if ws is None:
+            return
+        limited = self._limit_loopback or not ipaddress.ip_address(host).is_loopback
+        if limited and self._per_address[host] >= self._max_per_address:
+            self.refused_connections += 1
+            log.warning("refused %s: %d connections from that address", peer, self._per_address[host])
+            conn.send_frame_nowait(frame_of(Error(Reason.RATE_LIMITED, "too many connections from your address")), droppable=False)
+            await ws.aclose(code=1008, reason="too many connections from your address")
+            return
+        self._per_address[host] += 1
+        self.connections += 1
 
-            log.info("connect %s", peer)
-            participant = ParticipantActor(ws, conn, self._registry, self._settings, nursery, peer)
-            self._open.add(participant)
-            try:
-                await participant.run()
-            finally:
-                self._open.discard(participant)
-                self.connections -= 1
-                self._per_address[host] -= 1
-                if not self._per_address[host]:
-                    del self._per_address[host]
-                log.info(
-                    "disconnect %s %s reason=%s",
-                    peer,
-                    participant.user_id or "-",
-                    (conn.close_reason or participant.end_reason).reason_name,
-                )
-                nursery.cancel_scope.cancel()
+        log.info("connect %s", peer)
+        participant = ParticipantActor(ws, conn, self._registry, self._settings, nursery, peer)
+        self._open.add(participant)
+        try:
+            await participant.run()
+        finally:
+            self._open.discard(participant)
+            self.connections -= 1
+            self._per_address[host] -= 1
+            if not self._per_address[host]:
+                del self._per_address[host]
+            log.info(
+                "disconnect %s %s reason=%s",
+                peer,
+                participant.user_id or "-",
+                (conn.close_reason or participant.end_reason).reason_name,
+            )
+            nursery.cancel_scope.cancel()
 
     async def close_all(self, reason: str = "server shutting down") -> None:
         """Closes every WebSocket with 1001 (going away), so clients see a clean close."""

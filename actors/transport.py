@@ -244,6 +244,12 @@ class Connection(trio.abc.Stream):
         return self._remote_address
 
     @property
+    def nursery(self) -> trio.Nursery:
+        """The connection's own nursery (its flusher runs there); a handler may start the
+        tasks that live exactly as long as the connection in it, instead of opening another."""
+        return self._nursery
+
+    @property
     def last_received(self) -> float:
         """trio time of the last receive (data, pong or EOF): the heartbeat's evidence of life."""
         return self._last_received
