@@ -194,39 +194,48 @@ class ParticipantActor:
                 if closed.reason.code == 1009:  # trio-websocket's answer to a message over 1 MiB
                     self.end_reason = Reason.TOO_LARGE
                 return
-            current = trio.current_time()
             if self._strikes > self._settings.max_strikes:
                 log.warning("%s (%s): %d refusals, disconnecting", self._peer, self.user_id or "-", self._strikes)
                 self.end_reason = Reason.RATE_LIMITED
                 await ws.aclose(code=1008, reason="too many refused messages")
                 return
-            if type(data) is not bytes:
-                self._refuse(ProtocolError(Reason.PROTOCOL_ERROR, "text frames are not part of the protocol"))
-            elif len(data) > self._settings.max_message_bytes:
-                self._refuse(ProtocolError(Reason.TOO_LARGE, f"message of {len(data)} bytes"))
-            elif is_media_frame(data):
-                if self._media_bucket.allow(current):
-                    self._on_media(data)
-                else:
-                    self.stats.rate_limited += 1
-                    self._strikes += 1
-                    self._refuse_media(ProtocolError(Reason.RATE_LIMITED, "too many media frames per second"))
+            if type(data) is bytes and is_media_frame(data) and len(data) <= self._settings.max_message_bytes:
+                self._on_media_frame(data)
             else:
-                try:
-                    request = decode_request(data)
-                except ProtocolError as error:
-                    self._refuse(error)
-                    continue
-                if not self._control_bucket.allow(current):
-                    self.stats.rate_limited += 1
-                    self._refuse(ProtocolError(Reason.RATE_LIMITED, "too many requests per second", request.id))
-                    continue
-                self.stats.requests += 1
-                reply = await self._handle(request)
-                held, self._held = self._held or [], None
-                self.send(reply)
-                for frame in held:
-                    self.send_frame(frame)
+                # A method of its own, so that nothing of the last request (a join reply holds
+                # the whole ChannelInfo) stays alive while this loop waits for the next frame.
+                await self._on_control_frame(data)
+
+    def _on_media_frame(self, data: bytes) -> None:
+        if self._media_bucket.allow(trio.current_time()):
+            self._on_media(data)
+        else:
+            self.stats.rate_limited += 1
+            self._strikes += 1
+            self._refuse_media(ProtocolError(Reason.RATE_LIMITED, "too many media frames per second"))
+
+    async def _on_control_frame(self, data: bytes | str) -> None:
+        if type(data) is not bytes:
+            self._refuse(ProtocolError(Reason.PROTOCOL_ERROR, "text frames are not part of the protocol"))
+            return
+        if len(data) > self._settings.max_message_bytes:
+            self._refuse(ProtocolError(Reason.TOO_LARGE, f"message of {len(data)} bytes"))
+            return
+        try:
+            request = decode_request(data)
+        except ProtocolError as error:
+            self._refuse(error)
+            return
+        if not self._control_bucket.allow(trio.current_time()):
+            self.stats.rate_limited += 1
+            self._refuse(ProtocolError(Reason.RATE_LIMITED, "too many requests per second", request.id))
+            return
+        self.stats.requests += 1
+        reply = await self._handle(request)
+        held, self._held = self._held or [], None
+        self.send(reply)
+        for frame in held:
+            self.send_frame(frame)
 
     def _refuse(self, error: ProtocolError) -> None:
         self.stats.protocol_errors += 1
