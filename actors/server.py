@@ -17,7 +17,7 @@ from airwave.protocol import Reason
 
 from .channel import now
 from .channel_rules import Accepted, EndChannel, decide, evolve
-from .eventlog import EventLog, FsyncMode, RecoveryReport
+from .eventlog import EventLog, FsyncMode, LogFailed, RecoveryReport
 from .events import event_from_record, event_to_record
 from .gateway import Gateway
 from .participant import SessionSettings
@@ -93,7 +93,7 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
     if report.truncated_bytes:
         log.warning("event log: dropped a torn tail of %d bytes", report.truncated_bytes)
     async with trio.open_nursery() as root:
-        await root.start(event_log.run)
+        await root.start(_run_event_log, event_log)
         records, next_number = closing_records(report)
         if records:
             await event_log.append(records)
@@ -157,3 +157,12 @@ def rss_kb() -> int:
     except OSError:
         pass
     return 0
+
+
+async def _run_event_log(event_log: EventLog, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The log's writer; a write or fsync failure stops the server, and says so."""
+    try:
+        await event_log.run(task_status=task_status)
+    except OSError as exc:
+        log.error("the event log failed, stopping the server (nothing after this was acknowledged): %s", exc)
+        raise LogFailed(f"the event log failed: {exc}") from exc

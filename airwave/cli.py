@@ -85,7 +85,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from airwave.actors.eventlog import FsyncMode, LogLocked
+    from airwave.actors.eventlog import FsyncMode, LogFailed, LogLocked
     from airwave.actors.logformat import LogCorruption
     from airwave.actors.server import ServerSettings, serve
 
@@ -127,6 +127,8 @@ def _serve(args: argparse.Namespace) -> int:
         failure = (f"the event log is corrupt, refusing to start: {_leaf(group)}", 2)
     except* LogLocked as group:
         failure = (str(_leaf(group)), 2)
+    except* LogFailed as group:
+        failure = (f"{_leaf(group)} (disk full or failing?); the server stopped", 1)
     except* OSError as group:
         failure = (f"cannot serve on {args.host}:{args.port}: {_leaf(group)}", 1)
     if failure is not None:

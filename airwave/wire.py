@@ -106,9 +106,15 @@ class Wire:
 
 
 @asynccontextmanager
-async def open_wire(url: str, *, hello: bool = True, client: str = "airwave-py") -> AsyncIterator[Wire]:
+async def open_wire(
+    url: str, *, hello: bool = True, client: str = "airwave-py", connect_timeout: float = 5.0
+) -> AsyncIterator[Wire]:
     """A connected Wire (after the hello exchange unless ``hello`` is False)."""
-    async with trio_websocket.open_websocket_url(url, max_message_size=limits.MAX_SERVER_MESSAGE_BYTES) as ws:
+    # A bounded handshake: a connection cut mid-handshake (a server dying) must not hold a
+    # reconnecting client for trio-websocket's 60 s default.
+    async with trio_websocket.open_websocket_url(
+        url, max_message_size=limits.MAX_SERVER_MESSAGE_BYTES, connect_timeout=connect_timeout, disconnect_timeout=5.0
+    ) as ws:
         wire = Wire(ws)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wire.run)
