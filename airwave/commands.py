@@ -154,8 +154,7 @@ async def host(
                 raise CommandFailed(f"cannot stop {channel_id!r}", result.reason)
             narrator.say(f"stopped {channel_id!r} for everyone")
         else:
-            await channel.leave_async()
-            narrator.say(f"left {channel_id!r}")
+            await channel.leave_async()  # the narrator prints on_leave
     return 0
 
 
