@@ -58,6 +58,7 @@ from airwave.protocol import (
     QueryInfo,
     Reason,
     RefreshToken,
+    Reply,
     Resume,
     SendMessage,
     SetCustomProperty,
@@ -716,9 +717,8 @@ class MediaChannel:
     async def _request(self, message_type: type, **fields: Any) -> Any:
         try:
             return await self._client.wire.request(message_type, **fields)
-        except (WireClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            from airwave.protocol import Reply
-
+        except (WireClosed, trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed) as exc:
+            # Answered locally (request id unused): the call fails with network, never raises.
             return Reply(1, Reason.NETWORK, f"connection lost: {exc}")
 
     def _checked(self, operation: str, reply: Any) -> Reason:
