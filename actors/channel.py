@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import attrs
 import trio
@@ -20,7 +20,6 @@ from airwave.media.router import FrameSink, MediaRouter
 from airwave.protocol import (
     DEFAULT_POLICY,
     ChannelInfo,
-    Left,
     MemberCount,
     ParticipantChange,
     ParticipantInfo,
@@ -42,9 +41,6 @@ from airwave.protocol.wsframe import server_binary_frame
 from . import events as ev
 from .channel_rules import Accepted, Channel, Command, JoinChannel, Member, Rejected, decide, evolve
 from .events import event_to_record
-
-if TYPE_CHECKING:
-    from .eventlog import EventLog
 
 log = logging.getLogger("airwave.channel")
 

@@ -112,7 +112,7 @@ async def test_co_host_flow_promoted_listener_is_heard_within_a_second(server: R
             alice = MediaChannel.create(a, MediaDevice.create(source=ToneSource(880.0)))
             bob_device = MediaDevice.create(outputs=[str(heard)])
             bob = MediaChannel.create(b, bob_device)
-            host_events, alice_events = host.events(), alice.events()
+            host_events = host.events()
             host.set_custom_role(HOST)
             assert (await host.join_async("stage")).result
             assert (await alice.join_async("stage")).result

@@ -10,7 +10,6 @@ import attrs
 import pytest
 import trio
 
-from airwave.actors.participant import SessionSettings
 from airwave.actors.server import RunningServer, serve
 from airwave.protocol import CustomRole, Join, Left, Reason, RefreshToken, SetRole
 from airwave.protocol.tokens import mint_token
