@@ -262,7 +262,7 @@ class ChannelActor:
         assert self.channel is not None
         channel = self.channel
         if self._policy.is_host(viewer.role):
-            visible = list(channel.members.values())
+            visible = channel.members_in_join_order()
         else:  # the scale rule: the audience sees publishers, hosts and itself, and a count
             # Kept incrementally (hosts and publishers are few): a join costs O(1), not O(members).
             visible = [channel.members[user_id] for user_id in self._announced if user_id in channel.members]

@@ -428,7 +428,7 @@ class ParticipantActor:
         if actor is None or actor.channel is None:
             return Reply(request.id, Reason.NOT_FOUND, f"no channel {request.channel!r}")
         channel = actor.channel
-        info = QueryInfo(channel.channel_id, channel.number, len(channel.members), tuple(channel.members))
+        info = QueryInfo(channel.channel_id, channel.number, len(channel.members), tuple(m.user_id for m in channel.members_in_join_order()))
         return Reply(request.id, result=to_wire(info))
 
     def _send_text(self, channel: ChannelActor, request: SendMessage) -> Reply:

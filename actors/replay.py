@@ -88,7 +88,7 @@ def final_state_json(channel: Channel) -> dict[str, Any]:
                 "upload": m.upload,
                 "display_name": m.display_name,
             }
-            for m in channel.members.values()
+            for m in channel.members_in_join_order()
         ],
     }
 
@@ -110,7 +110,7 @@ def final_state_text(channel: Channel) -> str:
     if channel.ended and channel.ended_reason is not None:
         state += f" ({channel.ended_reason.reason_name}" + (f" by {channel.ended_by})" if channel.ended_by else ")")
     lines = [f"channel {channel.channel_id} #{channel.number}: {state}, {len(channel.members)} member(s)"]
-    for m in channel.members.values():
+    for m in channel.members_in_join_order():
         upload = " uploading" if m.upload else ""
         lines.append(f"    {m.user_id} (sid {m.sid}) role={m.role.index} state={m.state.index}{upload}")
     return "\n".join(lines)

@@ -180,6 +180,17 @@ def test_join_by_id_of_ended_channel_creates_new_instance_with_new_number() -> N
     assert second.members["bob"].is_creator
 
 
+def test_members_in_join_order_follows_sids_and_evolve_leaves_the_old_state_untouched() -> None:
+    names = [f"user-{i}" for i in range(40)]  # enough that hash order differs from join order
+    channel = hosted(*names)
+    before = channel
+
+    channel = applied(channel, Accepted(accepted(decide(channel, LeaveChannel(2.0, "user-7")))))
+
+    assert [m.user_id for m in channel.members_in_join_order()] == ["host"] + [n for n in names if n != "user-7"]
+    assert "user-7" in before.members and len(before.members) == 41
+
+
 def test_set_role_by_host_promotes_audience_to_host() -> None:
     channel = hosted("bob")
 
@@ -211,7 +222,7 @@ def test_leave_of_last_member_ends_channel_with_channel_stopped_by_none_reason_n
     )
     channel = applied(channel, Accepted(events))
     assert channel.ended
-    assert channel.members == {}
+    assert not channel.members
     assert (channel.ended_reason, channel.ended_by) == (Reason.NONE, None)
 
 
@@ -232,7 +243,7 @@ def test_stop_by_host_ends_channel_reason_over_by_host() -> None:
     assert events == (ChannelStopped(2.0, CID, 1, Reason.OVER, "host"),)
     channel = applied(channel, Accepted(events))
     assert channel.ended
-    assert channel.members == {}
+    assert not channel.members
     assert (channel.ended_reason, channel.ended_by) == (Reason.OVER, "host")
 
 
@@ -440,7 +451,7 @@ def test_end_channel_by_server_leaves_every_member_then_stops(reason: Reason) ->
     )
     channel = applied(channel, Accepted(events))
     assert channel.ended
-    assert channel.members == {}
+    assert not channel.members
 
 
 # --- 3. decisions 2, 3 and 4: roles, states, upload -------------------------------------------
@@ -768,7 +779,7 @@ def test_fold_keeps_recreated_channel_apart_by_number() -> None:
     world = fold(log)
 
     assert sorted(world) == [1, 2]
-    assert world[1].ended and world[1].members == {}
+    assert world[1].ended and not world[1].members
     assert list(world[2].members) == ["bob"]
     assert world[2].created_by == "bob"
 

@@ -550,7 +550,7 @@ async def test_abuse_flood_listener_audio_clean_server_intact_log_replays(
         "fresh": [Reason.QUIT],
     }
     (channel,) = fold_replayed(list(replay_events(data))).values()
-    assert channel.ended and channel.ended_reason is Reason.OVER and channel.members == {}
+    assert channel.ended and channel.ended_reason is Reason.OVER and not channel.members
 
 
 # --- 2. a listener that never reads ----------------------------------------------------------
@@ -783,7 +783,7 @@ async def test_sigkill_mid_session_restart_same_port_log_recovered_sdk_rejoins_a
                     assert "ended 3 member sessions and channels left open by a crash (server_restart)" in second.stderr
                     channels = fold_replayed(list(replay_events(data)))
                     crashed, current = channels[1], channels[2]
-                    assert crashed.ended and crashed.members == {}
+                    assert crashed.ended and not crashed.members
                     assert not current.ended and set(current.members) == {"host", "listener"}
                     assert [item.seq for item in replay_events(data)] == list(range(1, len(after) + 1))
 
