@@ -471,6 +471,7 @@ def figures_of(system: str, scenario: dict[str, Any], r: dict[str, Any], snapsho
         "messages_in_settle_after_join": sum(messages.get("settle", {}).values()),
         "loadgen_cpu_percent": r.get("loadgen_cpu_percent"),
         "loadgen_loop_busy_percent": r.get("loadgen_loop_busy_percent"),
+        "loadgen_wakeups_per_second": r.get("loadgen_wakeups_per_second"),
         "loadgen_rx_queue": r.get("loadgen_rx_queue"),
         "background_cpu_percent": r.get("background_cpu_percent"),
         "publisher_send_lateness_ms": r.get("publisher", {}).get("send_lateness_ms"),
@@ -664,6 +665,7 @@ def scenario_of(args: argparse.Namespace, listeners: int | None = None) -> dict[
         "stalled_rcvbuf": args.stalled_rcvbuf,
         "storm": 0,
         "join_timeout": args.join_timeout,
+        "poll": args.loadgen_poll,
     }
 
 
@@ -827,6 +829,7 @@ ROWS = [
     ("messages_during_join", lambda f: f["messages_during_join"]),
     ("messages in 1 s after", lambda f: f["messages_in_settle_after_join"]),
     ("loadgen cpu %", lambda f: f["loadgen_cpu_percent"]),
+    ("loadgen wake-ups/s", lambda f: f.get("loadgen_wakeups_per_second")),
     ("loadgen rx queue max B", lambda f: (f["loadgen_rx_queue"] or {}).get("total_bytes_max")),
     ("ss client Recv-Q sum B", lambda f: f["kernel_queues"].get("mid_window", {}).get("client_recv_q_sum")),
     ("ss client Recv-Q max B", lambda f: f["kernel_queues"].get("mid_window", {}).get("client_recv_q_max")),
@@ -848,6 +851,7 @@ STORM_ROWS = [
     ("existing max ms", lambda f: f["latency_ms"]["max"]),
     ("server cpu during storm s", lambda f: f["storm_server_cpu_seconds"]),
     ("loadgen cpu %", lambda f: f["loadgen_cpu_percent"]),
+    ("loadgen wake-ups/s", lambda f: f.get("loadgen_wakeups_per_second")),
     ("background cpu %", lambda f: f["background_cpu_percent"]),
 ]
 
@@ -992,6 +996,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="re-run (at most twice) a run during which other processes used more than this %% of a core")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--loadgen-cpu", type=int, default=1)
+    p.add_argument("--loadgen-poll", choices=("block", "spin"), default="block",
+                   help="spin: the load generator never sleeps while publishers run, so no server send() pays for waking it")
     p.add_argument("--server-log-level", default="INFO", help="airwave serve --log-level (default INFO, as shipped)")
     p.add_argument("--quiet-wait", type=float, default=30.0, help="wait up to S s for other processes to go quiet before each run")
     p.add_argument("--keep-tmp", action="store_true")
