@@ -25,14 +25,75 @@ log = logging.getLogger("airwave.gateway")
 WEBSOCKET_MAX_MESSAGE = 1 << 20
 
 
+class JoinAdmission:
+    """Bounds how many connections are between accept and their first answered request.
+
+    A join costs about a millisecond of the one core (handshake, hello, join, the log
+    append, replies), and trio runs every runnable task once per scheduling batch. With
+    2,000 connections joining at once the batches grew to about a second, and the
+    publishers' reads waited behind them: the listeners lost nothing, but their audio stalled
+    (p99 1.1 s during the storm). With at most ``slots`` joining at once a batch holds at
+    most that many join steps, and the fan-out gets its turn every few milliseconds.
+
+    A slot is given back at the connection's first answered request after hello, when the
+    connection ends, or ``hold`` seconds after it was taken (checked by `expire`), whichever
+    comes first, so a client that stalls mid-handshake delays the others by at most ``hold``.
+    Waiting connections are served in arrival order (trio's Semaphore is fair).
+    """
+
+    def __init__(self, slots: int, hold: float) -> None:
+        self._free = trio.Semaphore(slots)
+        self._hold = hold
+        self._deadlines: dict[AdmissionSlot, float] = {}
+
+    @property
+    def joining(self) -> int:
+        return len(self._deadlines)
+
+    async def enter(self) -> AdmissionSlot:
+        await self._free.acquire()
+        slot = AdmissionSlot(self)
+        self._deadlines[slot] = trio.current_time() + self._hold
+        return slot
+
+    def expire(self, now: float) -> None:
+        for slot in [slot for slot, deadline in self._deadlines.items() if deadline <= now]:
+            slot.release()
+
+    def _release(self, slot: AdmissionSlot) -> None:
+        del self._deadlines[slot]
+        self._free.release()
+
+
+class AdmissionSlot:
+    __slots__ = ("_admission",)
+
+    def __init__(self, admission: JoinAdmission) -> None:
+        self._admission: JoinAdmission | None = admission
+
+    def release(self) -> None:
+        """Idempotent."""
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission._release(self)
+
+
 class Gateway:
     """``max_per_address`` bounds the connections one peer address holds (decision 15: the
     loopback address is exempt unless ``limit_loopback``, so benchmarks run from one host)."""
 
     def __init__(
-        self, registry: Registry, settings: SessionSettings, *, max_per_address: int = 64, limit_loopback: bool = False
+        self,
+        registry: Registry,
+        settings: SessionSettings,
+        *,
+        max_per_address: int = 64,
+        limit_loopback: bool = False,
+        max_joining: int = 64,
+        admission_hold: float = 0.5,
     ) -> None:
         self._registry = registry
+        self.admission = JoinAdmission(max_joining, admission_hold)
         self._settings = settings
         self._max_per_address = max_per_address
         self._limit_loopback = limit_loopback
@@ -42,6 +103,13 @@ class Gateway:
         self._open: set[ParticipantActor] = set()
 
     async def handle(self, conn: Connection) -> None:
+        slot = await self.admission.enter()
+        try:
+            await self._serve(conn, slot)
+        finally:
+            slot.release()
+
+    async def _serve(self, conn: Connection, slot: AdmissionSlot) -> None:
         host, port = conn.remote_address
         peer = f"{host}:{port}"
         # trio-websocket's reader lives in the connection's own nursery: one per connection.
@@ -60,7 +128,7 @@ class Gateway:
         self.connections += 1
 
         log.info("connect %s", peer)
-        participant = ParticipantActor(ws, conn, self._registry, self._settings, nursery, peer)
+        participant = ParticipantActor(ws, conn, self._registry, self._settings, nursery, peer, admitted=slot.release)
         self._open.add(participant)
         try:
             await participant.run()
@@ -89,5 +157,6 @@ class Gateway:
         while True:
             await trio.sleep(period)
             now = trio.current_time()
+            self.admission.expire(now)
             for participant in list(self._open):
                 participant.tick(now)

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -117,6 +118,7 @@ class ParticipantActor:
         settings: SessionSettings,
         nursery: trio.Nursery,
         peer: str = "?",
+        admitted: Callable[[], None] | None = None,
     ) -> None:
         self.output = connection
         self.user_id = ""
@@ -141,6 +143,8 @@ class ParticipantActor:
         self._strikes = 0
         self._dropped = False  # the connection ended without a leave or a clean close
         self._held: list[bytes] | None = None
+        # Called once the first request after hello is answered: the gateway's join slot.
+        self._admitted = admitted
         self.end_reason = Reason.OFFLINE
 
     # --- the mailbox: called by the channel actor ---
@@ -236,6 +240,9 @@ class ParticipantActor:
         self.send(reply)
         for frame in held:
             self.send_frame(frame)
+        if self._admitted is not None and not isinstance(request, Hello):
+            admitted, self._admitted = self._admitted, None
+            admitted()
 
     def _refuse(self, error: ProtocolError) -> None:
         self.stats.protocol_errors += 1

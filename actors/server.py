@@ -38,6 +38,10 @@ class ServerSettings:
     max_channels: int = 10_000
     max_connections_per_address: int = 64
     limit_loopback: bool = False  # decision 15: loopback is exempt from per-address limits
+    # Connections between accept and their first answered request, and how long one may hold
+    # its slot (gateway.JoinAdmission).
+    max_joining: int = 64
+    admission_hold: float = 0.5
     stats_interval: float | None = None  # log a statistics line this often (soak runs read it)
 
 
@@ -104,7 +108,8 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                 registry = Registry(service, event_log.append, next_number=next_number, max_channels=settings.max_channels)
                 gateway = Gateway(
                     registry, settings.session, max_per_address=settings.max_connections_per_address,
-                    limit_loopback=settings.limit_loopback,
+                    limit_loopback=settings.limit_loopback, max_joining=settings.max_joining,
+                    admission_hold=settings.admission_hold,
                 )
                 await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))
                 service.start_soon(gateway.run_heartbeats, settings.session.heartbeat_sweep)

@@ -96,3 +96,23 @@ async def test_connections_per_address_over_the_limit_get_rate_limited_and_close
                 assert closed.value.reason.code == 1008
             assert server.gateway.refused_connections == 1
             assert (await first.request(Ping)).ok and (await second.request(Ping)).ok
+
+
+async def test_a_client_stalled_mid_handshake_holds_the_only_join_slot_for_at_most_the_hold(data_dir: Path) -> None:
+    settings = attrs.evolve(fast_settings(data_dir), max_joining=1, admission_hold=0.3)
+    with trio.fail_after(10):
+        async with running(settings) as server:
+            stalled = await trio.open_tcp_stream("127.0.0.1", server.port)  # connects, never upgrades
+            await trio.sleep(0.1)
+            assert server.gateway.admission.joining == 1
+            started = trio.current_time()
+            async with open_wire(server.url) as late:
+                assert (await late.request(Join, channel="c", user_id="late")).ok
+            waited = trio.current_time() - started
+            # the slot came back after the hold (+ one heartbeat sweep), long before the
+            # stalled client's 10 s handshake timeout
+            assert 0.15 <= waited < 1.0
+            async with open_wire(server.url) as next_one:
+                assert (await next_one.request(Join, channel="c", user_id="next")).ok
+            assert server.gateway.admission.joining == 0
+            await stalled.aclose()
