@@ -9,6 +9,7 @@ media router, answer the requests. Nothing here decides policy; channel_rules do
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -48,6 +49,10 @@ MAILBOX_SIZE = 256  # commands waiting for one channel; senders block beyond it 
 MAX_BATCH = 512  # commands decided per log append
 TICK_SECONDS = 0.25  # volume updates at most 4/s per publisher
 MEMBER_COUNT_EVERY_TICKS = 4  # the audience's member count at most once a second
+# ... and at most this many member_count messages per second per channel: a channel of N
+# listeners gets its count every max(1, N / budget) seconds. Once a second to everyone would
+# make a join storm cost O(N x its duration) = O(N^2) messages (design: scale rule).
+MEMBER_COUNT_MESSAGES_PER_SECOND = 1000
 
 
 class Session(Protocol):
@@ -152,6 +157,7 @@ class ChannelActor:
         self._owners: dict[str, Session] = {}
         self._hosts: dict[str, Session] = {}
         self._count_dirty = False
+        self._count_sent_at = -math.inf
         self._volumes: dict[int, VolumeStatus] = {}
         self._announced: set[str] = set()  # hosts and publishers: who everyone sees
         self.mailbox, self._inbox = trio.open_memory_channel[Envelope](MAILBOX_SIZE)
@@ -377,11 +383,18 @@ class ChannelActor:
                 continue
             self._announce_volumes()
             if ticks % MEMBER_COUNT_EVERY_TICKS == 0 and self._count_dirty:
-                self._count_dirty = False
-                frame = frame_of(MemberCount(len(self.channel.members)))
-                for user_id, session in self._sessions.items():
-                    if user_id not in self._hosts:
-                        session.send_frame(frame)
+                self._push_member_count(trio.current_time())
+
+    def _push_member_count(self, now: float) -> None:
+        assert self.channel is not None
+        audience = [session for user_id, session in self._sessions.items() if user_id not in self._hosts]
+        if now - self._count_sent_at < len(audience) / MEMBER_COUNT_MESSAGES_PER_SECOND:
+            return
+        self._count_dirty = False
+        self._count_sent_at = now
+        frame = frame_of(MemberCount(len(self.channel.members)))
+        for session in audience:
+            session.send_frame(frame)
 
     def _announce_volumes(self) -> None:
         assert self.channel is not None

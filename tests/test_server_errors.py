@@ -594,3 +594,37 @@ async def test_query_send_message_and_subscribe_audio_reach_only_their_targets(s
         "left talk other quit",
         *closing("talk"),
     ]
+
+
+async def test_member_count_pushes_stay_within_the_channel_budget_during_churn(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A channel of N listeners gets its count every N / budget seconds (at least 1 s), so a
+    join storm costs O(N) member_count messages, not O(N x its duration)."""
+    monkeypatch.setattr("airwave.actors.channel.MEMBER_COUNT_MESSAGES_PER_SECOND", 2)
+    with trio.fail_after(20):
+        async with on_air(server, "budget") as (host, watcher, _sid):
+            arrivals: list[float] = []
+
+            async def watch() -> None:
+                async for message in watcher.pushes:
+                    if isinstance(message, MemberCount):
+                        arrivals.append(trio.current_time())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                async with open_wire(server.url) as a, open_wire(server.url) as b, open_wire(server.url) as churner:
+                    ok(await a.request(Join, channel="budget", user_id="a"))
+                    ok(await b.request(Join, channel="budget", user_id="b"))
+                    # audience of 4-5: a count at most every 2 s while it keeps changing
+                    churn_end = trio.current_time() + 5.0
+                    while trio.current_time() < churn_end:
+                        ok(await churner.request(Join, channel="budget", user_id="churner"))
+                        await trio.sleep(0.1)
+                        ok(await churner.request(Leave))
+                        await trio.sleep(0.1)
+                nursery.cancel_scope.cancel()
+
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    assert len(arrivals) >= 2, arrivals
+    assert min(gaps) >= 1.8, f"member_count more often than the budget allows: {gaps}"
