@@ -387,14 +387,15 @@ class ChannelActor:
 
     def _push_member_count(self, now: float) -> None:
         assert self.channel is not None
-        audience = [session for user_id, session in self._sessions.items() if user_id not in self._hosts]
-        if now - self._count_sent_at < len(audience) / MEMBER_COUNT_MESSAGES_PER_SECOND:
+        audience = len(self._sessions) - len(self._hosts)  # hosts are a subset of the sessions
+        if now - self._count_sent_at < audience / MEMBER_COUNT_MESSAGES_PER_SECOND:
             return
         self._count_dirty = False
         self._count_sent_at = now
         frame = frame_of(MemberCount(len(self.channel.members)))
-        for session in audience:
-            session.send_frame(frame)
+        for user_id, session in self._sessions.items():
+            if user_id not in self._hosts:
+                session.send_frame(frame)
 
     def _announce_volumes(self) -> None:
         assert self.channel is not None

@@ -400,7 +400,9 @@ def _leave_events(channel: Channel, time: float, user_id: str, reason: Reason, b
 
 
 def _end_events(channel: Channel, time: float, reason: Reason) -> tuple[Event, ...]:
-    lefts = tuple(ParticipantLeft(time, channel.channel_id, channel.number, uid, reason) for uid in (m.user_id for m in channel.members_in_join_order()))
+    lefts = tuple(
+        ParticipantLeft(time, channel.channel_id, channel.number, m.user_id, reason) for m in channel.members_in_join_order()
+    )
     return (*lefts, ChannelStopped(time, channel.channel_id, channel.number, Reason.NONE, None))
 
 
