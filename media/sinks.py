@@ -25,8 +25,23 @@ _TIME_BASE = Fraction(1, SAMPLE_RATE)
 _MUXER_INITIAL_PADDING = 312
 
 
+class _ClosedOnExit:
+    """``with sink:`` closes it; both sinks share this."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 @final
-class WavSink:
+class WavSink(_ClosedOnExit):
     """Writes 48 kHz mono 16-bit frames to a WAV file (stdlib ``wave``)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -50,17 +65,9 @@ class WavSink:
             wav, self._wav = self._wav, None
             wav.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
 
 @final
-class OggOpusSink:
+class OggOpusSink(_ClosedOnExit):
     """Muxes received Opus packets into an Ogg/Opus file as they are: no decode, no re-encode.
 
     ``pre_skip`` goes into the OpusHead: the sender's encoder lookahead (312 for libopus at
@@ -112,11 +119,3 @@ class OggOpusSink:
         if self._container is not None:
             container, self._container = self._container, None
             container.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
