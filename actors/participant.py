@@ -133,6 +133,10 @@ class ParticipantActor:
         self._sid = 0
         self._heartbeat = (settings.heartbeat_time, settings.heartbeat_timeout)
         self._last_ping = trio.current_time()
+        # The last sweep that saw frames other than pings go out, and the count it saw.
+        self._last_sent = -math.inf
+        self._frames_offered = 0
+        self._kernel_watches = connection.watch_acknowledgements(settings.heartbeat_timeout)
         self._timing_out = False
         self._nursery = nursery
         self._last_refusal_reply = -math.inf
@@ -162,6 +166,7 @@ class ParticipantActor:
         self._channel, self._sid = channel, sid
         assert channel.channel is not None
         self._heartbeat = (channel.channel.heartbeat_time, channel.channel.heartbeat_timeout)
+        self._kernel_watches = self.output.watch_acknowledgements(channel.channel.heartbeat_timeout)
 
     def removed(self, channel_id: str, reason: Reason) -> None:
         if self._channel is None or self._channel.channel_id != channel_id:
@@ -464,14 +469,24 @@ class ParticipantActor:
         """The heartbeat, driven by the gateway's one sweep over every connection (a sleeping
         task per connection cost memory, timers and GC churn at thousands of listeners).
 
-        Pings every heartbeat_time (a pre-built frame through the ordered output); silence
-        for heartbeat_timeout (no frame, no pong: anything the socket received counts) ends
-        the session with timeout; an expired token ends its membership.
+        Evidence that the peer is there: anything the socket received, and, where the
+        kernel watches acknowledgements (`Connection.watch_acknowledgements`), anything
+        sent to it, since unacknowledged data would end the connection after the same
+        heartbeat_timeout. A connection with no evidence for heartbeat_timeout ends with
+        timeout. A ping (pre-built, through the ordered output) goes out only after
+        heartbeat_time with nothing sent, so a listener receiving media is never pinged:
+        its pongs cost the server a read each, and on loopback they also switch the
+        client's TCP to delayed acknowledgements, which the sender then pays for
+        (docs/performance.md section 8.4). An expired token ends its membership.
         """
         if self._timing_out:
             return
         interval, timeout = self._heartbeat
-        if now - self.output.last_received >= timeout:
+        output = self.output
+        if self._kernel_watches and output.frames_offered != self._frames_offered:
+            self._frames_offered = output.frames_offered
+            self._last_sent = now
+        if now - max(output.last_received, self._last_sent) >= timeout:
             log.info("%s (%s) timed out", self._peer, self.user_id or "-")
             self._timing_out = True
             self.end_reason = Reason.TIMEOUT
@@ -480,9 +495,10 @@ class ParticipantActor:
         if now >= self._token_deadline:
             self._token_deadline = math.inf
             self._nursery.start_soon(self._expire_token)
-        if now - self._last_ping >= interval:
+        if now - max(self._last_ping, self._last_sent) >= interval:
             self._last_ping = now
-            self.output.send_frame_nowait(PING_FRAME, droppable=False)
+            output.send_frame_nowait(PING_FRAME, droppable=False)
+            self._frames_offered = output.frames_offered  # a ping is not evidence
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.aclose(code=code, reason=reason)

@@ -157,7 +157,8 @@ class Connection(trio.abc.Stream):
 
     ``close_reason`` is None while the connection is open, then `Reason.SLOW_CONSUMER`
     (the queue overflowed its limits or stayed backlogged too long), `Reason.NETWORK` (a
-    send or receive failed: reset, broken pipe) or `Reason.NONE` (closed by `aclose`).
+    send or receive failed: reset, broken pipe), `Reason.TIMEOUT` (the kernel gave up
+    waiting for acknowledgements) or `Reason.NONE` (closed by `aclose`).
     After a failure every send is a no-op; the socket is closed by the flusher task.
 
     ``nursery`` runs the flusher and must stay open while the connection is in use;
@@ -253,6 +254,29 @@ class Connection(trio.abc.Stream):
     def last_received(self) -> float:
         """trio time of the last receive (data, pong or EOF): the heartbeat's evidence of life."""
         return self._last_received
+
+    @property
+    def frames_offered(self) -> int:
+        """Frames handed to this connection so far (sent, queued or since dropped). The
+        heartbeat compares it between sweeps to see whether anything went out."""
+        return self._n_direct + self._n_queued
+
+    def watch_acknowledgements(self, seconds: float) -> bool:
+        """Ask the kernel to end the connection (reason timeout) when data sent on it stays
+        unacknowledged, or unsent behind a zero window, for ``seconds`` (TCP_USER_TIMEOUT).
+
+        While frames flow, that is a heartbeat the peer answers without any work of its
+        own, so the server need not ping. False where the option is missing (not Linux) or
+        the socket is not TCP: then only what the peer sends proves it is there.
+        """
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if option is None or self._sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
+        except OSError:
+            return False
+        return True
 
     @property
     def settings(self) -> TransportSettings:
@@ -568,7 +592,8 @@ class Connection(trio.abc.Stream):
     def _fail(self, exc: OSError) -> None:
         if self._state is _OPEN:
             logger.debug("%r: connection failed: %s", self, exc)
-            self._begin_close(Reason.NETWORK)
+            # ETIMEDOUT: the kernel gave up on acknowledgements (watch_acknowledgements).
+            self._begin_close(Reason.TIMEOUT if exc.errno == errno.ETIMEDOUT else Reason.NETWORK)
 
     def _begin_close(self, reason: Reason) -> None:
         """Mark the connection failed now; the flusher task closes the socket next tick.

@@ -10,12 +10,14 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import wsproto
@@ -24,6 +26,7 @@ import wsproto.events as wse
 from airwave.actors.eventlog import EventLog, FsyncMode
 from airwave.actors.logformat import HEADER_BYTES, LogCorruption, list_segments
 from airwave.actors.server import RunningServer, serve
+from airwave.actors.transport import TransportSettings
 from airwave.protocol import (
     Hello,
     Join,
@@ -37,6 +40,8 @@ from airwave.protocol import (
     channel_info_from_wire,
     decode_server_message,
     encode,
+    encode_client_media,
+    is_media_frame,
     limits,
     query_info_from_wire,
 )
@@ -68,8 +73,12 @@ class RawClient:
         self.events: list[wse.Event] = []
 
     @classmethod
-    async def connect(cls, port: int) -> RawClient:
-        client = cls(await trio.open_tcp_stream("127.0.0.1", port))
+    async def connect(cls, port: int, *, receive_buffer: int | None = None) -> RawClient:
+        sock = trio.socket.socket()
+        if receive_buffer is not None:  # before connect, so the window is small from the start
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        await sock.connect(("127.0.0.1", port))
+        client = cls(trio.SocketStream(sock))
         await client.stream.send_all(client.ws.send(wse.Request(host=f"127.0.0.1:{port}", target="/")))
         await client.read_until(lambda e: isinstance(e, wse.AcceptConnection))
         return client
@@ -194,6 +203,90 @@ async def test_heartbeat_silent_client_left_timeout_while_ponging_client_stays(s
         "left hb host quit",
         "stopped hb none",
     ]
+
+
+async def test_heartbeat_media_stands_in_for_pings_which_resume_when_it_stops(data_dir: Path) -> None:
+    """A listener receiving media is not pinged and owes no pongs: the kernel watches that it
+    acknowledges what it is sent. Once the media stops, pings resume, and a listener that
+    never answers them is timed out heartbeat_timeout after the last frame it was sent."""
+    interval, timeout, sweep = 0.4, 1.0, 0.05
+    async with in_process_server(data_dir, heartbeat_time=interval, heartbeat_timeout=timeout, heartbeat_sweep=sweep) as server:
+        with trio.fail_after(15):
+            async with open_wire(server.url) as host:
+                ok(await host.request(Join, channel="air", user_id="host", role=HOST, upload=True))
+                mute = await RawClient.connect(server.port)  # reads everything, answers nothing
+                ok(await mute.request(Hello(id=1, version=limits.PROTOCOL_VERSION)))
+                ok(await mute.request(Join(id=2, channel="air", user_id="mute")))
+                await next_push(host, ParticipantJoined)
+
+                media_at: list[float] = []
+                pings_at: list[float] = []
+
+                def tally(event: wse.Event) -> bool:
+                    if isinstance(event, wse.Ping):
+                        pings_at.append(trio.current_time())
+                    elif isinstance(event, wse.BytesMessage) and is_media_frame(event.data):
+                        media_at.append(trio.current_time())
+                    return False
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(mute.read_until, tally)
+                    for seq in range(125):  # 2.5 s: two and a half timeouts of media, 20 ms apart
+                        await host.send_bytes(encode_client_media(seq, seq * 960, b"\xf8", level=40))
+                        last_sent = trio.current_time()
+                        await trio.sleep(0.02)
+                    members = query_info_from_wire(ok(await host.request(Query, channel="air")).result).members
+                    assert sorted(members) == ["host", "mute"]
+                    assert len(media_at) >= 120
+                    assert [t for t in pings_at if media_at[0] <= t <= last_sent] == []
+
+                    left = await next_push(host, ParticipantLeft, timeout=timeout + 2)
+                    took = trio.current_time() - last_sent
+                    assert (left.user_id, left.reason) == ("mute", Reason.TIMEOUT)
+                    assert timeout <= took <= timeout + 3 * sweep + 0.3, took
+                    assert [t for t in pings_at if t > last_sent], "no ping after the media stopped"
+                    nursery.cancel_scope.cancel()
+                ok(await host.request(Leave))
+        assert logged(server.event_log.directory)[-3:] == ["left air mute timeout", "left air host quit", "stopped air none"]
+
+
+async def test_heartbeat_a_listener_that_stops_reading_is_timed_out_by_the_kernel(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Media keeps a listener from being pinged, so what ends one that stops reading (a hung
+    client) while media flows is the kernel: its window stays shut past heartbeat_timeout
+    (TCP_USER_TIMEOUT). The backlog limit is set far beyond that here, to leave only the kernel."""
+    settings = fast_settings(data_dir, heartbeat_time=0.4, heartbeat_timeout=1.0)
+    settings = attrs.evolve(settings, transport=TransportSettings(max_backlog_seconds=60))
+    caplog.set_level(logging.INFO, logger="airwave")
+    async with trio.open_nursery() as nursery:
+        server: RunningServer = await nursery.start(serve, settings)
+        with trio.fail_after(20):
+            async with open_wire(server.url) as host:
+                ok(await host.request(Join, channel="hung", user_id="host", role=HOST, upload=True))
+                hung = await RawClient.connect(server.port, receive_buffer=4096)
+                ok(await hung.request(Hello(id=1, version=limits.PROTOCOL_VERSION)))
+                ok(await hung.request(Join(id=2, channel="hung", user_id="hung")))  # then never reads
+                await next_push(host, ParticipantJoined)
+
+                async def stream() -> None:
+                    for seq in range(10_000):
+                        await host.send_bytes(encode_client_media(seq, seq * 960, b"\xf8" + bytes(1000), level=40))
+                        await trio.sleep(0.01)
+
+                async with trio.open_nursery() as streaming:
+                    streaming.start_soon(stream)
+                    left = await next_push(host, ParticipantLeft, timeout=15)
+                    streaming.cancel_scope.cancel()
+                assert (left.user_id, left.reason) == ("hung", Reason.TIMEOUT)
+                await hung.stream.aclose()
+                ok(await host.request(Leave))
+        server.shutdown()
+        await server.stopped.wait()
+    assert logged(data_dir)[-3:] == ["left hung hung timeout", "left hung host quit", "stopped hung none"]
+    # The kernel ended it (the connection failed with ETIMEDOUT), not the heartbeat sweep.
+    assert re.search(r"disconnect \S+ hung reason=timeout", caplog.text)
+    assert "(hung) timed out" not in caplog.text
 
 
 # --- airwave serve as a process --------------------------------------------------------------

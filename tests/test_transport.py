@@ -401,6 +401,24 @@ async def test_connection_reader_stopped_forever_becomes_slow_consumer_without_d
             await stuck.read_until_eof()
 
 
+async def test_connection_watching_acknowledgements_ends_a_shut_window_with_timeout():
+    """The kernel (TCP_USER_TIMEOUT), not the backlog limit (30 s here), ends a peer whose
+    window stays shut; the connection says timeout, and the sends never raised."""
+    with trio.fail_after(15):
+        send, accepted = trio.open_memory_channel(1)
+        async with serving(websocket_handler(send), tight()) as port:
+            stuck, conn, _ = await accept_one(port, accepted, receive_buffer=SMALL_RECEIVE_BUFFER)
+            assert conn.watch_acknowledgements(0.5)
+            frame = server_binary_frame(numbered_payload(MEDIA, 0, 160))
+            started = trio.current_time()
+            while conn.close_reason is None and trio.current_time() - started < 10:
+                conn.send_frame_nowait(frame, droppable=True)
+                await trio.sleep(0.005)
+            assert conn.close_reason is Reason.TIMEOUT
+            assert conn.statistics().would_block_events  # it was backlogged, not just slow
+            stuck.sock.close()
+
+
 async def test_connection_control_bytes_over_limit_closes_slow_consumer_promptly():
     with trio.fail_after(5):
         send, accepted = trio.open_memory_channel(1)
