@@ -477,7 +477,7 @@ class ParticipantActor:
         heartbeat_time with nothing sent, so a listener receiving media is never pinged:
         its pongs cost the server a read each, and on loopback they also switch the
         client's TCP to delayed acknowledgements, which the sender then pays for
-        (docs/performance.md section 8.4). An expired token ends its membership.
+        (docs/performance.md section 9.1). An expired token ends its membership.
         """
         if self._timing_out:
             return
