@@ -66,6 +66,7 @@ class RunningServer:
         return {
             "tasks": count_tasks(),
             "connections": self.gateway.connections,
+            "joining": self.gateway.admission.joining,
             "refused_connections": self.gateway.refused_connections,
             "channels": len(self.registry.channel_ids()),
             "members": sum(len(a.channel.members) for a in map(self.registry.find, self.registry.channel_ids()) if a and a.channel),

@@ -77,6 +77,13 @@ def _client_token(args: argparse.Namespace, user_id: str, role_index: int) -> st
     return mint_token(DEV_SECRET, channel=args.channel, user_id=user_id, roles=[role], now=time.time(), ttl=24 * 3600)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
@@ -109,6 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         host=args.host, port=args.port, data_dir=Path(args.data), fsync=FsyncMode(args.fsync),
         session=SessionSettings(secret=secret), stats_interval=args.stats_interval,
+        **({"max_joining": args.max_joining} if args.max_joining else {}),
     )
 
     async def main() -> None:
@@ -251,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--fsync", choices=["always", "batch", "never"], default="batch")
     serve.add_argument("--insecure", action="store_true", help="allow open mode on a non-loopback address")
     serve.add_argument("--stats-interval", type=float, metavar="S", help="log a statistics line every S seconds")
+    serve.add_argument(
+        "--max-joining", type=_positive_int, metavar="N",
+        help="connections between accept and their first answered request at once (default 64; docs/operations.md)",
+    )
     add_secret_options(serve)
     serve.set_defaults(run=_serve)
 

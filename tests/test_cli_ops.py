@@ -4,6 +4,8 @@ short bounded soak run that must find no leak."""
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -53,3 +55,28 @@ def test_soak_short_run_churns_without_leaking_tasks() -> None:
     assert clients["joins"] == clients["leaves"] > 0 and not clients["errors"]
     assert clients["packets_received"] > 0
     assert report["server"]["exit_code"] == 0 and report["server"]["error_lines"] == 0
+
+
+def test_serve_max_joining_lets_one_connection_join_at_a_time(tmp_path: Path) -> None:
+    assert airwave("serve", "--max-joining", "0", "--data", str(tmp_path / "x")).returncode == 2
+    server = subprocess.Popen(
+        [sys.executable, "-m", "airwave.cli", "serve", "--port", "0", "--data", str(tmp_path / "data"),
+         "--max-joining", "1", "--stats-interval", "0.1"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if "listening on ws://" in line:
+                port = int(line.rsplit(":", 1)[1].strip(" /\n"))
+                break
+        # Two connections that never say a word: the first holds the only slot for the
+        # admission hold (0.5 s), the second waits for it, then holds it in turn.
+        with socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port)):
+            time.sleep(1.0)
+    finally:
+        server.terminate()
+        _, rest = server.communicate(timeout=15)
+    joining = [int(m) for m in re.findall(r"stats .*\bjoining=(\d+)", rest)]
+    assert server.returncode == 0
+    assert max(joining) == 1 and joining.count(1) >= 5, joining  # never 2, and busy for ~1 s
