@@ -136,7 +136,7 @@ class ParticipantActor:
         # The last sweep that saw frames other than pings go out, and the count it saw.
         self._last_sent = -math.inf
         self._frames_offered = 0
-        self._kernel_watches = connection.watch_acknowledgements(settings.heartbeat_timeout)
+        self._kernel_watches = self._watch_acknowledgements(settings.heartbeat_timeout)
         self._timing_out = False
         self._nursery = nursery
         self._last_refusal_reply = -math.inf
@@ -166,7 +166,7 @@ class ParticipantActor:
         self._channel, self._sid = channel, sid
         assert channel.channel is not None
         self._heartbeat = (channel.channel.heartbeat_time, channel.channel.heartbeat_timeout)
-        self._kernel_watches = self.output.watch_acknowledgements(channel.channel.heartbeat_timeout)
+        self._kernel_watches = self._watch_acknowledgements(channel.channel.heartbeat_timeout)
 
     def removed(self, channel_id: str, reason: Reason) -> None:
         if self._channel is None or self._channel.channel_id != channel_id:
@@ -464,6 +464,12 @@ class ParticipantActor:
         return Reply(request.id)
 
     # --- heartbeats and the end of the connection ---
+
+    def _watch_acknowledgements(self, timeout: float) -> bool:
+        """Whether frames sent prove the peer is there: only while the kernel talks to the
+        client itself. Behind a reverse proxy the acknowledgements are the proxy's, so a
+        proxied connection is pinged even while it receives media."""
+        return not self.output.forwarded and self.output.watch_acknowledgements(timeout)
 
     def tick(self, now: float) -> None:
         """The heartbeat, driven by the gateway's one sweep over every connection (a sleeping

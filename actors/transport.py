@@ -70,6 +70,8 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 _ACCEPT_CAPACITY_PAUSE = 0.1
 
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number if Python lacks the name
+# Upgrade-request headers a reverse proxy adds (h11 lower-cases names).
+_FORWARDING_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
 
 _OPEN = "open"
 # A failure was found (slow consumer, send error); the flusher task closes the socket soon.
@@ -170,6 +172,7 @@ class Connection(trio.abc.Stream):
         "_close_reason",
         "_direct",
         "_drained",
+        "_forwarded",
         "_flusher_running",
         "_last_received",
         "_n_direct",
@@ -224,6 +227,7 @@ class Connection(trio.abc.Stream):
         self._wait_scope: trio.CancelScope | None = None
         self._drained: trio.Event | None = None
         self._receive_ended = trio.Event()
+        self._forwarded = False
         self._last_received = trio.current_time()
         self._receiving = False
         self._sending = False
@@ -254,6 +258,12 @@ class Connection(trio.abc.Stream):
     def last_received(self) -> float:
         """trio time of the last receive (data, pong or EOF): the heartbeat's evidence of life."""
         return self._last_received
+
+    @property
+    def forwarded(self) -> bool:
+        """Whether the WebSocket upgrade came through a reverse proxy (it carried Forwarded,
+        X-Forwarded-For or X-Real-IP): the TCP peer, and what it acknowledges, is the proxy."""
+        return self._forwarded
 
     @property
     def frames_offered(self) -> int:
@@ -830,6 +840,7 @@ async def accept_websocket(
                     max_message_size=max_message_size,
                     receive_buffer_size=conn.settings.receive_chunk_size,
                 )
+                conn._forwarded = any(name in _FORWARDING_HEADERS for name, _ in request.headers)
                 ws = await request.accept()
             except trio_websocket.ConnectionClosed as exc:
                 failure = f"connection closed ({exc.reason})"

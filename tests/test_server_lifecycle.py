@@ -73,13 +73,16 @@ class RawClient:
         self.events: list[wse.Event] = []
 
     @classmethod
-    async def connect(cls, port: int, *, receive_buffer: int | None = None) -> RawClient:
+    async def connect(
+        cls, port: int, *, receive_buffer: int | None = None, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> RawClient:
         sock = trio.socket.socket()
         if receive_buffer is not None:  # before connect, so the window is small from the start
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         await sock.connect(("127.0.0.1", port))
         client = cls(trio.SocketStream(sock))
-        await client.stream.send_all(client.ws.send(wse.Request(host=f"127.0.0.1:{port}", target="/")))
+        request = wse.Request(host=f"127.0.0.1:{port}", target="/", extra_headers=headers or [])
+        await client.stream.send_all(client.ws.send(request))
         await client.read_until(lambda e: isinstance(e, wse.AcceptConnection))
         return client
 
@@ -248,6 +251,44 @@ async def test_heartbeat_media_stands_in_for_pings_which_resume_when_it_stops(da
                     nursery.cancel_scope.cancel()
                 ok(await host.request(Leave))
         assert logged(server.event_log.directory)[-3:] == ["left air mute timeout", "left air host quit", "stopped air none"]
+
+
+async def test_heartbeat_behind_a_proxy_a_listener_is_pinged_during_media_and_times_out(data_dir: Path) -> None:
+    """Behind a reverse proxy (its X-Forwarded-For on the upgrade request) the acknowledgements
+    the kernel sees are the proxy's, so media proves nothing: the listener is pinged while it
+    receives media, and one that never answers is timed out heartbeat_timeout after its join."""
+    interval, timeout = 0.4, 1.0
+    async with in_process_server(data_dir, heartbeat_time=interval, heartbeat_timeout=timeout) as server:
+        with trio.fail_after(15):
+            async with open_wire(server.url) as host:
+                ok(await host.request(Join, channel="tls", user_id="host", role=HOST, upload=True))
+                mute = await RawClient.connect(server.port, headers=[(b"X-Forwarded-For", b"203.0.113.7")])
+                ok(await mute.request(Hello(id=1, version=limits.PROTOCOL_VERSION)))
+                ok(await mute.request(Join(id=2, channel="tls", user_id="mute")))
+                joined = trio.current_time()
+                await next_push(host, ParticipantJoined)
+                pings = 0
+
+                def tally(event: wse.Event) -> bool:
+                    nonlocal pings
+                    pings += isinstance(event, wse.Ping)
+                    return False
+
+                async def stream() -> None:
+                    for seq in range(10_000):
+                        await host.send_bytes(encode_client_media(seq, seq * 960, b"\xf8", level=40))
+                        await trio.sleep(0.02)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(mute.read_until, tally)
+                    nursery.start_soon(stream)
+                    left = await next_push(host, ParticipantLeft, timeout=timeout + 2)
+                    took = trio.current_time() - joined
+                    nursery.cancel_scope.cancel()
+                assert (left.user_id, left.reason) == ("mute", Reason.TIMEOUT)
+                assert timeout <= took <= timeout + 0.6, took
+                assert pings >= 1
+                ok(await host.request(Leave))
 
 
 async def test_heartbeat_a_listener_that_stops_reading_is_timed_out_by_the_kernel(
