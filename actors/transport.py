@@ -70,6 +70,8 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 _ACCEPT_CAPACITY_PAUSE = 0.1
 
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number if Python lacks the name
+_TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux only
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)  # TCP options apply to these sockets only
 # Upgrade-request headers a reverse proxy adds (h11 lower-cases names).
 _FORWARDING_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
 
@@ -279,11 +281,10 @@ class Connection(trio.abc.Stream):
         own, so the server need not ping. False where the option is missing (not Linux) or
         the socket is not TCP: then only what the peer sends proves it is there.
         """
-        option = getattr(socket, "TCP_USER_TIMEOUT", None)
-        if option is None or self._sock.family not in (socket.AF_INET, socket.AF_INET6):
+        if _TCP_USER_TIMEOUT is None or self._sock.family not in _TCP_FAMILIES:
             return False
         try:
-            self._sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
+            self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, max(1, round(seconds * 1000)))
         except OSError:
             return False
         return True
@@ -763,11 +764,11 @@ async def serve_connections(
 
 def _configure_accepted(sock: socket.socket, settings: TransportSettings) -> None:
     sock.setblocking(False)
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
+    if sock.family in _TCP_FAMILIES:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if settings.send_buffer_size is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_size)
-    if settings.notsent_lowat is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+    if settings.notsent_lowat is not None and sock.family in _TCP_FAMILIES:
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, settings.notsent_lowat)
 
 
