@@ -1,13 +1,13 @@
-"""The server: transport, gateway, participant and channel actors, registry, the pure channel
-rules, events, the event log and replay. These are the names other packages may use."""
+"""The server, in layers: the actors here (server, gateway, registry, channel, participant) are
+thin trio shells over the pure `core` (events, commands, state, rules), the event `log`
+(format, writer, recovery, replay) and the `net` edge (connections, listener, WebSocket).
+These are the names other packages may use."""
 
-from .channel_rules import Channel, Member, decide, evolve, fold
-from .eventlog import EventLog, FsyncMode, LogCorruption, RecoveryReport
-from .events import Event, event_from_record, event_to_record
+from .core import Channel, Event, Member, decide, event_from_record, event_to_record, evolve, fold
+from .log import EventLog, FsyncMode, LogCorruption, RecoveryReport, replay_events
+from .net import TransportSettings
 from .participant import SessionSettings
-from .replay import replay_events
 from .server import RunningServer, ServerSettings, serve
-from .transport import TransportSettings
 
 __all__ = [
     "Channel",

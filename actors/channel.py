@@ -3,14 +3,13 @@
 Its loop is the house pattern: take a batch from the mailbox, ``decide`` each command against
 the current state, ``evolve`` the accepted events, append them to the event log in one go
 (one group commit for a whole join storm), and only then act: tell the members, update the
-media router, answer the requests. Nothing here decides policy; channel_rules does.
+media router, answer the requests. Nothing here decides policy; the pure core (`core/decide.py`) does.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -24,6 +23,9 @@ from airwave.protocol import (
     MemberCount,
     ParticipantChange,
     ParticipantInfo,
+    ParticipantJoined,
+    ParticipantLeft,
+    ParticipantUpdated,
     PropertyChange,
     PropertyChanged,
     Reason,
@@ -31,17 +33,30 @@ from airwave.protocol import (
     ServerMessage,
     VolumeChanged,
     VolumeStatus,
-    encode,
     volume_status_for_level,
 )
-from airwave.protocol import ParticipantJoined as JoinedMessage
-from airwave.protocol import ParticipantLeft as LeftMessage
-from airwave.protocol import ParticipantUpdated as UpdatedMessage
-from airwave.protocol.wsframe import server_binary_frame
 
-from . import events as ev
-from .channel_rules import Accepted, Channel, Command, JoinChannel, Member, Rejected, decide, evolve
-from .events import event_to_record
+from .core import (
+    Accepted,
+    AudioUploadChanged,
+    Channel,
+    ChannelCreated,
+    ChannelStopped,
+    Command,
+    CustomPropertyChanged,
+    Event,
+    JoinChannel,
+    Member,
+    MemberJoined,
+    MemberLeft,
+    Rejected,
+    RoleChanged,
+    StateChanged,
+    decide,
+    event_to_record,
+    evolve,
+)
+from .net import frame_of
 
 log = logging.getLogger("airwave.channel")
 
@@ -112,11 +127,6 @@ class Envelope:
     command: Command | Reattach
     session: Session | None
     reply: OneShot | None
-
-
-def frame_of(message: ServerMessage) -> bytes:
-    """Encodes once; the same bytes then go to every recipient."""
-    return server_binary_frame(encode(message))
 
 
 def participant_info(member: Member, volume: VolumeStatus = VolumeStatus.NONE) -> ParticipantInfo:
@@ -195,7 +205,7 @@ class ChannelActor:
             nursery.cancel_scope.cancel()
 
     async def _process(self, batch: list[Envelope]) -> None:
-        outcomes: list[tuple[Envelope, Accepted | Rejected, list[tuple[ev.Event, Channel | None, Channel]]]] = []
+        outcomes: list[tuple[Envelope, Accepted | Rejected, list[tuple[Event, Channel | None, Channel]]]] = []
         records: list[dict[str, object]] = []
         for envelope in batch:
             command = envelope.command
@@ -212,7 +222,7 @@ class ChannelActor:
             applied = []
             if isinstance(decision, Accepted):
                 for event in decision.events:
-                    if isinstance(event, ev.ChannelCreated):
+                    if isinstance(event, ChannelCreated):
                         self._claim_number(event.number)
                     before, self.channel = self.channel, evolve(self.channel, event)
                     self._track_owner(event, envelope.session)
@@ -246,12 +256,12 @@ class ChannelActor:
         session.attached(self, member.sid)
         return Accepted(())
 
-    def _track_owner(self, event: ev.Event, session: Session | None) -> None:
-        if isinstance(event, ev.ParticipantJoined) and session is not None:
+    def _track_owner(self, event: Event, session: Session | None) -> None:
+        if isinstance(event, MemberJoined) and session is not None:
             self._owners[event.user_id] = session
-        elif isinstance(event, ev.ParticipantLeft):
+        elif isinstance(event, MemberLeft):
             self._owners.pop(event.user_id, None)
-        elif isinstance(event, ev.ChannelStopped):
+        elif isinstance(event, ChannelStopped):
             self._owners.clear()
 
     def _reply_for(self, envelope: Envelope, decision: Accepted | Rejected) -> ChannelReply:
@@ -301,11 +311,11 @@ class ChannelActor:
             if user_id != skip:
                 session.send_frame(frame)
 
-    def _act(self, envelope: Envelope, event: ev.Event, before: Channel | None, after: Channel) -> None:
+    def _act(self, envelope: Envelope, event: Event, before: Channel | None, after: Channel) -> None:
         match event:
-            case ev.ChannelCreated():
+            case ChannelCreated():
                 log.info("channel %s #%d created by %s", event.channel, event.number, event.created_by)
-            case ev.ParticipantJoined():
+            case MemberJoined():
                 assert envelope.session is not None
                 member = after.members[event.user_id]
                 self._sessions[member.user_id] = envelope.session
@@ -318,12 +328,12 @@ class ChannelActor:
                 if announced:
                     self._announced.add(member.user_id)
                 self._broadcast(
-                    JoinedMessage(participant_info(member, VolumeStatus.ZERO)),
+                    ParticipantJoined(participant_info(member, VolumeStatus.ZERO)),
                     to_hosts_only=not announced,
                     skip=member.user_id,
                 )
                 log.info("join %s #%d %s role=%s", event.channel, event.number, event.user_id, member.role.index)
-            case ev.ParticipantLeft():
+            case MemberLeft():
                 assert before is not None
                 member = before.members[event.user_id]
                 session = self._sessions.pop(member.user_id, None)
@@ -335,10 +345,10 @@ class ChannelActor:
                 if session is not None and event.reason is not Reason.QUIT:
                     session.removed(after.channel_id, event.reason)
                 self._broadcast(
-                    LeftMessage(member.user_id, event.reason), to_hosts_only=not self._is_announced(member)
+                    ParticipantLeft(member.user_id, event.reason), to_hosts_only=not self._is_announced(member)
                 )
                 log.info("leave %s #%d %s reason=%s", event.channel, event.number, event.user_id, event.reason.reason_name)
-            case ev.RoleChanged() | ev.StateChanged() | ev.AudioUploadChanged():
+            case RoleChanged() | StateChanged() | AudioUploadChanged():
                 member = after.members[event.user_id]
                 session = self._sessions.get(member.user_id)
                 if session is not None:
@@ -352,15 +362,15 @@ class ChannelActor:
                 else:
                     self._announced.discard(member.user_id)
                 changes = {
-                    ev.RoleChanged: ParticipantChange.CUSTOM_ROLE,
-                    ev.StateChanged: ParticipantChange.CUSTOM_STATE,
-                    ev.AudioUploadChanged: ParticipantChange.AUDIO,
+                    RoleChanged: ParticipantChange.CUSTOM_ROLE,
+                    StateChanged: ParticipantChange.CUSTOM_STATE,
+                    AudioUploadChanged: ParticipantChange.AUDIO,
                 }[type(event)]
                 volume = self._volumes.get(member.sid, VolumeStatus.ZERO)
-                self._broadcast(UpdatedMessage(participant_info(member, volume), int(changes)))
-            case ev.CustomPropertyChanged():
+                self._broadcast(ParticipantUpdated(participant_info(member, volume), int(changes)))
+            case CustomPropertyChanged():
                 self._broadcast(PropertyChanged(int(PropertyChange.CUSTOM_PROPERTY), after.custom_property, after.title))
-            case ev.ChannelStopped():
+            case ChannelStopped():
                 for user_id, session in self._sessions.items():
                     if user_id != event.by:
                         session.removed(after.channel_id, Reason.OVER)
@@ -407,8 +417,3 @@ class ChannelActor:
             if self._volumes.get(sid, VolumeStatus.ZERO) is not status:
                 self._volumes[sid] = status
                 self._broadcast(VolumeChanged(member.user_id, status))
-
-
-def now() -> float:
-    """Event time: UTC epoch seconds (the log's clock, not trio's)."""
-    return time.time()

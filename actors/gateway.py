@@ -11,9 +11,8 @@ import trio
 
 from airwave.protocol import Error, Reason
 
-from .channel import frame_of
+from .net import Connection, accept_websocket, frame_of
 from .participant import ParticipantActor, SessionSettings
-from .transport import Connection, accept_websocket
 
 if TYPE_CHECKING:
     from .registry import Registry

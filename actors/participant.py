@@ -8,6 +8,7 @@ channel's router, synchronously, in the reading task.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import math
 import os
@@ -19,7 +20,6 @@ import attrs
 import trio
 import trio_websocket
 
-from airwave import __version__
 from airwave.protocol import (
     ChannelState,
     EnableUpload,
@@ -53,20 +53,35 @@ from airwave.protocol import (
     to_wire,
 )
 
-from . import channel_rules as rules
 from airwave.protocol.ratelimit import TokenBucket
 from airwave.protocol.tokens import TokenClaims, verify_token
 
-from .channel import ChannelActor, ChannelReply, Reattach, frame_of, now
-from .channel_rules import URI_PREFIX
+from .channel import ChannelActor, ChannelReply, Reattach
+from .clock import now
+from .core import (
+    SALT_BYTES,
+    URI_PREFIX,
+    ChangeCustomProperty,
+    ChangeRole,
+    ChangeState,
+    ChangeUpload,
+    Command,
+    JoinChannel,
+    KickMember,
+    LeaveChannel,
+    StopChannel,
+)
+from .net import PING_FRAME, frame_of
 
 if TYPE_CHECKING:
+    from .net import Connection
     from .registry import Registry
-    from .transport import Connection
 
 log = logging.getLogger("airwave.participant")
 
-PING_FRAME = b"\x89\x00"  # an unmasked server WebSocket ping with no payload: built once
+# What hello answers; read from the installed package's metadata (pyproject.toml), so the
+# server needs nothing of the client package for it.
+SERVER_NAME = f"airwave/{importlib.metadata.version('airwave')}"
 
 # The session lifecycle as a table (h11 style): which requests each state accepts.
 # Anything else is answered with CALL_FUNCTION_ERROR, or ALREADY_JOINED for a second join.
@@ -311,19 +326,19 @@ class ParticipantActor:
             case SubscribeAudio():
                 return self._subscribe(channel, request)
             case Leave():
-                command: rules.Command = rules.LeaveChannel(now(), self.user_id, Reason.QUIT)
+                command: Command = LeaveChannel(now(), self.user_id, Reason.QUIT)
             case Stop():
-                command = rules.StopChannel(now(), self.user_id)
+                command = StopChannel(now(), self.user_id)
             case SetRole():
-                command = rules.SetRole(now(), self.user_id, request.user_id or self.user_id, request.role)
+                command = ChangeRole(now(), self.user_id, request.user_id or self.user_id, request.role)
             case SetState():
-                command = rules.SetState(now(), self.user_id, request.user_id or self.user_id, request.state)
+                command = ChangeState(now(), self.user_id, request.user_id or self.user_id, request.state)
             case EnableUpload():
-                command = rules.EnableUpload(now(), self.user_id, request.enabled)
+                command = ChangeUpload(now(), self.user_id, request.enabled)
             case Kick():
-                command = rules.Kick(now(), self.user_id, request.user_id)
+                command = KickMember(now(), self.user_id, request.user_id)
             case SetCustomProperty():
-                command = rules.SetCustomProperty(now(), self.user_id, request.value)
+                command = ChangeCustomProperty(now(), self.user_id, request.value)
             case _:  # pragma: no cover - the table above admits nothing else
                 return Reply(request.id, Reason.INTERNAL_ERROR)
         answer = await self._registry.submit(channel.channel_id, command, self)
@@ -335,7 +350,7 @@ class ParticipantActor:
         if request.version != limits.PROTOCOL_VERSION:
             return Reply(request.id, Reason.PROTOCOL_ERROR, f"this server speaks protocol version {limits.PROTOCOL_VERSION}")
         self._logged_in = True
-        return Reply(request.id, result={"version": limits.PROTOCOL_VERSION, "server": f"airwave/{__version__}"})
+        return Reply(request.id, result={"version": limits.PROTOCOL_VERSION, "server": SERVER_NAME})
 
     async def _join(self, request: Join) -> Reply:
         channel_id = request.channel
@@ -352,12 +367,12 @@ class ParticipantActor:
             except ProtocolError as refusal:
                 log.warning("%s: join of %s as %s refused: %s", self._peer, channel_id, request.user_id, refusal)
                 return Reply(request.id, refusal.reason, refusal.message)
-        command = rules.JoinChannel(
+        command = JoinChannel(
             time=now(),
             channel_id=channel_id,
             user_id=request.user_id,
             new_number=0,  # allocated by the registry if this join creates the channel
-            salt=os.urandom(rules.SALT_BYTES),
+            salt=os.urandom(SALT_BYTES),
             role=request.role,
             state=request.state,
             upload=request.upload,
@@ -518,7 +533,7 @@ class ParticipantActor:
         channel = self._channel
         if channel is not None and self.state is ChannelState.JOINED:
             log.info("%s (%s): token expired", self._peer, self.user_id)
-            await self._registry.submit(channel.channel_id, rules.LeaveChannel(now(), self.user_id, Reason.TOKEN_EXPIRED), self)
+            await self._registry.submit(channel.channel_id, LeaveChannel(now(), self.user_id, Reason.TOKEN_EXPIRED), self)
 
     async def _leave_on_disconnect(self) -> None:
         channel = self._channel
@@ -530,6 +545,6 @@ class ParticipantActor:
             log.info("%s (%s) dropped; held %.0f s for resume", self._peer, self.user_id, self._settings.resume_grace)
             self._registry.suspend(self._session_token, channel.channel_id, self, self.user_id, self._settings.resume_grace, now)
             return
-        await self._registry.submit(channel.channel_id, rules.LeaveChannel(now(), self.user_id, Reason(reason)), self)
+        await self._registry.submit(channel.channel_id, LeaveChannel(now(), self.user_id, Reason(reason)), self)
 
 

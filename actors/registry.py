@@ -15,7 +15,7 @@ import trio
 from airwave.protocol import DEFAULT_POLICY, Reason, RolePolicy
 
 from .channel import ChannelActor, ChannelReply, Envelope, OneShot
-from .channel_rules import Command, EndChannel, LeaveChannel
+from .core import Command, EndChannel, LeaveChannel
 
 log = logging.getLogger("airwave.registry")
 

@@ -15,14 +15,12 @@ import trio
 
 from airwave.protocol import Reason
 
-from .channel import now
-from .channel_rules import Accepted, EndChannel, decide, evolve
-from .eventlog import EventLog, FsyncMode, LogFailed, RecoveryReport
-from .events import event_from_record, event_to_record
+from .clock import now
 from .gateway import Gateway
+from .log import EventLog, FsyncMode, LogFailed, RecoveryReport, closing_records
+from .net import TransportSettings, close_listener, open_listener, serve_connections
 from .participant import SessionSettings
 from .registry import Registry
-from .transport import TransportSettings, close_listener, open_listener, serve_connections
 
 log = logging.getLogger("airwave.server")
 
@@ -79,27 +77,13 @@ class RunningServer:
         self._stop.set()
 
 
-def closing_records(report: RecoveryReport) -> tuple[list[dict[str, object]], int]:
-    """The records that end every channel left open by a crash, and the next channel number."""
-    channels: dict[int, object] = {}
-    for body in report.events:
-        event = event_from_record(body)
-        channels[event.number] = evolve(channels.get(event.number), event)  # type: ignore[arg-type]
-    records: list[dict[str, object]] = []
-    for channel in channels.values():
-        decision = decide(channel, EndChannel(now(), Reason.SERVER_RESTART))  # type: ignore[arg-type]
-        if isinstance(decision, Accepted):
-            records.extend(event_to_record(event) for event in decision.events)
-    return records, max(channels, default=0) + 1
-
-
 async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
     event_log, report = EventLog.open(settings.data_dir, settings.fsync)
     if report.truncated_bytes:
         log.warning("event log: dropped a torn tail of %d bytes", report.truncated_bytes)
     async with trio.open_nursery() as root:
         await root.start(_run_event_log, event_log)
-        records, next_number = closing_records(report)
+        records, next_number = closing_records(report, now())
         if records:
             await event_log.append(records)
             log.info("ended %d member sessions and channels left open by a crash (server_restart)", len(records))

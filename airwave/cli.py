@@ -92,8 +92,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from airwave.actors.eventlog import FsyncMode, LogFailed, LogLocked
-    from airwave.actors.logformat import LogCorruption
+    from airwave.actors.log import FsyncMode, LogFailed, LogLocked
+    from airwave.actors.log.format import LogCorruption
     from airwave.actors.server import ServerSettings, serve
 
     from airwave.actors.participant import SessionSettings
@@ -146,8 +146,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from airwave.actors.logformat import LogCorruption
-    from airwave.actors.replay import (
+    from airwave.actors.log.format import LogCorruption
+    from airwave.actors.log.replay import (
         event_json,
         event_text,
         final_state_json,

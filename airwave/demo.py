@@ -15,7 +15,7 @@ from typing import TextIO
 
 import trio
 
-from airwave.actors.replay import event_text, final_state_text, fold_replayed, replay_events
+from airwave.actors.log.replay import event_text, final_state_text, fold_replayed, replay_events
 from airwave.actors.server import ServerSettings, serve
 from airwave.audio import SpeechSource
 from airwave.client import Client, JoinParam, MediaChannel, MediaDevice

@@ -30,8 +30,8 @@ import attrs
 import msgpack
 import trio
 
-from airwave.actors.eventlog import EventLog, FsyncMode, read_events
-from airwave.actors.logformat import encode_record, mask_crc
+from airwave.actors.log import EventLog, FsyncMode, read_events
+from airwave.actors.log.format import encode_record, mask_crc
 
 TARGET_BATCH_APPENDS_PER_S = 50_000
 TARGET_REPLAY_EVENTS_PER_S = 150_000

@@ -49,7 +49,7 @@ from typing import Any
 import attrs
 import trio
 
-from airwave.actors.logformat import read_events
+from airwave.actors.log.format import read_events
 from airwave.media import OpusEncoder, tone_frames
 from airwave.protocol import CustomRole, Join, Leave, encode_client_media
 from airwave.wire import open_wire

@@ -9,8 +9,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from airwave.actors import events as ev
-from airwave.actors.replay import replay_events
+from airwave.actors.core import events as ev
+from airwave.actors.log.replay import replay_events
 from airwave.protocol import CustomRole, MediaPacket, Ping, Reply, encode_client_media
 from airwave.wire import Wire
 
@@ -51,10 +51,10 @@ def describe(event: ev.Event) -> str:
     match event:
         case ev.ChannelCreated():
             return f"created {event.channel} by {event.created_by}"
-        case ev.ParticipantJoined():
+        case ev.MemberJoined():
             upload = " upload" if event.upload else ""
             return f"joined {event.channel} {event.user_id} role={event.role.index}{upload}"
-        case ev.ParticipantLeft():
+        case ev.MemberLeft():
             by = f" by {event.by}" if event.by else ""
             return f"left {event.channel} {event.user_id} {event.reason.reason_name}{by}"
         case ev.ChannelStopped():

@@ -9,20 +9,20 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from airwave.actors.channel_rules import (
+from airwave.actors.core import (
     SALT_BYTES,
     Accepted,
     Channel,
     Decision,
-    EnableUpload,
+    ChangeUpload,
     EndChannel,
     JoinChannel,
-    Kick,
+    KickMember,
     LeaveChannel,
     Rejected,
-    SetCustomProperty,
-    SetRole,
-    SetState,
+    ChangeCustomProperty,
+    ChangeRole,
+    ChangeState,
     StopChannel,
     channel_uri,
     decide,
@@ -31,13 +31,13 @@ from airwave.actors.channel_rules import (
     hash_password,
     password_matches,
 )
-from airwave.actors.events import (
+from airwave.actors.core.events import (
     AudioUploadChanged,
     ChannelCreated,
     ChannelStopped,
     CustomPropertyChanged,
-    ParticipantJoined,
-    ParticipantLeft,
+    MemberJoined,
+    MemberLeft,
     RoleChanged,
     StateChanged,
     event_to_record,
@@ -93,8 +93,8 @@ def hosted(*audience: str, **params: object) -> Channel:
 
 def on_the_mic(channel: Channel, user: str) -> Channel:
     """The co-host flow up to uploading: a host puts ``user`` on the mic, ``user`` uploads."""
-    channel = applied(channel, decide(channel, SetState(2.0, "host", user, ON_MIC)))
-    return applied(channel, decide(channel, EnableUpload(3.0, user, True)))
+    channel = applied(channel, decide(channel, ChangeState(2.0, "host", user, ON_MIC)))
+    return applied(channel, decide(channel, ChangeUpload(3.0, user, True)))
 
 
 # --- 1. the seed's call sequence ------------------------------------------------------------
@@ -103,7 +103,7 @@ def on_the_mic(channel: Channel, user: str) -> Channel:
 def test_join_by_id_creates_channel_on_first_join() -> None:
     events = accepted(join(None, "host", role=HOST, t=10.0))
 
-    assert [type(e) for e in events] == [ChannelCreated, ParticipantJoined]
+    assert [type(e) for e in events] == [ChannelCreated, MemberJoined]
     created, joined = events
     assert (created.channel, created.number, created.created_by) == (CID, 1, "host")
     assert (joined.user_id, joined.sid, joined.role) == ("host", 1, HOST)
@@ -139,7 +139,7 @@ def test_join_without_role_joins_as_audience_custom_role_1() -> None:
 
     events = accepted(join(channel, "bob"))
 
-    assert events == (ParticipantJoined(1.0, CID, 1, "bob", 2, AUDIENCE, CustomState.NONE, False, ""),)
+    assert events == (MemberJoined(1.0, CID, 1, "bob", 2, AUDIENCE, CustomState.NONE, False, ""),)
     member = applied(channel, Accepted(events)).members["bob"]
     assert member.role is AUDIENCE
     assert member.sid == 2
@@ -162,7 +162,7 @@ def test_join_uri_mode_of_existing_channel_joins_it() -> None:
 
     events = accepted(join(channel, "bob", uri_mode=True))
 
-    assert [type(e) for e in events] == [ParticipantJoined]
+    assert [type(e) for e in events] == [MemberJoined]
     assert "bob" in applied(channel, Accepted(events)).members
 
 
@@ -172,7 +172,7 @@ def test_join_by_id_of_ended_channel_creates_new_instance_with_new_number() -> N
 
     events = accepted(join(first, "bob", number=2))
 
-    assert [type(e) for e in events] == [ChannelCreated, ParticipantJoined]
+    assert [type(e) for e in events] == [ChannelCreated, MemberJoined]
     second = applied(first, Accepted(events))
     assert second.number == 2
     assert second.created_by == "bob"
@@ -194,7 +194,7 @@ def test_members_in_join_order_follows_sids_and_evolve_leaves_the_old_state_unto
 def test_set_role_by_host_promotes_audience_to_host() -> None:
     channel = hosted("bob")
 
-    events = accepted(decide(channel, SetRole(2.0, "host", "bob", HOST)))
+    events = accepted(decide(channel, ChangeRole(2.0, "host", "bob", HOST)))
 
     assert events == (RoleChanged(2.0, CID, 1, "bob", HOST, "host"),)
     assert applied(channel, Accepted(events)).members["bob"].role is HOST
@@ -205,7 +205,7 @@ def test_leave_by_member_emits_participant_left_quit() -> None:
 
     events = accepted(decide(channel, LeaveChannel(2.0, "bob")))
 
-    assert events == (ParticipantLeft(2.0, CID, 1, "bob", Reason.QUIT, None),)
+    assert events == (MemberLeft(2.0, CID, 1, "bob", Reason.QUIT, None),)
     channel = applied(channel, Accepted(events))
     assert list(channel.members) == ["host"]
     assert not channel.ended
@@ -217,7 +217,7 @@ def test_leave_of_last_member_ends_channel_with_channel_stopped_by_none_reason_n
     events = accepted(decide(channel, LeaveChannel(2.0, "host")))
 
     assert events == (
-        ParticipantLeft(2.0, CID, 1, "host", Reason.QUIT, None),
+        MemberLeft(2.0, CID, 1, "host", Reason.QUIT, None),
         ChannelStopped(2.0, CID, 1, Reason.NONE, None),
     )
     channel = applied(channel, Accepted(events))
@@ -258,7 +258,7 @@ def test_seed_call_sequence_runs_from_create_to_stop() -> None:
     channel = applied(None, join(None, "host", role=HOST))
     channel = applied(channel, join(channel, "bob"))
     channel = applied(channel, join(channel, "carol", uri_mode=True))
-    channel = applied(channel, decide(channel, SetRole(2.0, "host", "carol", HOST)))
+    channel = applied(channel, decide(channel, ChangeRole(2.0, "host", "carol", HOST)))
     channel = applied(channel, decide(channel, LeaveChannel(3.0, "host")))
     refused(decide(channel, StopChannel(4.0, "bob")), Reason.NO_PERMISSION)
     channel = applied(channel, decide(channel, StopChannel(5.0, "carol")))
@@ -275,11 +275,11 @@ def test_seed_call_sequence_runs_from_create_to_stop() -> None:
     [
         LeaveChannel(2.0, "bob"),
         StopChannel(2.0, "host"),
-        EnableUpload(2.0, "host", True),
-        SetRole(2.0, "host", "host", AUDIENCE),
-        SetState(2.0, "host", "host", ON_MIC),
-        Kick(2.0, "host", "bob"),
-        SetCustomProperty(2.0, "host", "x"),
+        ChangeUpload(2.0, "host", True),
+        ChangeRole(2.0, "host", "host", AUDIENCE),
+        ChangeState(2.0, "host", "host", ON_MIC),
+        KickMember(2.0, "host", "bob"),
+        ChangeCustomProperty(2.0, "host", "x"),
         EndChannel(2.0, Reason.SERVER_SHUTDOWN),
     ],
     ids=lambda c: type(c).__name__,
@@ -297,11 +297,11 @@ def test_command_on_missing_or_ended_channel_is_refused_not_found(command: objec
     [
         LeaveChannel(2.0, "zed"),
         StopChannel(2.0, "zed"),
-        EnableUpload(2.0, "zed", True),
-        SetRole(2.0, "zed", "host", AUDIENCE),
-        SetState(2.0, "zed", "host", CustomState.STATE_1),
-        Kick(2.0, "zed", "host"),
-        SetCustomProperty(2.0, "zed", "x"),
+        ChangeUpload(2.0, "zed", True),
+        ChangeRole(2.0, "zed", "host", AUDIENCE),
+        ChangeState(2.0, "zed", "host", CustomState.STATE_1),
+        KickMember(2.0, "zed", "host"),
+        ChangeCustomProperty(2.0, "zed", "x"),
     ],
     ids=lambda c: type(c).__name__,
 )
@@ -311,7 +311,7 @@ def test_command_from_non_member_is_refused_not_found(command: object) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [SetRole(2.0, "host", "zed", AUDIENCE), SetState(2.0, "host", "zed", ON_MIC), Kick(2.0, "host", "zed")],
+    [ChangeRole(2.0, "host", "zed", AUDIENCE), ChangeState(2.0, "host", "zed", ON_MIC), KickMember(2.0, "host", "zed")],
     ids=lambda c: type(c).__name__,
 )
 def test_command_on_non_member_target_is_refused_not_found(command: object) -> None:
@@ -319,20 +319,20 @@ def test_command_on_non_member_target_is_refused_not_found(command: object) -> N
 
 
 def test_kick_yourself_is_refused_invalid_param() -> None:
-    refused(decide(hosted("bob"), Kick(2.0, "host", "host")), Reason.INVALID_PARAM)
+    refused(decide(hosted("bob"), KickMember(2.0, "host", "host")), Reason.INVALID_PARAM)
 
 
 def test_kick_by_host_removes_target_with_reason_kicked_by_host() -> None:
     channel = hosted("bob")
 
-    events = accepted(decide(channel, Kick(2.0, "host", "bob")))
+    events = accepted(decide(channel, KickMember(2.0, "host", "bob")))
 
-    assert events == (ParticipantLeft(2.0, CID, 1, "bob", Reason.KICKED, "host"),)
+    assert events == (MemberLeft(2.0, CID, 1, "bob", Reason.KICKED, "host"),)
     assert list(applied(channel, Accepted(events)).members) == ["host"]
 
 
 def test_kick_by_audience_is_refused_no_permission() -> None:
-    refused(decide(hosted("bob", "carol"), Kick(2.0, "bob", "carol")), Reason.NO_PERMISSION)
+    refused(decide(hosted("bob", "carol"), KickMember(2.0, "bob", "carol")), Reason.NO_PERMISSION)
 
 
 def test_join_with_wrong_password_is_refused_invalid_password() -> None:
@@ -377,15 +377,15 @@ def test_enable_upload_when_max_senders_upload_is_refused_full() -> None:
     channel = hosted(max_senders=1, upload=True)
     channel = applied(channel, join(channel, "cohost", role=HOST))
 
-    refused(decide(channel, EnableUpload(2.0, "cohost", True)), Reason.FULL)
+    refused(decide(channel, ChangeUpload(2.0, "cohost", True)), Reason.FULL)
 
 
 def test_enable_upload_after_sender_stops_takes_freed_slot() -> None:
     channel = hosted(max_senders=1, upload=True)
     channel = applied(channel, join(channel, "cohost", role=HOST))
-    channel = applied(channel, decide(channel, EnableUpload(2.0, "host", False)))
+    channel = applied(channel, decide(channel, ChangeUpload(2.0, "host", False)))
 
-    assert applied(channel, decide(channel, EnableUpload(3.0, "cohost", True))).members["cohost"].upload
+    assert applied(channel, decide(channel, ChangeUpload(3.0, "cohost", True))).members["cohost"].upload
 
 
 def test_join_with_same_user_id_replaces_older_session_with_duplicate_session() -> None:
@@ -394,8 +394,8 @@ def test_join_with_same_user_id_replaces_older_session_with_duplicate_session() 
     events = accepted(join(channel, "bob", t=5.0, display_name="Bob 2"))
 
     assert events == (
-        ParticipantLeft(5.0, CID, 1, "bob", Reason.DUPLICATE_SESSION, None),
-        ParticipantJoined(5.0, CID, 1, "bob", 3, AUDIENCE, CustomState.NONE, False, "Bob 2"),
+        MemberLeft(5.0, CID, 1, "bob", Reason.DUPLICATE_SESSION, None),
+        MemberJoined(5.0, CID, 1, "bob", 3, AUDIENCE, CustomState.NONE, False, "Bob 2"),
     )
     channel = applied(channel, Accepted(events))
     assert len(channel.members) == 2
@@ -434,7 +434,7 @@ def test_leave_forced_by_server_passes_reason_through(reason: Reason) -> None:
 
     events = accepted(decide(channel, LeaveChannel(2.0, "bob", reason)))
 
-    assert events == (ParticipantLeft(2.0, CID, 1, "bob", reason, None),)
+    assert events == (MemberLeft(2.0, CID, 1, "bob", reason, None),)
 
 
 @pytest.mark.parametrize("reason", [Reason.SERVER_SHUTDOWN, Reason.SERVER_RESTART])
@@ -444,9 +444,9 @@ def test_end_channel_by_server_leaves_every_member_then_stops(reason: Reason) ->
     events = accepted(decide(channel, EndChannel(9.0, reason)))
 
     assert events == (
-        ParticipantLeft(9.0, CID, 1, "host", reason, None),
-        ParticipantLeft(9.0, CID, 1, "bob", reason, None),
-        ParticipantLeft(9.0, CID, 1, "carol", reason, None),
+        MemberLeft(9.0, CID, 1, "host", reason, None),
+        MemberLeft(9.0, CID, 1, "bob", reason, None),
+        MemberLeft(9.0, CID, 1, "carol", reason, None),
         ChannelStopped(9.0, CID, 1, Reason.NONE, None),
     )
     channel = applied(channel, Accepted(events))
@@ -513,9 +513,9 @@ def test_join_with_upload_as_host_joins_uploading() -> None:
 @pytest.mark.parametrize("lower", [AUDIENCE, CustomRole.ROLE_2, CustomRole.NONE])
 def test_set_role_lowering_own_role_is_accepted(lower: CustomRole) -> None:
     channel = hosted("bob")
-    channel = applied(channel, decide(channel, SetRole(2.0, "host", "bob", HOST)))
+    channel = applied(channel, decide(channel, ChangeRole(2.0, "host", "bob", HOST)))
 
-    channel = applied(channel, decide(channel, SetRole(3.0, "bob", "bob", lower)))
+    channel = applied(channel, decide(channel, ChangeRole(3.0, "bob", "bob", lower)))
 
     assert channel.members["bob"].role is lower
 
@@ -523,27 +523,27 @@ def test_set_role_lowering_own_role_is_accepted(lower: CustomRole) -> None:
 def test_set_role_to_listen_only_role_by_audience_is_accepted() -> None:
     channel = hosted("bob")
 
-    channel = applied(channel, decide(channel, SetRole(2.0, "bob", "bob", CustomRole.ROLE_3)))
+    channel = applied(channel, decide(channel, ChangeRole(2.0, "bob", "bob", CustomRole.ROLE_3)))
 
     assert channel.members["bob"].role is CustomRole.ROLE_3
 
 
 def test_set_role_raising_own_role_without_host_is_refused_no_permission() -> None:
-    refused(decide(hosted("bob"), SetRole(2.0, "bob", "bob", HOST)), Reason.NO_PERMISSION)
+    refused(decide(hosted("bob"), ChangeRole(2.0, "bob", "bob", HOST)), Reason.NO_PERMISSION)
 
 
 def test_set_role_of_another_by_audience_is_refused_no_permission() -> None:
     channel = hosted("bob", "carol")
 
-    refused(decide(channel, SetRole(2.0, "bob", "carol", CustomRole.ROLE_2)), Reason.NO_PERMISSION)
-    refused(decide(channel, SetRole(2.0, "bob", "host", AUDIENCE)), Reason.NO_PERMISSION)
+    refused(decide(channel, ChangeRole(2.0, "bob", "carol", CustomRole.ROLE_2)), Reason.NO_PERMISSION)
+    refused(decide(channel, ChangeRole(2.0, "bob", "host", AUDIENCE)), Reason.NO_PERMISSION)
 
 
 def test_set_role_by_host_demotes_another_host() -> None:
     channel = hosted("bob")
-    channel = applied(channel, decide(channel, SetRole(2.0, "host", "bob", HOST)))
+    channel = applied(channel, decide(channel, ChangeRole(2.0, "host", "bob", HOST)))
 
-    events = accepted(decide(channel, SetRole(3.0, "bob", "host", AUDIENCE)))
+    events = accepted(decide(channel, ChangeRole(3.0, "bob", "host", AUDIENCE)))
 
     assert events == (RoleChanged(3.0, CID, 1, "host", AUDIENCE, "bob"),)
 
@@ -551,7 +551,7 @@ def test_set_role_by_host_demotes_another_host() -> None:
 def test_set_state_by_host_sets_anyones_state() -> None:
     channel = hosted("bob")
 
-    events = accepted(decide(channel, SetState(2.0, "host", "bob", CustomState.STATE_2)))
+    events = accepted(decide(channel, ChangeState(2.0, "host", "bob", CustomState.STATE_2)))
 
     assert events == (StateChanged(2.0, CID, 1, "bob", CustomState.STATE_2, "host"),)
 
@@ -559,36 +559,36 @@ def test_set_state_by_host_sets_anyones_state() -> None:
 def test_set_state_replaces_previous_state() -> None:
     """Decision 3: one value per participant, never a set."""
     channel = hosted("bob")
-    channel = applied(channel, decide(channel, SetState(2.0, "host", "bob", CustomState.STATE_1)))
+    channel = applied(channel, decide(channel, ChangeState(2.0, "host", "bob", CustomState.STATE_1)))
 
-    channel = applied(channel, decide(channel, SetState(3.0, "host", "bob", CustomState.STATE_3)))
+    channel = applied(channel, decide(channel, ChangeState(3.0, "host", "bob", CustomState.STATE_3)))
 
     assert channel.members["bob"].state is CustomState.STATE_3
 
 
 def test_set_state_going_on_the_mic_yourself_is_refused_no_permission() -> None:
-    refused(decide(hosted("bob"), SetState(2.0, "bob", "bob", ON_MIC)), Reason.NO_PERMISSION)
+    refused(decide(hosted("bob"), ChangeState(2.0, "bob", "bob", ON_MIC)), Reason.NO_PERMISSION)
 
 
 def test_set_state_own_listen_only_state_by_audience_is_accepted() -> None:
     channel = hosted("bob")
 
-    channel = applied(channel, decide(channel, SetState(2.0, "bob", "bob", CustomState.STATE_1)))
+    channel = applied(channel, decide(channel, ChangeState(2.0, "bob", "bob", CustomState.STATE_1)))
 
     assert channel.members["bob"].state is CustomState.STATE_1
 
 
 def test_set_state_of_another_by_audience_is_refused_no_permission() -> None:
-    refused(decide(hosted("bob", "carol"), SetState(2.0, "bob", "carol", CustomState.STATE_1)), Reason.NO_PERMISSION)
+    refused(decide(hosted("bob", "carol"), ChangeState(2.0, "bob", "carol", CustomState.STATE_1)), Reason.NO_PERMISSION)
 
 
 def test_cohost_flow_host_puts_audience_on_the_mic_then_upload_is_accepted() -> None:
     channel = hosted("bob")
-    refused(decide(channel, EnableUpload(1.5, "bob", True)), Reason.NO_PERMISSION)
+    refused(decide(channel, ChangeUpload(1.5, "bob", True)), Reason.NO_PERMISSION)
 
-    put_on = accepted(decide(channel, SetState(2.0, "host", "bob", ON_MIC)))
+    put_on = accepted(decide(channel, ChangeState(2.0, "host", "bob", ON_MIC)))
     channel = applied(channel, Accepted(put_on))
-    upload = accepted(decide(channel, EnableUpload(3.0, "bob", True)))
+    upload = accepted(decide(channel, ChangeUpload(3.0, "bob", True)))
     channel = applied(channel, Accepted(upload))
 
     assert put_on == (StateChanged(2.0, CID, 1, "bob", ON_MIC, "host"),)
@@ -599,7 +599,7 @@ def test_cohost_flow_host_puts_audience_on_the_mic_then_upload_is_accepted() -> 
 def test_set_state_off_the_mic_while_uploading_also_stops_upload() -> None:
     channel = on_the_mic(hosted("bob"), "bob")
 
-    events = accepted(decide(channel, SetState(4.0, "host", "bob", CustomState.NONE)))
+    events = accepted(decide(channel, ChangeState(4.0, "host", "bob", CustomState.NONE)))
 
     assert events == (
         StateChanged(4.0, CID, 1, "bob", CustomState.NONE, "host"),
@@ -611,17 +611,17 @@ def test_set_state_off_the_mic_while_uploading_also_stops_upload() -> None:
 def test_set_state_off_the_mic_by_yourself_is_accepted_and_stops_upload() -> None:
     channel = on_the_mic(hosted("bob"), "bob")
 
-    events = accepted(decide(channel, SetState(4.0, "bob", "bob", CustomState.NONE)))
+    events = accepted(decide(channel, ChangeState(4.0, "bob", "bob", CustomState.NONE)))
 
     assert AudioUploadChanged(4.0, CID, 1, "bob", False) in events
 
 
 def test_set_role_demoting_uploading_host_also_stops_upload() -> None:
     channel = hosted("bob")
-    channel = applied(channel, decide(channel, SetRole(2.0, "host", "bob", HOST)))
-    channel = applied(channel, decide(channel, EnableUpload(3.0, "bob", True)))
+    channel = applied(channel, decide(channel, ChangeRole(2.0, "host", "bob", HOST)))
+    channel = applied(channel, decide(channel, ChangeUpload(3.0, "bob", True)))
 
-    events = accepted(decide(channel, SetRole(4.0, "host", "bob", AUDIENCE)))
+    events = accepted(decide(channel, ChangeRole(4.0, "host", "bob", AUDIENCE)))
 
     assert events == (
         RoleChanged(4.0, CID, 1, "bob", AUDIENCE, "host"),
@@ -632,10 +632,10 @@ def test_set_role_demoting_uploading_host_also_stops_upload() -> None:
 def test_set_role_demoting_host_on_the_mic_keeps_upload() -> None:
     """The on-the-mic state alone lets them publish, so the upload goes on."""
     channel = hosted("bob")
-    channel = applied(channel, decide(channel, SetRole(2.0, "host", "bob", HOST)))
+    channel = applied(channel, decide(channel, ChangeRole(2.0, "host", "bob", HOST)))
     channel = on_the_mic(channel, "bob")
 
-    events = accepted(decide(channel, SetRole(4.0, "host", "bob", AUDIENCE)))
+    events = accepted(decide(channel, ChangeRole(4.0, "host", "bob", AUDIENCE)))
 
     assert events == (RoleChanged(4.0, CID, 1, "bob", AUDIENCE, "host"),)
 
@@ -643,7 +643,7 @@ def test_set_role_demoting_host_on_the_mic_keeps_upload() -> None:
 def test_enable_upload_by_audience_is_refused_no_permission() -> None:
     channel = hosted("bob")
 
-    decision = decide(channel, EnableUpload(2.0, "bob", True))
+    decision = decide(channel, ChangeUpload(2.0, "bob", True))
 
     refused(decision, Reason.NO_PERMISSION)
     assert not hasattr(decision, "events")
@@ -652,7 +652,7 @@ def test_enable_upload_by_audience_is_refused_no_permission() -> None:
 def test_enable_upload_off_is_accepted_for_anyone_uploading() -> None:
     channel = hosted(upload=True)
 
-    events = accepted(decide(channel, EnableUpload(2.0, "host", False)))
+    events = accepted(decide(channel, ChangeUpload(2.0, "host", False)))
 
     assert events == (AudioUploadChanged(2.0, CID, 1, "host", False),)
 
@@ -660,12 +660,12 @@ def test_enable_upload_off_is_accepted_for_anyone_uploading() -> None:
 @pytest.mark.parametrize(
     "command",
     [
-        SetRole(2.0, "host", "bob", AUDIENCE),
-        SetRole(2.0, "bob", "bob", AUDIENCE),
-        SetState(2.0, "host", "bob", CustomState.NONE),
-        SetState(2.0, "bob", "bob", CustomState.NONE),
-        EnableUpload(2.0, "bob", False),
-        EnableUpload(2.0, "host", True),
+        ChangeRole(2.0, "host", "bob", AUDIENCE),
+        ChangeRole(2.0, "bob", "bob", AUDIENCE),
+        ChangeState(2.0, "host", "bob", CustomState.NONE),
+        ChangeState(2.0, "bob", "bob", CustomState.NONE),
+        ChangeUpload(2.0, "bob", False),
+        ChangeUpload(2.0, "host", True),
     ],
     ids=repr,
 )
@@ -678,27 +678,27 @@ def test_change_to_same_value_produces_no_events(command: object) -> None:
 def test_set_custom_property_by_host_replaces_it() -> None:
     channel = hosted(custom_property="old")
 
-    events = accepted(decide(channel, SetCustomProperty(2.0, "host", "new")))
+    events = accepted(decide(channel, ChangeCustomProperty(2.0, "host", "new")))
 
     assert events == (CustomPropertyChanged(2.0, CID, 1, "new", "host"),)
     assert applied(channel, Accepted(events)).custom_property == "new"
 
 
 def test_set_custom_property_by_audience_is_refused_no_permission() -> None:
-    refused(decide(hosted("bob"), SetCustomProperty(2.0, "bob", "x")), Reason.NO_PERMISSION)
+    refused(decide(hosted("bob"), ChangeCustomProperty(2.0, "bob", "x")), Reason.NO_PERMISSION)
 
 
 def test_role_policy_of_server_may_let_role_2_publish() -> None:
     """Decision 2: roles 2 and 3 listen only, unless the server's role policy says otherwise."""
     policy = RolePolicy(roles={**DEFAULT_POLICY.roles, CustomRole.ROLE_2: Permission.PUBLISH})
     channel = hosted("bob")
-    channel = applied(channel, decide(channel, SetRole(2.0, "host", "bob", CustomRole.ROLE_2), policy))
+    channel = applied(channel, decide(channel, ChangeRole(2.0, "host", "bob", CustomRole.ROLE_2), policy))
 
-    assert accepted(decide(channel, EnableUpload(3.0, "bob", True), policy))
-    refused(decide(channel, EnableUpload(3.0, "bob", True)), Reason.NO_PERMISSION)
+    assert accepted(decide(channel, ChangeUpload(3.0, "bob", True), policy))
+    refused(decide(channel, ChangeUpload(3.0, "bob", True)), Reason.NO_PERMISSION)
     # Raising yourself to that role still takes a host.
     channel = applied(channel, join(channel, "carol"))
-    refused(decide(channel, SetRole(4.0, "carol", "carol", CustomRole.ROLE_2), policy), Reason.NO_PERMISSION)
+    refused(decide(channel, ChangeRole(4.0, "carol", "carol", CustomRole.ROLE_2), policy), Reason.NO_PERMISSION)
 
 
 # --- 4. secrets (decision 11) ----------------------------------------------------------------
@@ -756,12 +756,12 @@ def test_channel_created_keeps_salted_hash_of_joiners_salt() -> None:
 
 def test_evolve_event_without_channel_created_is_refused() -> None:
     with pytest.raises(ValueError):
-        evolve(None, ParticipantJoined(1.0, CID, 1, "bob", 1, AUDIENCE, CustomState.NONE))
+        evolve(None, MemberJoined(1.0, CID, 1, "bob", 1, AUDIENCE, CustomState.NONE))
 
 
 def test_evolve_event_of_another_channel_number_is_refused() -> None:
     with pytest.raises(ValueError):
-        evolve(hosted(), ParticipantLeft(1.0, CID, 2, "host", Reason.QUIT))
+        evolve(hosted(), MemberLeft(1.0, CID, 2, "host", Reason.QUIT))
 
 
 def test_evolve_change_of_non_member_is_refused() -> None:
@@ -790,22 +790,22 @@ def test_fold_keeps_recreated_channel_apart_by_number() -> None:
 def test_token_member_may_raise_own_role_to_a_granted_role() -> None:
     channel = hosted()
     channel = applied(channel, join(channel, "cohost", allowed_roles=frozenset({HOST, AUDIENCE})))
-    events = accepted(decide(channel, SetRole(2.0, "cohost", "cohost", HOST)))
+    events = accepted(decide(channel, ChangeRole(2.0, "cohost", "cohost", HOST)))
     assert [type(e) for e in events] == [RoleChanged]
 
 
 def test_open_mode_member_may_not_raise_own_role_without_a_host() -> None:
     channel = hosted("alice")
-    refused(decide(channel, SetRole(2.0, "alice", "alice", HOST)), Reason.NO_PERMISSION)
+    refused(decide(channel, ChangeRole(2.0, "alice", "alice", HOST)), Reason.NO_PERMISSION)
 
 
 def test_host_may_not_give_a_role_beyond_the_members_token() -> None:
     channel = hosted()
     channel = applied(channel, join(channel, "fan", allowed_roles=frozenset({AUDIENCE})))
-    refused(decide(channel, SetRole(2.0, "host", "fan", HOST)), Reason.NO_PERMISSION)
-    refused(decide(channel, SetRole(2.0, "host", "fan", CustomRole.ROLE_2)), Reason.NO_PERMISSION)
+    refused(decide(channel, ChangeRole(2.0, "host", "fan", HOST)), Reason.NO_PERMISSION)
+    refused(decide(channel, ChangeRole(2.0, "host", "fan", CustomRole.ROLE_2)), Reason.NO_PERMISSION)
     # Lowering to no role is always allowed.
-    assert accepted(decide(channel, SetRole(2.0, "host", "fan", CustomRole.NONE)))
+    assert accepted(decide(channel, ChangeRole(2.0, "host", "fan", CustomRole.NONE)))
 
 
 def test_token_grants_survive_the_log_path_and_replay() -> None:
@@ -814,7 +814,7 @@ def test_token_grants_survive_the_log_path_and_replay() -> None:
     (joined,) = accepted(decision)
     assert joined.granted_roles == int(AUDIENCE) | int(CustomRole.ROLE_2)
     record = msgpack.unpackb(msgpack.packb(event_to_record(joined)))
-    from airwave.actors.events import event_from_record
+    from airwave.actors.core.events import event_from_record
 
     assert event_from_record(record) == joined
     assert applied(channel, decision).members["fan"].may_take(CustomRole.ROLE_2)
@@ -822,5 +822,5 @@ def test_token_grants_survive_the_log_path_and_replay() -> None:
 
 def test_same_value_role_change_of_someone_else_by_audience_is_refused_not_a_no_op() -> None:
     channel = hosted("alice")
-    refused(decide(channel, SetRole(2.0, "alice", "host", HOST)), Reason.NO_PERMISSION)
-    refused(decide(channel, SetState(2.0, "alice", "host", CustomState.NONE)), Reason.NO_PERMISSION)
+    refused(decide(channel, ChangeRole(2.0, "alice", "host", HOST)), Reason.NO_PERMISSION)
+    refused(decide(channel, ChangeState(2.0, "alice", "host", CustomState.NONE)), Reason.NO_PERMISSION)

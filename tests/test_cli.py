@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from airwave.actors.replay import fold_replayed, replay_events
+from airwave.actors.log.replay import fold_replayed, replay_events
 from airwave.actors.server import RunningServer
 from airwave.demo import run_demo
 

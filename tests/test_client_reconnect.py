@@ -7,7 +7,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from airwave.actors.replay import replay_events
+from airwave.actors.log.replay import replay_events
 from airwave.actors.server import RunningServer, serve
 from airwave.audio import ToneSource
 from airwave.client import Client, ConnectionState, ConnectionStateEvent, JoinResult, MediaChannel, MediaDevice

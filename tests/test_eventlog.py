@@ -22,8 +22,8 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airwave.actors import eventlog, logformat
-from airwave.actors.eventlog import (
+from airwave.actors.log import format as logformat, writer as eventlog
+from airwave.actors.log import (
     EventLog,
     FsyncMode,
     InvalidRecordBody,
@@ -33,7 +33,7 @@ from airwave.actors.eventlog import (
     LogLocked,
     read_events,
 )
-from airwave.actors.logformat import (
+from airwave.actors.log.format import (
     MAX_RECORD_BYTES,
     encode_record,
     mask_crc,
@@ -589,7 +589,7 @@ def test_logformat_import_leaves_trio_unloaded() -> None:
 
 def test_scan_length_field_corrupted_past_eof_with_intact_records_after_is_corruption() -> None:
     """One flipped bit in a length must not read as a torn tail and wipe the records after it."""
-    from airwave.actors.logformat import LogCorruption, encode_record, scan_segment
+    from airwave.actors.log.format import LogCorruption, encode_record, scan_segment
 
     records = [encode_record({"seq": n, "type": "x", "pad": "y" * 20}) for n in range(1, 6)]
     data = bytearray(b"".join(records))

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from airwave.actors.events import (
+from airwave.actors.core.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     AudioUploadChanged,
@@ -23,8 +23,8 @@ from airwave.actors.events import (
     ChannelStopped,
     CustomPropertyChanged,
     EventDecodeError,
-    ParticipantJoined,
-    ParticipantLeft,
+    MemberJoined,
+    MemberLeft,
     RoleChanged,
     StateChanged,
     event_from_record,
@@ -66,7 +66,7 @@ def packed_round_trip(record: dict[str, Any]) -> Any:
 
 
 def a_joined_record(**changes: Any) -> dict[str, Any]:
-    record = event_to_record(ParticipantJoined(1.5, "222", 1, "bob", 2, CustomRole.ROLE_1, CustomState.NONE))
+    record = event_to_record(MemberJoined(1.5, "222", 1, "bob", 2, CustomRole.ROLE_1, CustomState.NONE))
     record.update(changes)
     return record
 
@@ -76,8 +76,8 @@ def a_joined_record(**changes: Any) -> dict[str, Any]:
 
 def test_event_types_cover_every_event_class_under_its_wire_tag() -> None:
     classes = (
-        ChannelCreated, ParticipantJoined, RoleChanged, StateChanged, AudioUploadChanged,
-        CustomPropertyChanged, ParticipantLeft, ChannelStopped,
+        ChannelCreated, MemberJoined, RoleChanged, StateChanged, AudioUploadChanged,
+        CustomPropertyChanged, MemberLeft, ChannelStopped,
     )
 
     assert EVENT_TYPES == {cls.TYPE: cls for cls in classes}
@@ -119,8 +119,8 @@ def test_event_record_after_msgpack_round_trip_is_unchanged(event: Any) -> None:
 
 
 def test_event_record_carries_vendor_numbers_for_roles_states_and_reasons() -> None:
-    joined = event_to_record(ParticipantJoined(1.0, "222", 1, "bob", 2, CustomRole.ROLE_0, CustomState.STATE_0))
-    left = event_to_record(ParticipantLeft(2.0, "222", 1, "bob", Reason.DUPLICATE_SESSION))
+    joined = event_to_record(MemberJoined(1.0, "222", 1, "bob", 2, CustomRole.ROLE_0, CustomState.STATE_0))
+    left = event_to_record(MemberLeft(2.0, "222", 1, "bob", Reason.DUPLICATE_SESSION))
 
     assert (joined["role"], joined["state"]) == (4096, 4096)
     assert type(joined["role"]) is int and type(joined["state"]) is int
@@ -128,7 +128,7 @@ def test_event_record_carries_vendor_numbers_for_roles_states_and_reasons() -> N
 
 
 def test_event_from_record_ignores_seq_added_by_log() -> None:
-    event = ParticipantLeft(2.0, "222", 1, "bob", Reason.QUIT)
+    event = MemberLeft(2.0, "222", 1, "bob", Reason.QUIT)
 
     assert event_from_record({**event_to_record(event), "seq": 41}) == event
 

@@ -36,12 +36,12 @@ import trio_websocket
 import wsproto
 import wsproto.events as wse
 
-from airwave.actors.eventlog import EventLog, FsyncMode
-from airwave.actors.logformat import HEADER_BYTES, LogCorruption, list_segments, read_events
+from airwave.actors.log import EventLog, FsyncMode
+from airwave.actors.log.format import HEADER_BYTES, LogCorruption, list_segments, read_events
 from airwave.actors.participant import SessionSettings
-from airwave.actors.replay import fold_replayed, replay_events
+from airwave.actors.log.replay import fold_replayed, replay_events
 from airwave.actors.server import RunningServer, ServerSettings, serve
-from airwave.actors.transport import TransportSettings
+from airwave.actors.net import TransportSettings
 from airwave.audio import ToneSource
 from airwave.client import Client, JoinResult, MediaChannel, MediaDevice, ReconnectPolicy
 from airwave.media import OpusEncoder, tone_frames

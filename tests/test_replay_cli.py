@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from airwave.actors.logformat import list_segments
+from airwave.actors.log.format import list_segments
 from airwave.actors.server import RunningServer
 from airwave.cli import main
 from airwave.protocol import (

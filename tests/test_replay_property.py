@@ -21,31 +21,31 @@ from hypothesis import event as note
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from airwave.actors.channel_rules import (
+from airwave.actors.core import (
     SALT_BYTES,
     Accepted,
     Channel,
     Command,
-    EnableUpload,
+    ChangeUpload,
     EndChannel,
     JoinChannel,
-    Kick,
+    KickMember,
     LeaveChannel,
     Member,
     Rejected,
-    SetCustomProperty,
-    SetRole,
-    SetState,
+    ChangeCustomProperty,
+    ChangeRole,
+    ChangeState,
     StopChannel,
     decide,
     evolve,
     fold,
 )
-from airwave.actors.events import (
+from airwave.actors.core.events import (
     ChannelCreated,
     Event,
-    ParticipantJoined,
-    ParticipantLeft,
+    MemberJoined,
+    MemberLeft,
     event_from_record,
     event_to_record,
 )
@@ -133,10 +133,10 @@ class ChannelWorld(RuleBasedStateMachine):
             return
         assert channel is not None and not channel.ended, f"{event.TYPE} after the channel ended"
         assert event.number == channel.number
-        if isinstance(event, ParticipantJoined):
+        if isinstance(event, MemberJoined):
             # Decision 8: a session is never replaced silently; the older one leaves first.
             assert event.user_id not in channel.members, f"{event.user_id} joined twice"
-        if isinstance(event, ParticipantLeft):
+        if isinstance(event, MemberLeft):
             assert event.user_id in channel.members, f"{event.user_id} left without being there"
 
     def someone(self, data: st.DataObject, channel_id: str, prefer: Callable[[Member], bool] = bool) -> str:
@@ -206,33 +206,33 @@ class ChannelWorld(RuleBasedStateMachine):
         channel_id = data.draw(self.channel_ids)
         actor = self.someone(data, channel_id, prefer=self.a_host)
         subject = self.someone(data, channel_id, prefer=lambda m: m.upload)
-        self.run(channel_id, lambda t: SetRole(t, actor, subject, role))
+        self.run(channel_id, lambda t: ChangeRole(t, actor, subject, role))
 
     @rule(data=st.data(), state=states)
     def set_state(self, data: st.DataObject, state: CustomState) -> None:
         channel_id = data.draw(self.channel_ids)
         actor = self.someone(data, channel_id, prefer=self.a_host)
         subject = self.someone(data, channel_id, prefer=lambda m: m.upload)
-        self.run(channel_id, lambda t: SetState(t, actor, subject, state))
+        self.run(channel_id, lambda t: ChangeState(t, actor, subject, state))
 
     @rule(data=st.data(), enabled=st.sampled_from([True, True, False]))
     def enable_upload(self, data: st.DataObject, enabled: bool) -> None:
         channel_id = data.draw(self.channel_ids)
         user = self.someone(data, channel_id, prefer=lambda m: m.upload != enabled)
-        self.run(channel_id, lambda t: EnableUpload(t, user, enabled))
+        self.run(channel_id, lambda t: ChangeUpload(t, user, enabled))
 
     @rule(data=st.data())
     def kick(self, data: st.DataObject) -> None:
         channel_id = data.draw(self.channel_ids)
         actor = self.someone(data, channel_id, prefer=self.a_host)
         subject = self.someone(data, channel_id)
-        self.run(channel_id, lambda t: Kick(t, actor, subject))
+        self.run(channel_id, lambda t: KickMember(t, actor, subject))
 
     @rule(data=st.data(), value=st.sampled_from(["", "topic", "ünïcode"]))
     def set_custom_property(self, data: st.DataObject, value: str) -> None:
         channel_id = data.draw(self.channel_ids)
         actor = self.someone(data, channel_id)
-        self.run(channel_id, lambda t: SetCustomProperty(t, actor, value))
+        self.run(channel_id, lambda t: ChangeCustomProperty(t, actor, value))
 
     # --- what must hold after every step ----------------------------------------------------
 

@@ -23,10 +23,10 @@ import trio
 import wsproto
 import wsproto.events as wse
 
-from airwave.actors.eventlog import EventLog, FsyncMode
-from airwave.actors.logformat import HEADER_BYTES, LogCorruption, list_segments
+from airwave.actors.log import EventLog, FsyncMode
+from airwave.actors.log.format import HEADER_BYTES, LogCorruption, list_segments
 from airwave.actors.server import RunningServer, serve
-from airwave.actors.transport import TransportSettings
+from airwave.actors.net import TransportSettings
 from airwave.protocol import (
     Hello,
     Join,

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio_websocket
 
-from airwave.actors.replay import replay_events
+from airwave.actors.log.replay import replay_events
 from airwave.actors.server import RunningServer, ServerSettings, serve
 from airwave.protocol import CustomRole, Error, Join, Ping, Reason, decode_server_message, encode_client_media
 from airwave.wire import open_wire

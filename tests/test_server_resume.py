@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import trio
 
-from airwave.actors.replay import replay_events
+from airwave.actors.log.replay import replay_events
 from airwave.actors.server import RunningServer
 from airwave.protocol import (
     CustomRole,

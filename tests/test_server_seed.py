@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from airwave.actors.replay import fold_replayed, replay_events
+from airwave.actors.log.replay import fold_replayed, replay_events
 from airwave.actors.server import RunningServer
 from airwave.protocol import (
     CustomState,

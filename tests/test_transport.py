@@ -22,7 +22,7 @@ import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
 
-from airwave.actors.transport import (
+from airwave.actors.net import (
     Connection,
     TransportSettings,
     accept_websocket,

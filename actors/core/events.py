@@ -94,7 +94,7 @@ class ChannelCreated:
 
 
 @_event
-class ParticipantJoined:
+class MemberJoined:
     TYPE: ClassVar[str] = "participant_joined"
     time: float
     channel: str
@@ -152,7 +152,7 @@ class CustomPropertyChanged:
 
 
 @_event
-class ParticipantLeft:
+class MemberLeft:
     TYPE: ClassVar[str] = "participant_left"
     time: float
     channel: str
@@ -175,14 +175,14 @@ class ChannelStopped:
 
 
 Event = (
-    ChannelCreated | ParticipantJoined | RoleChanged | StateChanged | AudioUploadChanged
-    | CustomPropertyChanged | ParticipantLeft | ChannelStopped
+    ChannelCreated | MemberJoined | RoleChanged | StateChanged | AudioUploadChanged
+    | CustomPropertyChanged | MemberLeft | ChannelStopped
 )
 EVENT_TYPES: dict[str, type] = {
     cls.TYPE: cls
     for cls in (
-        ChannelCreated, ParticipantJoined, RoleChanged, StateChanged, AudioUploadChanged,
-        CustomPropertyChanged, ParticipantLeft, ChannelStopped,
+        ChannelCreated, MemberJoined, RoleChanged, StateChanged, AudioUploadChanged,
+        CustomPropertyChanged, MemberLeft, ChannelStopped,
     )
 }
 

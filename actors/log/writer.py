@@ -15,8 +15,8 @@ Usage::
         ...
         await log.aclose()
 
-The format (framing, scanning, replay) lives in the trio-free :mod:`.logformat`; its
-public names are re-exported here. docs/eventlog.md has the byte layout.
+The format (framing, scanning) lives in the trio-free :mod:`.format` and start-up
+recovery in :mod:`.recovery`; docs/eventlog.md has the byte layout.
 """
 
 from __future__ import annotations
@@ -32,40 +32,17 @@ from typing import Any, Final, final
 import attrs
 import trio
 
-from .logformat import (
-    HEADER_BYTES,
-    MAX_RECORD_BYTES,
-    InvalidRecordBody,
-    LogCorruption,
-    SegmentScan,
-    TornTail,
-    encode_record,
-    list_segments,
-    pack_event,
-    read_events,
-    record_from_packed,
-    scan_segment,
-    segment_path,
-)
+from .format import InvalidRecordBody, pack_event, record_from_packed, segment_path
+from .recovery import RecoveryReport, recover
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
-    "HEADER_BYTES",
-    "MAX_RECORD_BYTES",
     "EventLog",
     "FsyncMode",
-    "InvalidRecordBody",
     "LogClosed",
-    "LogCorruption",
     "LogFailed",
     "LogLocked",
     "LogStatistics",
-    "RecoveryReport",
-    "SegmentScan",
-    "TornTail",
-    "encode_record",
-    "read_events",
-    "scan_segment",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,19 +84,6 @@ class LogFailed(Exception):
 
 class LogLocked(Exception):
     """Another EventLog (in this or another process) has the directory open."""
-
-
-@attrs.frozen
-class RecoveryReport:
-    """What open() found. ``events`` are the recovered bodies in seq order."""
-
-    directory: Path
-    segments: int
-    records: int
-    last_seq: int
-    truncated_bytes: int
-    torn_tail: TornTail | None
-    events: tuple[dict[str, Any], ...] = attrs.field(repr=False)
 
 
 @attrs.frozen
@@ -228,7 +192,7 @@ class EventLog:
             _fsync_directory(directory.parent)
         lock_fd = _lock_directory(directory)
         try:
-            segments, events, last_seq, torn = _recover(directory)
+            segments, events, last_seq, torn = recover(directory)
             number, fd, size = 0, None, 0
             if segments:
                 number, path = segments[-1]
@@ -491,57 +455,6 @@ class EventLog:
             return 0
         _fsync_directory(self._directory)  # make the new name durable before acking
         return 1
-
-
-# ---------------------------------------------------------------------- recovery
-
-
-def _recover(
-    directory: Path,
-) -> tuple[list[tuple[int, Path]], list[dict[str, Any]], int, TornTail | None]:
-    segments = list_segments(directory)
-    events: list[dict[str, Any]] = []
-    last_seq = 0
-    torn = None
-    for index, (_, path) in enumerate(segments):
-        data = path.read_bytes()
-        scan = scan_segment(data, is_last=index == len(segments) - 1, path=path)
-        last_seq = _check_seqs(scan.bodies, last_seq, data, path)
-        events.extend(scan.bodies)
-        if scan.torn_tail is not None:
-            torn = scan.torn_tail
-            with open(path, "r+b") as file:
-                file.truncate(scan.end_offset)
-                os.fsync(file.fileno())
-            logger.warning(
-                "event log %s: torn tail at byte %d (%s): dropped %d bytes",
-                path, torn.offset, torn.reason, torn.dropped_bytes,
-            )
-    return segments, events, last_seq, torn
-
-
-def _check_seqs(
-    bodies: tuple[dict[str, Any], ...], last_seq: int, data: bytes, path: Path
-) -> int:
-    """Seqs must be positive ints, each one more than the last: a gap or a repeat means
-    records were lost or files were mixed up. The log's first seq may be above 1 (so
-    that dropping old segments stays possible). Returns the last seq."""
-    expected = last_seq + 1 if last_seq else None
-    for index, body in enumerate(bodies):
-        seq = body.get("seq")
-        if type(seq) is not int or seq < 1 or (expected is not None and seq != expected):
-            want = f"seq {expected}" if expected is not None else "a positive integer seq"
-            raise LogCorruption(path, _record_offset(data, index),
-                                f"record has seq {seq!r}, expected {want}")
-        expected = seq + 1
-    return last_seq if expected is None else expected - 1
-
-
-def _record_offset(data: bytes, index: int) -> int:
-    offset = 0
-    for _ in range(index):
-        offset += HEADER_BYTES + int.from_bytes(data[offset:offset + 4], "little")
-    return offset
 
 
 # ---------------------------------------------------------------------- file helpers

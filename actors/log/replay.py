@@ -1,6 +1,7 @@
 """Replay: the event log read back as a timeline, and each channel's state at any seq.
 
-The final state comes from the same ``evolve`` the live channel actors use.
+The final state comes from the same ``fold`` (over the same ``evolve``) that the live channel
+actors and crash recovery use.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import Any
 
 import attrs
 
-from .channel_rules import Channel, evolve
-from .events import Event, event_from_record
-from .logformat import read_events
+from ..core import Channel, Event, event_from_record, fold
+from .format import read_events
 
 # Fields printed as they are; roles and states print as their index, reasons with their name.
 _HIDDEN = frozenset({"password_hash", "v", "type", "seq", "time", "channel", "user_id"})
@@ -117,7 +117,4 @@ def final_state_text(channel: Channel) -> str:
 
 
 def fold_replayed(items: list[ReplayedEvent]) -> dict[int, Channel]:
-    channels: dict[int, Channel] = {}
-    for item in items:
-        channels[item.event.number] = evolve(channels.get(item.event.number), item.event)
-    return channels
+    return fold(item.event for item in items)

@@ -1,4 +1,4 @@
-"""The server's socket layer: the accept loop and one ordered output per connection.
+"""One accepted client socket with one ordered output: the fan-out's way to the kernel.
 
 Why this exists (design notes, section 3): fanning one small media frame out to N
 listeners costs 91-99 µs per delivery through trio-websocket's ``send_message`` and about
@@ -6,25 +6,15 @@ listeners costs 91-99 µs per delivery through trio-websocket's ``send_message``
 built once. So the media path sends the same ``bytes`` object straight from the fan-out
 loop (`Connection.send_frame_nowait`), and a listener gets a queue and a flusher task only
 while its socket is backlogged. trio-websocket is kept for the handshake, reads, pings and
-close: it is handed the `Connection` itself as its stream, and `Connection.send_all` goes
-through the same ordered output, so nothing writes to the socket behind anyone's back.
+close (`websocket.py`): it is handed the `Connection` itself as its stream, and
+`Connection.send_all` goes through the same ordered output, so nothing writes to the
+socket behind anyone's back.
 
-Who owns what:
-
-- `serve_connections` owns the listening socket's accept loop and one nursery per
-  accepted connection. In that nursery it builds the `Connection`, runs
-  ``handler(conn)`` as the nursery's body, and closes the connection when the handler
-  returns or fails. An exception escaping a handler (an ``ExceptionGroup`` too) is logged
-  and contained there.
-- The `Connection` owns its stdlib socket (never a raw fd) and its queue. Its flusher runs
-  in the nursery it was given, and only while the queue is non-empty or a close is
-  pending: the common, unbacklogged path wakes no task at all. Starting a flusher costs
-  ~8 µs once per backlog episode (a parked per-connection task would cost ~2 KB per
-  listener and ~2.5 µs per wake-up; measured on this machine).
-- trio-websocket's reader task runs in whatever nursery the handler passes to
-  `accept_websocket` (usually the handler's own).
-- The caller of `open_listener` owns the listening socket; `close_listener` ends the
-  accept loop.
+The `Connection` owns its stdlib socket (never a raw fd) and its queue. Its flusher runs
+in the nursery it was given (`listener.py` makes one per connection), and only while the
+queue is non-empty or a close is pending: the common, unbacklogged path wakes no task at
+all. Starting a flusher costs ~8 µs once per backlog episode (a parked per-connection task
+would cost ~2 KB per listener and ~2.5 µs per wake-up; measured on this machine).
 """
 
 from __future__ import annotations
@@ -34,29 +24,16 @@ import errno
 import itertools
 import logging
 import socket
-from collections.abc import Awaitable, Callable
 from typing import final
 
 import attrs
 import trio
-import trio_websocket
 
 from airwave.protocol.reasons import Reason
 
-__all__ = [
-    "Connection",
-    "Handler",
-    "TransportSettings",
-    "TransportStatistics",
-    "accept_websocket",
-    "close_listener",
-    "open_listener",
-    "serve_connections",
-]
+__all__ = ["Connection", "TransportSettings", "TransportStatistics"]
 
 logger = logging.getLogger(__name__)
-
-Handler = Callable[["Connection"], Awaitable[object]]
 
 # A server-side close frame with no extensions always starts with FIN + opcode 0x8.
 # trio-websocket hands each encoded event to send_all on its own, so a send_all that
@@ -64,16 +41,10 @@ Handler = Callable[["Connection"], Awaitable[object]]
 _CLOSE_FRAME_FIRST_BYTE = 0x88
 # Queued buffers handed to one sendmsg call while draining a backlog (IOV_MAX is 1024).
 _MAX_GATHER = 64
-# accept() errors that mean the process or the system is out of something; retrying at
-# once would spin, so the loop pauses briefly (trio's own listeners do the same).
-_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-_ACCEPT_CAPACITY_PAUSE = 0.1
 
-_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number if Python lacks the name
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number if Python lacks the name
 _TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux only
-_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)  # TCP options apply to these sockets only
-# Upgrade-request headers a reverse proxy adds (h11 lower-cases names).
-_FORWARDING_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
+TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)  # TCP options apply to these sockets only
 
 _OPEN = "open"
 # A failure was found (slow consumer, send error); the flusher task closes the socket soon.
@@ -267,6 +238,16 @@ class Connection(trio.abc.Stream):
         X-Forwarded-For or X-Real-IP): the TCP peer, and what it acknowledges, is the proxy."""
         return self._forwarded
 
+    @forwarded.setter
+    def forwarded(self, value: bool) -> None:
+        self._forwarded = value
+
+    @property
+    def receive_ended(self) -> trio.Event:
+        """Set once the peer's side ended (EOF, reset) or the connection closed: a handshake
+        that waits for bytes must give up then (trio-websocket would wait forever)."""
+        return self._receive_ended
+
     @property
     def frames_offered(self) -> int:
         """Frames handed to this connection so far (sent, queued or since dropped). The
@@ -281,7 +262,7 @@ class Connection(trio.abc.Stream):
         own, so the server need not ping. False where the option is missing (not Linux) or
         the socket is not TCP: then only what the peer sends proves it is there.
         """
-        if _TCP_USER_TIMEOUT is None or self._sock.family not in _TCP_FAMILIES:
+        if _TCP_USER_TIMEOUT is None or self._sock.family not in TCP_FAMILIES:
             return False
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, max(1, round(seconds * 1000)))
@@ -453,8 +434,12 @@ class Connection(trio.abc.Stream):
 
         Idempotent; closes even when cancelled.
         """
-        self._close_socket()
+        self.close_now()
         await trio.lowlevel.checkpoint()
+
+    def close_now(self) -> None:
+        """`aclose` without the checkpoint: for a ``finally`` that must close when cancelled."""
+        self._close_socket()
 
     # ------------------------------------------------------------------ internals
 
@@ -673,182 +658,3 @@ def _host_port(address: object) -> tuple[str, int]:
     if isinstance(address, tuple) and len(address) >= 2:
         return str(address[0]), int(address[1])
     return (str(address) if address else "?", 0)
-
-
-# ---------------------------------------------------------------------- listening
-
-
-def open_listener(host: str, port: int, backlog: int = 4096) -> socket.socket:
-    """Return a bound, listening, non-blocking TCP socket; port 0 picks a free port.
-
-    IPv4 or IPv6 follows ``host`` (its first getaddrinfo result); "" binds every IPv4
-    interface. The caller owns the socket: read ``getsockname()`` for the port, and end
-    `serve_connections` with `close_listener`.
-    """
-    infos = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def close_listener(listener: socket.socket) -> None:
-    """Close ``listener`` so that `serve_connections` stops accepting.
-
-    Wakes the accept loop (``notify_closing``) before closing the fd, which a plain
-    ``close()`` would not do.
-    """
-    if listener.fileno() != -1:
-        trio.lowlevel.notify_closing(listener)
-        listener.close()
-
-
-async def serve_connections(
-    listener: socket.socket,
-    handler: Handler,
-    *,
-    settings: TransportSettings,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Accept connections on ``listener`` and run ``handler(conn)`` for each.
-
-    Each wake-up accepts until the backlog is empty (up to ``settings.accept_batch``), so a
-    connect storm is drained in bulk. Accepted sockets are non-blocking with TCP_NODELAY
-    and, if configured, ``settings.send_buffer_size`` as SO_SNDBUF. Each connection runs in
-    its own nursery and is closed when its handler ends; an exception escaping a handler
-    is logged and never reaches the server or another connection.
-
-    After `close_listener` the loop stops accepting and this returns once the running
-    handlers have finished; cancel the surrounding scope to end them too. (A bare
-    ``listener.close()`` while the loop waits would not wake it: epoll forgets a closed fd
-    silently. Use `close_listener`.)
-    """
-    async with trio.open_nursery() as nursery:
-        task_status.started()
-        while True:
-            try:
-                await trio.lowlevel.wait_readable(listener)
-            except (trio.ClosedResourceError, OSError, ValueError):
-                # ValueError: trio was handed fd -1 (the listener was already closed).
-                if listener.fileno() == -1:
-                    break
-                raise
-            for _ in range(settings.accept_batch):
-                try:
-                    sock, address = listener.accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if listener.fileno() == -1:
-                        break
-                    if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
-                        logger.warning("accept paused: %s", exc)
-                        await trio.sleep(_ACCEPT_CAPACITY_PAUSE)
-                        break
-                    # The peer gave up between SYN and accept (ECONNABORTED and kin).
-                    logger.debug("accept failed: %s", exc)
-                    continue
-                nursery.start_soon(_serve_one, sock, address, handler, settings)
-            if listener.fileno() == -1:
-                break
-
-
-def _configure_accepted(sock: socket.socket, settings: TransportSettings) -> None:
-    sock.setblocking(False)
-    if sock.family in _TCP_FAMILIES:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if settings.send_buffer_size is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.send_buffer_size)
-    if settings.notsent_lowat is not None and sock.family in _TCP_FAMILIES:
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, settings.notsent_lowat)
-
-
-async def _serve_one(
-    sock: socket.socket, address: object, handler: Handler, settings: TransportSettings
-) -> None:
-    try:
-        _configure_accepted(sock, settings)
-    except OSError as exc:
-        # Typically reset before we got to it.
-        logger.debug("dropping connection from %s: %s", address, exc)
-        sock.close()
-        return
-    conn: Connection | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            conn = Connection(sock, settings=settings, nursery=nursery, remote_address=address)
-            try:
-                await handler(conn)
-            finally:
-                # Synchronous, so it happens even when cancelled; wakes the flusher.
-                conn._close_socket()
-    except* Exception as group:
-        # Pitfall 1: a reset can fail several tasks of one connection at once, and the
-        # ExceptionGroup must stop here, not at the server.
-        logger.error("connection %r: handler failed", conn or address, exc_info=group)
-    finally:
-        if conn is None:
-            sock.close()
-
-
-# ---------------------------------------------------------------------- websocket
-
-
-async def accept_websocket(
-    conn: Connection,
-    nursery: trio.Nursery,
-    *,
-    max_message_size: int = 1 << 20,
-    message_queue_size: int = 1,
-) -> trio_websocket.WebSocketConnection | None:
-    """Run the server side of the WebSocket handshake on ``conn``; None if it fails.
-
-    trio-websocket's reader task (reads, pongs, close handshake) starts in ``nursery`` and
-    runs until the WebSocket or ``conn`` closes, so the nursery's owner ends it with
-    ``ws.aclose()`` or ``conn.aclose()``. A handshake that fails (timeout after
-    ``conn.settings.handshake_timeout_seconds``, the peer leaving, a malformed request) is
-    logged, ``conn`` is closed, and None is returned.
-
-    The returned WebSocket's ``remote`` and ``local`` are ``repr(conn)`` strings, because
-    trio-websocket only reads addresses from ``trio.SocketStream``; use
-    ``conn.remote_address``.
-    """
-    ws: trio_websocket.WebSocketConnection | None = None
-    failure: str = "timed out"
-    with trio.move_on_after(conn.settings.handshake_timeout_seconds):
-        async with trio.open_nursery() as race:
-
-            async def cancel_when_receive_ends() -> None:
-                # trio-websocket waits for a request forever if the stream ends first.
-                await conn._receive_ended.wait()
-                race.cancel_scope.cancel()
-
-            race.start_soon(cancel_when_receive_ends)
-            try:
-                request = await trio_websocket.wrap_server_stream(
-                    nursery,
-                    conn,
-                    message_queue_size=message_queue_size,
-                    max_message_size=max_message_size,
-                    receive_buffer_size=conn.settings.receive_chunk_size,
-                )
-                conn._forwarded = any(name in _FORWARDING_HEADERS for name, _ in request.headers)
-                ws = await request.accept()
-            except trio_websocket.ConnectionClosed as exc:
-                failure = f"connection closed ({exc.reason})"
-            race.cancel_scope.cancel()
-    if ws is None:
-        if conn._receive_ended.is_set() and failure == "timed out":
-            failure = "connection ended before the handshake completed"
-        logger.info("websocket handshake from %r failed: %s", conn, failure)
-        await conn.aclose()
-    return ws

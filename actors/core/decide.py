@@ -1,0 +1,224 @@
+"""The channel's rules: ``decide(state, command)`` answers the events a command causes, or why
+it is refused, and never changes anything. The product decisions of design.md section 2 are
+enforced here, so they are tested without any I/O.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from airwave.protocol import DEFAULT_POLICY, CustomRole, CustomState, Permission, Reason, RolePolicy, limits
+
+from .commands import (
+    ChangeCustomProperty,
+    ChangeRole,
+    ChangeState,
+    ChangeUpload,
+    Command,
+    EndChannel,
+    JoinChannel,
+    KickMember,
+    LeaveChannel,
+    StopChannel,
+)
+from .events import (
+    AudioUploadChanged,
+    ChannelCreated,
+    ChannelStopped,
+    CustomPropertyChanged,
+    Event,
+    MemberJoined,
+    MemberLeft,
+    RoleChanged,
+    StateChanged,
+)
+from .passwords import hash_password, password_matches
+from .state import Channel, Member, evolve
+
+
+@attrs.frozen
+class Accepted:
+    events: tuple[Event, ...]
+
+
+@attrs.frozen
+class Rejected:
+    reason: Reason
+    message: str
+
+
+Decision = Accepted | Rejected
+
+
+def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAULT_POLICY) -> Decision:
+    """The events ``command`` causes on ``channel`` (None: no live channel with that id)."""
+    if isinstance(command, JoinChannel):
+        return _decide_join(channel, command, policy)
+    if channel is None or channel.ended:
+        return Rejected(Reason.NOT_FOUND, "no such channel")
+    if isinstance(command, EndChannel):
+        return Accepted(_end_events(channel, command.time, command.reason))
+    actor_id = command.actor if isinstance(command, ChangeRole | ChangeState | KickMember | ChangeCustomProperty) else command.user_id
+    actor = channel.members.get(actor_id)
+    if actor is None:
+        return Rejected(Reason.NOT_FOUND, f"{actor_id!r} is not in channel {channel.channel_id!r}")
+    granted = policy.permissions(actor.role, actor.state)
+    match command:
+        case LeaveChannel():
+            return Accepted(_leave_events(channel, command.time, actor.user_id, command.reason, None))
+        case StopChannel():
+            if not granted & Permission.STOP:
+                return Rejected(Reason.NO_PERMISSION, "only a host may stop the channel")
+            return Accepted((ChannelStopped(command.time, channel.channel_id, channel.number, Reason.OVER, actor.user_id),))
+        case KickMember():
+            if not granted & Permission.KICK:
+                return Rejected(Reason.NO_PERMISSION, "only a host may kick")
+            if command.target == actor.user_id:
+                return Rejected(Reason.INVALID_PARAM, "use leave() to leave; you cannot kick yourself")
+            if command.target not in channel.members:
+                return Rejected(Reason.NOT_FOUND, f"{command.target!r} is not in the channel")
+            return Accepted(_leave_events(channel, command.time, command.target, Reason.KICKED, actor.user_id))
+        case ChangeRole():
+            return _decide_role(channel, command, actor, granted, policy)
+        case ChangeState():
+            return _decide_state(channel, command, actor, granted, policy)
+        case ChangeUpload():
+            if command.enabled == actor.upload:
+                return Accepted(())
+            if command.enabled and not policy.may_publish(actor.role, actor.state):
+                return Rejected(Reason.NO_PERMISSION, "your role may not publish audio")
+            if command.enabled and _senders_full(channel, actor.user_id):
+                return Rejected(Reason.FULL, f"channel already has {channel.max_senders} senders")
+            return Accepted((AudioUploadChanged(command.time, channel.channel_id, channel.number, actor.user_id, command.enabled),))
+        case ChangeCustomProperty():
+            if not granted & Permission.MANAGE:
+                return Rejected(Reason.NO_PERMISSION, "only a host may set the custom property")
+            return Accepted((CustomPropertyChanged(command.time, channel.channel_id, channel.number, command.value, actor.user_id),))
+    raise TypeError(f"not a channel command: {command!r}")  # pragma: no cover
+
+
+def _decide_join(channel: Channel | None, cmd: JoinChannel, policy: RolePolicy) -> Decision:
+    if cmd.allowed_roles is not None and cmd.role not in cmd.allowed_roles:
+        return Rejected(Reason.NO_PERMISSION, f"role {cmd.role.index} is not granted to you")
+    if cmd.allowed_roles is not None and policy.permissions(cmd.role, cmd.state) & ~policy.permissions(
+        cmd.role, CustomState.NONE
+    ):
+        # Decision 2: outside open mode a state that raises privileges (on the mic) takes a host.
+        return Rejected(Reason.NO_PERMISSION, "going on the mic takes a host")
+    if channel is None or channel.ended:
+        if cmd.uri_mode:
+            return Rejected(Reason.NOT_FOUND, f"no channel {cmd.channel_id!r}")
+        created = ChannelCreated(
+            time=cmd.time,
+            channel=cmd.channel_id,
+            number=cmd.new_number,
+            created_by=cmd.user_id,
+            capacity=cmd.capacity or limits.DEFAULT_CAPACITY,
+            heartbeat_time=cmd.heartbeat_time or limits.DEFAULT_HEARTBEAT_TIME,
+            heartbeat_timeout=cmd.heartbeat_timeout or limits.DEFAULT_HEARTBEAT_TIMEOUT,
+            title=cmd.title,
+            custom_property=cmd.custom_property,
+            max_senders=cmd.max_senders,
+            password_hash=None if cmd.password is None else hash_password(cmd.password, cmd.salt),
+        )
+        channel = evolve(None, created)
+        return Accepted((created, _joined(channel, cmd, policy)))
+    if channel.password_hash is not None and (
+        cmd.password is None or not password_matches(cmd.password, channel.password_hash)
+    ):
+        return Rejected(Reason.INVALID_PASSWORD, "wrong channel password")
+    events: list[Event] = []
+    if cmd.user_id in channel.members:
+        # Decision 8: the newer session wins; the older one leaves with duplicate_session.
+        events.append(MemberLeft(cmd.time, channel.channel_id, channel.number, cmd.user_id, Reason.DUPLICATE_SESSION))
+    elif len(channel.members) >= channel.capacity:
+        return Rejected(Reason.FULL, f"channel is full ({channel.capacity} members)")
+    if cmd.upload and policy.may_publish(cmd.role, cmd.state) and _senders_full(channel, cmd.user_id):
+        return Rejected(Reason.FULL, f"channel already has {channel.max_senders} senders")
+    events.append(_joined(channel, cmd, policy))
+    return Accepted(tuple(events))
+
+
+def _joined(channel: Channel, cmd: JoinChannel, policy: RolePolicy) -> MemberJoined:
+    return MemberJoined(
+        time=cmd.time,
+        channel=channel.channel_id,
+        number=channel.number,
+        user_id=cmd.user_id,
+        sid=channel.next_sid,
+        role=cmd.role,
+        state=cmd.state,
+        upload=cmd.upload and policy.may_publish(cmd.role, cmd.state),
+        display_name=cmd.display_name,
+        granted_roles=None if cmd.allowed_roles is None else _role_mask(cmd.allowed_roles),
+    )
+
+
+def _role_mask(roles: frozenset[CustomRole]) -> int:
+    mask = 0
+    for role in roles:
+        mask |= role
+    return mask
+
+
+def _senders_full(channel: Channel, joining_user: str) -> bool:
+    if channel.max_senders is None:
+        return False
+    senders = sum(1 for m in channel.members.values() if m.upload and m.user_id != joining_user)
+    return senders >= channel.max_senders
+
+
+def _decide_role(channel: Channel, cmd: ChangeRole, actor: Member, granted: Permission, policy: RolePolicy) -> Decision:
+    target = channel.members.get(cmd.target)
+    if target is None:
+        return Rejected(Reason.NOT_FOUND, f"{cmd.target!r} is not in the channel")
+    manages = bool(granted & Permission.MANAGE)
+    if target is not actor and not manages:
+        return Rejected(Reason.NO_PERMISSION, "only a host may change another participant's role")
+    if not target.may_take(cmd.role):
+        return Rejected(Reason.NO_PERMISSION, f"role {cmd.role.index} is not granted to {target.user_id!r} by their token")
+    if target.role is cmd.role:
+        return Accepted(())
+    if not manages:
+        # Decision 2: anyone may lower their own privileges; raising them takes a host, or a
+        # role the member's token grants.
+        old, new = policy.roles.get(actor.role, Permission.NONE), policy.roles.get(cmd.role, Permission.NONE)
+        if new & ~old and actor.granted_roles is None:
+            return Rejected(Reason.NO_PERMISSION, "raising your own role takes a host")
+    events: list[Event] = [RoleChanged(cmd.time, channel.channel_id, channel.number, target.user_id, cmd.role, actor.user_id)]
+    if target.upload and not policy.may_publish(cmd.role, target.state):
+        events.append(AudioUploadChanged(cmd.time, channel.channel_id, channel.number, target.user_id, False))
+    return Accepted(tuple(events))
+
+
+def _decide_state(channel: Channel, cmd: ChangeState, actor: Member, granted: Permission, policy: RolePolicy) -> Decision:
+    target = channel.members.get(cmd.target)
+    if target is None:
+        return Rejected(Reason.NOT_FOUND, f"{cmd.target!r} is not in the channel")
+    if target is not actor and not granted & Permission.MANAGE:
+        return Rejected(Reason.NO_PERMISSION, "only a host may change another participant's state")
+    if target.state is cmd.state:
+        return Accepted(())
+    if not granted & Permission.MANAGE:
+        gains = policy.permissions(actor.role, cmd.state) & ~policy.permissions(actor.role, actor.state)
+        if gains:
+            return Rejected(Reason.NO_PERMISSION, "going on the mic takes a host")
+    events: list[Event] = [StateChanged(cmd.time, channel.channel_id, channel.number, target.user_id, cmd.state, actor.user_id)]
+    if target.upload and not policy.may_publish(target.role, cmd.state):
+        events.append(AudioUploadChanged(cmd.time, channel.channel_id, channel.number, target.user_id, False))
+    return Accepted(tuple(events))
+
+
+def _leave_events(channel: Channel, time: float, user_id: str, reason: Reason, by: str | None) -> tuple[Event, ...]:
+    left = MemberLeft(time, channel.channel_id, channel.number, user_id, reason, by)
+    if len(channel.members) == 1:
+        # Decision 9: the channel ends with its last member.
+        return (left, ChannelStopped(time, channel.channel_id, channel.number, Reason.NONE, None))
+    return (left,)
+
+
+def _end_events(channel: Channel, time: float, reason: Reason) -> tuple[Event, ...]:
+    lefts = tuple(
+        MemberLeft(time, channel.channel_id, channel.number, m.user_id, reason) for m in channel.members_in_join_order()
+    )
+    return (*lefts, ChannelStopped(time, channel.channel_id, channel.number, Reason.NONE, None))
