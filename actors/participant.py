@@ -8,20 +8,20 @@ channel's router, synchronously, in the reading task.
 
 from __future__ import annotations
 
+import enum
 import importlib.metadata
 import logging
 import math
 import os
 import secrets
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 import trio_websocket
 
 from airwave.protocol import (
-    ChannelState,
     EnableUpload,
     Error,
     Hello,
@@ -83,15 +83,15 @@ log = logging.getLogger("airwave.participant")
 # server needs nothing of the client package for it.
 SERVER_NAME = f"airwave/{importlib.metadata.version('airwave')}"
 
-# The session lifecycle as a table (h11 style): which requests each state accepts.
-# Anything else is answered with CALL_FUNCTION_ERROR, or ALREADY_JOINED for a second join.
-ALLOWED: dict[ChannelState, frozenset[type]] = {
-    ChannelState.IDLE: frozenset({Join, Resume, Query, Ping}),
-    ChannelState.JOINED: frozenset(
-        {Leave, Stop, SetRole, SetState, EnableUpload, Kick, Query, SendMessage, SetCustomProperty, SubscribeAudio,
-         Ping, RefreshToken}
-    ),
-}
+class SessionState(enum.Enum):
+    """Where a connection is in its lifecycle. JOINING lasts while a join or resume waits for
+    the channel; requests are served one at a time, so none arrives then, but the channel
+    may remove the session (a stop, a newer session) before the join is answered."""
+
+    GREETING = "greeting"  # connected; nothing but hello is served yet
+    IDLE = "idle"
+    JOINING = "joining"
+    JOINED = "joined"
 
 
 @attrs.frozen
@@ -137,13 +137,12 @@ class ParticipantActor:
     ) -> None:
         self.output = connection
         self.user_id = ""
-        self.state = ChannelState.IDLE
+        self.state = SessionState.GREETING
         self.stats = SessionStatistics()
         self._ws = ws
         self._registry = registry
         self._settings = settings
         self._peer = peer
-        self._logged_in = False
         self._channel: ChannelActor | None = None
         self._sid = 0
         self._heartbeat = (settings.heartbeat_time, settings.heartbeat_timeout)
@@ -187,8 +186,8 @@ class ParticipantActor:
         if self._channel is None or self._channel.channel_id != channel_id:
             return
         self._channel, self._sid = None, 0
-        if self.state is ChannelState.JOINED:
-            self.state = ChannelState.IDLE
+        if self.state is SessionState.JOINED:
+            self.state = SessionState.IDLE
         self.send(Left(channel_id, reason))
 
     # --- the actor ---
@@ -278,7 +277,7 @@ class ParticipantActor:
         self.stats.media_in += 1
         channel = self._channel
         try:
-            if channel is None or self.state is not ChannelState.JOINED:
+            if channel is None or self.state is not SessionState.JOINED:
                 raise ProtocolError(Reason.CALL_FUNCTION_ERROR, "media frame outside a channel")
             check_client_media(frame)
             if not channel.router.publish(self._sid, frame):
@@ -294,62 +293,59 @@ class ParticipantActor:
             self._last_refusal_reply = current
             self.send(Error(error.reason, error.message))
 
-    # --- requests ---
+    # --- requests: LIFECYCLE (below the class) says which are served in which state ---
 
     async def _handle(self, request: Request) -> Reply:
-        if not self._logged_in:
-            if isinstance(request, Hello):
-                return self._hello(request)
-            return Reply(request.id, Reason.NOT_LOGIN, "send hello first")
-        if isinstance(request, Hello):
-            return Reply(request.id, Reason.CALL_FUNCTION_ERROR, "hello was already sent")
-        if type(request) not in ALLOWED.get(self.state, frozenset()):
-            if isinstance(request, Join):
-                return Reply(request.id, Reason.ALREADY_JOINED, "leave the current channel first")
-            return Reply(request.id, Reason.CALL_FUNCTION_ERROR, f"{request.TYPE} is not allowed while {self.state.name.lower()}")
-        match request:
-            case Join():
-                return await self._join(request)
-            case Resume():
-                return await self._resume(request)
-            case RefreshToken():
-                return self._refresh(request)
-            case Ping():
-                return Reply(request.id, result={"time": now()})
-            case Query():
-                return self._query(request)
+        step = LIFECYCLE[self.state].get(type(request))
+        if step is None:
+            reason, message = out_of_order(self.state, request)
+            return Reply(request.id, reason, message)
+        before = self.state
+        if step.during is not None:
+            self.state = step.during
+        reply = await step.serve(self, request)
+        if reply.reason is Reason.NONE and step.after is not before:
+            self.state = step.after
+        elif self.state is step.during:
+            self.state = before  # refused: back where it was
+        if self.state is SessionState.JOINED and self._channel is None:
+            self.state = SessionState.IDLE  # removed again while the join was being answered
+        return reply
+
+    async def _submit(self, request: Request) -> Reply:
+        """A request that is a channel command: the channel actor decides it."""
         channel = self._channel
-        assert channel is not None
-        match request:
-            case SendMessage():
-                return self._send_text(channel, request)
-            case SubscribeAudio():
-                return self._subscribe(channel, request)
-            case Leave():
-                command: Command = LeaveChannel(now(), self.user_id, Reason.QUIT)
-            case Stop():
-                command = StopChannel(now(), self.user_id)
-            case SetRole():
-                command = ChangeRole(now(), self.user_id, request.user_id or self.user_id, request.role)
-            case SetState():
-                command = ChangeState(now(), self.user_id, request.user_id or self.user_id, request.state)
-            case EnableUpload():
-                command = ChangeUpload(now(), self.user_id, request.enabled)
-            case Kick():
-                command = KickMember(now(), self.user_id, request.user_id)
-            case SetCustomProperty():
-                command = ChangeCustomProperty(now(), self.user_id, request.value)
-            case _:  # pragma: no cover - the table above admits nothing else
-                return Reply(request.id, Reason.INTERNAL_ERROR)
-        answer = await self._registry.submit(channel.channel_id, command, self)
+        assert channel is not None  # JOINED implies a channel
+        answer = await self._registry.submit(channel.channel_id, self._command_for(request), self)
         if answer.reason is Reason.NONE and isinstance(request, Leave | Stop):
-            self._channel, self._sid, self.state = None, 0, ChannelState.IDLE
+            self._channel, self._sid = None, 0
         return Reply(request.id, answer.reason, answer.message)
 
-    def _hello(self, request: Hello) -> Reply:
+    def _command_for(self, request: Request) -> Command:
+        at, me = now(), self.user_id
+        match request:
+            case Leave():
+                return LeaveChannel(at, me, Reason.QUIT)
+            case Stop():
+                return StopChannel(at, me)
+            case SetRole():
+                return ChangeRole(at, me, request.user_id or me, request.role)
+            case SetState():
+                return ChangeState(at, me, request.user_id or me, request.state)
+            case EnableUpload():
+                return ChangeUpload(at, me, request.enabled)
+            case Kick():
+                return KickMember(at, me, request.user_id)
+            case SetCustomProperty():
+                return ChangeCustomProperty(at, me, request.value)
+        raise TypeError(f"{request.TYPE} is not a channel command")  # pragma: no cover - LIFECYCLE
+
+    async def _ping(self, request: Ping) -> Reply:
+        return Reply(request.id, result={"time": now()})
+
+    async def _hello(self, request: Hello) -> Reply:
         if request.version != limits.PROTOCOL_VERSION:
             return Reply(request.id, Reason.PROTOCOL_ERROR, f"this server speaks protocol version {limits.PROTOCOL_VERSION}")
-        self._logged_in = True
         return Reply(request.id, result={"version": limits.PROTOCOL_VERSION, "server": SERVER_NAME})
 
     async def _join(self, request: Join) -> Reply:
@@ -387,11 +383,9 @@ class ParticipantActor:
             max_senders=request.max_senders,
             allowed_roles=None if claims is None else claims.roles,
         )
-        self.state = ChannelState.JOINING
         self._held = []
         answer = await self._registry.submit(channel_id, command, self)
         if answer.reason is not Reason.NONE:
-            self.state = ChannelState.IDLE
             return Reply(request.id, answer.reason, answer.message)
         self.user_id = request.user_id
         if claims is not None:
@@ -400,8 +394,6 @@ class ParticipantActor:
         return self._joined_reply(request.id, answer)
 
     def _joined_reply(self, request_id: int, answer: ChannelReply) -> Reply:
-        # Removed again while the join was being answered (stopped, or a newer session)?
-        self.state = ChannelState.JOINED if self._channel is not None else ChannelState.IDLE
         self._session_token = secrets.token_urlsafe(24)
         info = None if answer.info is None else attrs.evolve(answer.info, session_token=self._session_token)
         return Reply(request_id, result=None if info is None else to_wire(info))
@@ -410,12 +402,10 @@ class ParticipantActor:
         suspension = self._registry.claim(request.session_token)
         if suspension is None:
             return Reply(request.id, Reason.NOT_FOUND, "no dropped session to resume (grace period over?)")
-        self.state = ChannelState.JOINING
         self._held = []
         dropped = suspension.session
         answer = await self._registry.submit(suspension.channel_id, Reattach(suspension.user_id, dropped), self)  # type: ignore[arg-type]
         if answer.reason is not Reason.NONE:
-            self.state = ChannelState.IDLE
             return Reply(request.id, answer.reason, answer.message)
         self.user_id = suspension.user_id
         if isinstance(dropped, ParticipantActor):
@@ -437,7 +427,7 @@ class ParticipantActor:
     def _set_token_deadline(self, claims: TokenClaims) -> None:
         self._token_deadline = trio.current_time() + (claims.expires_at - now())
 
-    def _refresh(self, request: RefreshToken) -> Reply:
+    async def _refresh(self, request: RefreshToken) -> Reply:
         """Extends the session without leaving; the roles granted at join stay as they were."""
         if self._settings.secret is None:
             return Reply(request.id)  # open mode: nothing expires
@@ -450,7 +440,7 @@ class ParticipantActor:
         self._set_token_deadline(claims)
         return Reply(request.id)
 
-    def _query(self, request: Query) -> Reply:
+    async def _query(self, request: Query) -> Reply:
         actor = self._registry.find(request.channel.removeprefix(URI_PREFIX))
         if actor is None or actor.channel is None:
             return Reply(request.id, Reason.NOT_FOUND, f"no channel {request.channel!r}")
@@ -458,7 +448,9 @@ class ParticipantActor:
         info = QueryInfo(channel.channel_id, channel.number, len(channel.members), tuple(m.user_id for m in channel.members_in_join_order()))
         return Reply(request.id, result=to_wire(info))
 
-    def _send_text(self, channel: ChannelActor, request: SendMessage) -> Reply:
+    async def _send_text(self, request: SendMessage) -> Reply:
+        channel = self._channel
+        assert channel is not None
         frame = frame_of(MessageReceived(request.msg_type, request.content, self.user_id, request.to))
         if request.to is None:
             for session in channel.sessions():
@@ -471,7 +463,9 @@ class ParticipantActor:
             target.send_frame(frame)
         return Reply(request.id)
 
-    def _subscribe(self, channel: ChannelActor, request: SubscribeAudio) -> Reply:
+    async def _subscribe(self, request: SubscribeAudio) -> Reply:
+        channel = self._channel
+        assert channel is not None
         member = channel.channel.members.get(request.user_id) if channel.channel else None
         if member is None:
             return Reply(request.id, Reason.NOT_FOUND, f"{request.user_id!r} is not in the channel")
@@ -531,13 +525,13 @@ class ParticipantActor:
 
     async def _expire_token(self) -> None:
         channel = self._channel
-        if channel is not None and self.state is ChannelState.JOINED:
+        if channel is not None and self.state is SessionState.JOINED:
             log.info("%s (%s): token expired", self._peer, self.user_id)
             await self._registry.submit(channel.channel_id, LeaveChannel(now(), self.user_id, Reason.TOKEN_EXPIRED), self)
 
     async def _leave_on_disconnect(self) -> None:
         channel = self._channel
-        if channel is None or self.state is not ChannelState.JOINED:
+        if channel is None or self.state is not SessionState.JOINED:
             return
         reason = getattr(self.output, "close_reason", None) or self.end_reason
         if self._dropped and reason in (Reason.OFFLINE, Reason.NETWORK) and self._settings.resume_grace > 0:
@@ -548,3 +542,65 @@ class ParticipantActor:
         await self._registry.submit(channel.channel_id, LeaveChannel(now(), self.user_id, Reason(reason)), self)
 
 
+@attrs.frozen
+class Step:
+    """One row of the lifecycle: who serves the request, the state it leads to when it
+    succeeds (a refusal leaves the state as it was), and the state while it is served."""
+
+    serve: Callable[[ParticipantActor, Any], Awaitable[Reply]]
+    after: SessionState
+    during: SessionState | None = None
+
+
+def _in_channel(serve: Callable[[ParticipantActor, Any], Awaitable[Reply]]) -> Step:
+    return Step(serve, SessionState.JOINED)
+
+
+# The session lifecycle as a table (h11 style): state x request -> handler and next state.
+# A request missing from its state's row is refused by `out_of_order`. docs/architecture.md
+# shows this table as `lifecycle_markdown` renders it (a test keeps them the same).
+LIFECYCLE: dict[SessionState, dict[type[Request], Step]] = {
+    SessionState.GREETING: {Hello: Step(ParticipantActor._hello, SessionState.IDLE)},
+    SessionState.IDLE: {
+        Join: Step(ParticipantActor._join, SessionState.JOINED, during=SessionState.JOINING),
+        Resume: Step(ParticipantActor._resume, SessionState.JOINED, during=SessionState.JOINING),
+        Query: Step(ParticipantActor._query, SessionState.IDLE),
+        Ping: Step(ParticipantActor._ping, SessionState.IDLE),
+    },
+    SessionState.JOINING: {},  # the join or resume being served is the only request
+    SessionState.JOINED: {
+        Leave: Step(ParticipantActor._submit, SessionState.IDLE),
+        Stop: Step(ParticipantActor._submit, SessionState.IDLE),
+        SetRole: _in_channel(ParticipantActor._submit),
+        SetState: _in_channel(ParticipantActor._submit),
+        EnableUpload: _in_channel(ParticipantActor._submit),
+        Kick: _in_channel(ParticipantActor._submit),
+        SetCustomProperty: _in_channel(ParticipantActor._submit),
+        SendMessage: _in_channel(ParticipantActor._send_text),
+        SubscribeAudio: _in_channel(ParticipantActor._subscribe),
+        RefreshToken: _in_channel(ParticipantActor._refresh),
+        Query: _in_channel(ParticipantActor._query),
+        Ping: _in_channel(ParticipantActor._ping),
+    },
+}
+
+
+def out_of_order(state: SessionState, request: Request) -> tuple[Reason, str]:
+    """Why a request its state does not serve is refused."""
+    if state is SessionState.GREETING:
+        return Reason.NOT_LOGIN, "send hello first"
+    if isinstance(request, Hello):
+        return Reason.CALL_FUNCTION_ERROR, "hello was already sent"
+    if isinstance(request, Join):
+        return Reason.ALREADY_JOINED, "leave the current channel first"
+    return Reason.CALL_FUNCTION_ERROR, f"{request.TYPE} is not allowed while {state.value}"
+
+
+def lifecycle_markdown() -> str:
+    """LIFECYCLE as the table docs/architecture.md shows."""
+    rows = ["| state | request | served by | state after success |", "|---|---|---|---|"]
+    for state, steps in LIFECYCLE.items():
+        for request_type, step in steps.items():
+            during = f" (`{step.during.value}` meanwhile)" if step.during else ""
+            rows.append(f"| `{state.value}` | `{request_type.TYPE}` | `{step.serve.__name__}` | `{step.after.value}`{during} |")
+    return "\n".join(rows)
