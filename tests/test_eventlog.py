@@ -266,6 +266,51 @@ async def test_open_log_truncated_at_every_offset_of_last_two_records_recovers(
         assert replayed[-1]["marker"] == "after"
 
 
+def test_issue_13_client_text_that_is_a_record_never_decides_recovery(tmp_path: Path) -> None:
+    """A host's custom property holds records (one, and a whole forged tail). Cut the record
+    carrying it at every offset: each cut is a torn tail, and every record before it is kept.
+    The forgery is carried as raw bytes, a superset of what a text field can hold."""
+    forged_one = encode_record({"seq": 4, "type": "participant_left", "user_id": "alice", "reason": 6})
+    forged_tail = forged_one + encode_record({"seq": 5, "type": "channel_stopped", "reason": 9})
+    for forged in (forged_one, forged_tail):
+        bodies = [*seq_bodies(1, 3), {"seq": 4, "type": "custom_property_changed", "value": forged}]
+        source = tmp_path / "source.log"
+        offsets = write_segment(source, bodies)
+        data = source.read_bytes()
+        embedded = data.index(forged)
+        assert scan_segment(data[embedded:], is_last=True).bodies  # the text really is a record
+        for cut in range(offsets[3] + 1, len(data)):
+            scan = scan_segment(data[:cut], is_last=True)
+            assert [b["seq"] for b in scan.bodies] == [1, 2, 3], cut
+            assert scan.torn_tail is not None and scan.torn_tail.offset == offsets[3], cut
+
+
+async def test_issue_13_torn_custom_property_record_on_disk_recovers_and_appends(tmp_path: Path) -> None:
+    forged = encode_record({"seq": 3, "type": "channel_stopped", "reason": 9})
+    path = segment_path(tmp_path, 1)
+    offsets = write_segment(path, [*seq_bodies(1, 2), {"seq": 3, "type": "custom_property_changed", "value": forged * 2}])
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(forged) + len(forged) + 3])  # one whole forged record, then a cut
+    log, report = EventLog.open(tmp_path, FsyncMode.BATCH)
+    assert (report.last_seq, report.torn_tail is not None) == (2, True)
+    assert path.stat().st_size == offsets[2]
+    with trio.fail_after(IO_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            assert await log.append([event(3)]) == [3]
+            await log.aclose()
+
+
+def test_scan_damaged_length_of_last_record_with_nothing_after_is_torn_tail() -> None:
+    """A complete body whose length runs past EOF and nothing but zeros after it: the last
+    record, damaged; design.md: a length past EOF in the last record is a torn tail."""
+    good, last = encode_record({"seq": 1}), bytearray(encode_record({"seq": 2, "type": "x"}))
+    last[0] += 40
+    for tail in (b"", b"\0" * 7):
+        scan = scan_segment(good + bytes(last) + tail, is_last=True)
+        assert [b["seq"] for b in scan.bodies] == [1] and scan.torn_tail is not None
+
+
 async def test_open_flipped_byte_in_last_record_truncates_torn_tail(tmp_path: Path) -> None:
     offsets = write_segment(segment_path(tmp_path, 1), seq_bodies(1, 4))
     size = segment_path(tmp_path, 1).stat().st_size
@@ -596,4 +641,4 @@ def test_scan_length_field_corrupted_past_eof_with_intact_records_after_is_corru
     data[1] ^= 0x04  # the first record's length grows by 1 KiB: past the end of the file
     with pytest.raises(LogCorruption) as excinfo:
         scan_segment(bytes(data), is_last=True)
-    assert excinfo.value.offset == 0 and "intact record follows" in str(excinfo.value)
+    assert excinfo.value.offset == 0 and "the length field is damaged" in str(excinfo.value)

@@ -16,6 +16,7 @@ reported and dropped; any other damage is :class:`LogCorruption` and is never sk
 
 from __future__ import annotations
 
+import enum
 import re
 import struct
 import zlib
@@ -248,17 +249,18 @@ def _classify(
     (nothing was written after it), or everything from the damage to EOF is zero bytes
     (a crash after the file grew but before its data reached the disk, which some
     filesystems show). No record is all zeros, so that rule cannot hide a record.
+
+    A record whose length runs past EOF is judged by the structure of the body bytes
+    present (`_body_prefix`), never by searching them for something that looks like a
+    record: a body holds client text (a custom property may itself be a valid record), so
+    such a search would let a client's bytes decide whether the server starts.
     """
     size = len(data)
     if is_last:
-        if stop >= size:
-            # A damaged length field also "runs past the end": only a dying writer's last
-            # record may, so an intact record anywhere after the damage means corruption.
-            intact = _intact_record_after(data, offset + 1)
-            if intact is None:
-                return TornTail(path, offset, size - offset, reason)
-            reason += f", but an intact record follows at byte offset {intact}"
-            raise LogCorruption(path, offset, reason)
+        if stop == size:
+            return TornTail(path, offset, size - offset, reason)  # the last record, damaged
+        if stop > size:
+            return _classify_past_eof(data, offset, reason, path)
         if data.count(0, offset) == size - offset:
             return TornTail(path, offset, size - offset, f"zero-filled tail ({reason})")
         reason += f", and {size - stop} more bytes follow that record"
@@ -267,16 +269,50 @@ def _classify(
     raise LogCorruption(path, offset, reason)
 
 
-def _intact_record_after(data: bytes, start: int) -> int | None:
-    """The offset of the first complete record with a good checksum at or after ``start``."""
+def _classify_past_eof(data: bytes, offset: int, reason: str, path: Path | None) -> TornTail:
+    """A record at the end of the last segment whose length says it goes on past EOF.
+
+    A dying writer leaves a prefix of a true record, and msgpack is self-delimiting, so the
+    body bytes present are then an unfinished value (perhaps followed by zeros that never
+    reached the disk). A body that is complete before EOF, with more bytes after it, means
+    the length field itself is damaged and the bytes after the body are the next records:
+    corruption, whatever the records contain.
+    """
     size = len(data)
-    unpack_header = _HEADER.unpack_from
-    for offset in range(start, size - HEADER_BYTES + 1):
-        length, stored = unpack_header(data, offset)
-        stop = offset + HEADER_BYTES + length
-        if 0 < length <= MAX_RECORD_BYTES and stop <= size and mask_crc(zlib.crc32(data[offset + HEADER_BYTES : stop])) == stored:
-            return offset
-    return None
+    body = bytes(data[offset + HEADER_BYTES:])
+    if _body_prefix(body.rstrip(b"\0")) is _Prefix.UNFINISHED:
+        return TornTail(path, offset, size - offset, reason)
+    shape = _body_prefix(body)
+    if isinstance(shape, int):
+        rest = body[shape:]
+        if not rest.strip(b"\0"):
+            return TornTail(path, offset, size - offset, reason)  # the last record, its length damaged
+        raise LogCorruption(
+            path, offset, f"{reason}, but its body ends at byte offset {offset + HEADER_BYTES + shape} "
+            f"and {len(rest)} more bytes follow: the length field is damaged")
+    intact = _intact_record_after(data, offset + 1)  # not msgpack at all: no client text in it
+    if intact is None:
+        return TornTail(path, offset, size - offset, reason)
+    raise LogCorruption(path, offset, f"{reason}, but an intact record follows at byte offset {intact}")
+
+
+class _Prefix(enum.Enum):
+    UNFINISHED = "unfinished"  # a proper prefix of one msgpack value (or nothing)
+    INVALID = "invalid"  # not the start of any msgpack value
+
+
+def _body_prefix(body: bytes) -> _Prefix | int:
+    """How ``body`` begins: an unfinished msgpack value, one complete value (its length in
+    bytes is returned), or something that is not msgpack."""
+    unpacker = msgpack.Unpacker(**_UNPACK_OPTIONS, max_buffer_size=max(len(body), 1))
+    unpacker.feed(body)
+    try:
+        unpacker.skip()
+    except msgpack.OutOfData:
+        return _Prefix.UNFINISHED
+    except Exception:  # whatever msgpack raises for bytes that are no msgpack value
+        return _Prefix.INVALID
+    return unpacker.tell()
 
 
 def _iter_records(
