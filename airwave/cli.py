@@ -92,8 +92,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from airwave.actors.log import FsyncMode, LogFailed, LogLocked
-    from airwave.actors.log.format import LogCorruption
+    from airwave.actors.log import FsyncMode, LogCorruption, LogFailed, LogLocked, UnusableRecord
     from airwave.actors.server import ServerSettings, serve
 
     from airwave.actors.participant import SessionSettings
@@ -133,6 +132,8 @@ def _serve(args: argparse.Namespace) -> int:
         trio.run(main)
     except* LogCorruption as group:
         failure = (f"the event log is corrupt, refusing to start: {_leaf(group)}", 2)
+    except* UnusableRecord as group:
+        failure = (f"the event log holds a record this server cannot use, refusing to start: {_leaf(group)}", 2)
     except* LogLocked as group:
         failure = (str(_leaf(group)), 2)
     except* LogFailed as group:
@@ -146,7 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from airwave.actors.log.format import LogCorruption
+    from airwave.actors.log import LogCorruption, UnusableRecord
     from airwave.actors.log.replay import (
         event_json,
         event_text,
@@ -162,10 +163,13 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
     try:
         items = list(replay_events(path, channel=args.channel, until=args.until))
+        channels = fold_replayed(items, path)
     except LogCorruption as exc:
         print(f"airwave: the event log is corrupt: {exc}", file=sys.stderr)
         return 2
-    channels = fold_replayed(items)
+    except UnusableRecord as exc:
+        print(f"airwave: cannot replay: {exc}", file=sys.stderr)
+        return 2
     out = sys.stdout
     if args.json:
         for item in items:

@@ -301,6 +301,16 @@ async def test_issue_13_torn_custom_property_record_on_disk_recovers_and_appends
             await log.aclose()
 
 
+def test_scan_length_past_eof_over_bytes_that_are_no_msgpack_is_judged_by_what_follows() -> None:
+    """Not msgpack at all (no writer wrote it, no client text in it): torn unless an intact
+    record follows inside those bytes."""
+    good = encode_record({"seq": 1})
+    garbage = (500).to_bytes(4, "little") + b"\0\0\0\0" + b"\xc1" * 9
+    assert scan_segment(good + garbage, is_last=True).torn_tail is not None
+    with pytest.raises(LogCorruption, match="an intact record follows"):
+        scan_segment(good + garbage + encode_record({"seq": 2}), is_last=True)
+
+
 def test_scan_damaged_length_of_last_record_with_nothing_after_is_torn_tail() -> None:
     """A complete body whose length runs past EOF and nothing but zeros after it: the last
     record, damaged; design.md: a length past EOF in the last record is a torn tail."""

@@ -151,6 +151,7 @@ class Abuse:
     close_code: int | None = None
     eof: bool = False  # raw TCP abusers: the server closed the socket
     notes: list[str] = attrs.field(factory=list)
+    seconds: float = 0.0  # how long the connection lasted, as the abuser measured it
 
 
 def collect(wire: Wire, abuse: Abuse) -> None:
@@ -323,11 +324,13 @@ async def abuse_control_flood(url: str, name: str, user_id: str | None) -> Abuse
     """Pings as fast as the socket takes them, without waiting for replies (joined as
     ``user_id`` first, if given)."""
     abuse = Abuse(name)
+    opened = trio.current_time()
     async with open_wire(url) as wire:
         if user_id is not None:
             assert (await wire.request(Join, channel="live", user_id=user_id)).ok
         await send_all_frames(wire, [encode(Ping(id=1000 + i)) for i in range(300)])
         await wait_closed(wire)
+        abuse.seconds = trio.current_time() - opened
         await finish(wire, abuse)
     return abuse
 
@@ -512,13 +515,15 @@ async def test_abuse_flood_listener_audio_clean_server_intact_log_replays(
     for name in ("control_flood_joined", "control_flood_idle1", "control_flood_idle2"):
         got = by_name[name]
         assert got.close_code == 1008, got
-        # The burst of 40 (less the hello and join, plus what refilled at 20/s since) is
-        # answered; then rate_limited (a refilled token may slip one through) until the
-        # strikes run out and the connection is closed.
+        # The burst of 40 less the hello and join is answered at least; at most the burst
+        # plus what refilled at 20/s over the connection's life, however slow a loaded
+        # machine made it. Then rate_limited (a refilled token may slip one through) until
+        # the strikes run out and the connection is closed.
+        granted_at_most = 40 + 20.0 * got.seconds
         answered = next(i for i, reason in enumerate(got.reasons) if reason is not Reason.NONE)
-        assert 38 <= answered <= 41, got
+        assert 38 <= answered <= granted_at_most, got
         assert set(got.reasons[answered:]) <= {Reason.NONE, Reason.RATE_LIMITED}, got
-        assert got.reasons.count(Reason.NONE) <= answered + 3, got
+        assert got.reasons.count(Reason.NONE) <= granted_at_most, got
         assert got.reasons.count(Reason.RATE_LIMITED) >= MAX_STRIKES - 3, got
     got = by_name["media_flood"]
     assert got.close_code == 1008 and got.errors == [Reason.NO_PERMISSION], got

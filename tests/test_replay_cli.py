@@ -205,3 +205,55 @@ async def test_replay_text_and_segment_file_show_timeline_and_final_state(
 def test_replay_missing_path_exits_2_with_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", str(tmp_path / "nothing")]) == 2
     assert "no event log at" in capsys.readouterr().err
+
+
+# --- logs this version cannot use: one line, exit 2, for replay and for serve alike ---
+
+
+def write_log(directory: Path, bodies: list[dict[str, Any]]) -> None:
+    from airwave.actors.log.format import encode_record, segment_path
+
+    directory.mkdir()
+    segment_path(directory, 1).write_bytes(b"".join(encode_record(body) for body in bodies))
+
+
+def created(seq: int, number: int = 1) -> dict[str, Any]:
+    return {"seq": seq, "type": "channel_created", "v": 1, "time": 1.0, "channel": "show", "number": number,
+            "created_by": "host", "capacity": 10, "heartbeat_time": 3.0, "heartbeat_timeout": 9.0}
+
+
+def joined(seq: int, user_id: str) -> dict[str, Any]:
+    return {"seq": seq, "type": "participant_joined", "v": 1, "time": 2.0, "channel": "show", "number": 1,
+            "user_id": user_id, "sid": seq, "role": int(CustomRole.ROLE_1), "state": 0}
+
+
+UNUSABLE_LOGS = {
+    "seq_gap": ([created(85), joined(91, "alice"), joined(87, "bob")], "record has seq 91, expected seq 86"),
+    "unknown_type": ([created(1), {"seq": 2, "type": "participant_teleported", "v": 1}], "record seq 2: unknown event 'participant_teleported'"),
+    "newer_schema": ([created(1), {**joined(2, "alice"), "v": 2}], "record seq 2: 'participant_joined' was written by a newer Airwave"),
+    "role_change_for_a_stranger": (
+        [created(1), {"seq": 2, "type": "role_changed", "v": 1, "time": 3.0, "channel": "show", "number": 1,
+                      "user_id": "mallory", "role": int(CustomRole.ROLE_0)}],
+        "record seq 2: role_changed for 'mallory', who is not a member of channel #1",
+    ),
+}
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    import sys
+
+    with trio.fail_after(30):
+        done = await trio.run_process([sys.executable, "-m", "airwave.cli", *args], capture_stdout=True, capture_stderr=True, check=False)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+@pytest.mark.parametrize("case", sorted(UNUSABLE_LOGS))
+async def test_issue_13_replay_and_serve_refuse_an_unusable_log_in_one_line(tmp_path: Path, case: str) -> None:
+    bodies, says = UNUSABLE_LOGS[case]
+    data = tmp_path / "data"
+    write_log(data, bodies)
+    for command in (["replay", str(data)], ["serve", "--data", str(data), "--port", "0"]):
+        code, out, err = await run_cli(*command)
+        assert code == 2, (command, out, err)
+        (verdict,) = [line for line in err.splitlines() if line.startswith("airwave: ")]  # the rest: serve's log
+        assert says in verdict and "Traceback" not in err, (command, err)

@@ -33,7 +33,7 @@ from .events import (
     event_to_record,
 )
 from .passwords import SALT_BYTES, hash_password, password_matches
-from .state import URI_PREFIX, Channel, Member, channel_uri, evolve, fold
+from .state import URI_PREFIX, Channel, EventOutOfPlace, Member, channel_uri, evolve, fold
 
 __all__ = [
     "SALT_BYTES",
@@ -53,6 +53,7 @@ __all__ = [
     "EndChannel",
     "Event",
     "EventDecodeError",
+    "EventOutOfPlace",
     "JoinChannel",
     "KickMember",
     "LeaveChannel",

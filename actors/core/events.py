@@ -210,7 +210,12 @@ def event_from_record(record: Mapping[str, Any]) -> Event:
     version = record.get("v", SCHEMA_VERSION)
     # A non-string type (a list, say) would be unhashable; version 1 is the oldest there is.
     cls = EVENT_TYPES.get(event_type) if type(event_type) is str else None
-    if cls is None or type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
+    if type(version) is int and version > SCHEMA_VERSION:
+        raise EventDecodeError(
+            f"{event_type!r} was written by a newer Airwave (event schema v{version}; "
+            f"this version reads up to v{SCHEMA_VERSION}): upgrade Airwave to read this log"
+        )
+    if cls is None or type(version) is not int or version < 1:
         raise EventDecodeError(f"unknown event {event_type!r} (schema v{version})")
     fields = {key: value for key, value in record.items() if key not in ("seq", "type", "v")}
     try:

@@ -29,6 +29,15 @@ from .events import (
 URI_PREFIX = "airwave:"
 
 
+class EventOutOfPlace(ValueError):
+    """An event that cannot follow the state it meets (live actors never produce one; a log
+    written by hand, or by another program, may hold one)."""
+
+    def __init__(self, event: Event, message: str) -> None:
+        super().__init__(message)
+        self.event = event
+
+
 def channel_uri(channel_id: str) -> str:
     return URI_PREFIX + channel_id
 
@@ -106,7 +115,7 @@ def evolve(channel: Channel | None, event: Event) -> Channel:
             password_hash=event.password_hash,
         )
     if channel is None or channel.number != event.number:
-        raise ValueError(f"{event.TYPE} for channel #{event.number} without its channel_created")
+        raise EventOutOfPlace(event, f"{event.TYPE} for channel #{event.number} without its channel_created")
     match event:
         case MemberJoined():
             member = Member(
@@ -124,11 +133,11 @@ def evolve(channel: Channel | None, event: Event) -> Channel:
                 channel, members=channel.members.set(event.user_id, member), next_sid=max(channel.next_sid, event.sid + 1)
             )
         case RoleChanged():
-            return _with_member(channel, event.user_id, role=event.role)
+            return _with_member(channel, event, event.user_id, role=event.role)
         case StateChanged():
-            return _with_member(channel, event.user_id, state=event.state)
+            return _with_member(channel, event, event.user_id, state=event.state)
         case AudioUploadChanged():
-            return _with_member(channel, event.user_id, upload=event.enabled)
+            return _with_member(channel, event, event.user_id, upload=event.enabled)
         case CustomPropertyChanged():
             return attrs.evolve(channel, custom_property=event.value)
         case MemberLeft():
@@ -140,10 +149,10 @@ def evolve(channel: Channel | None, event: Event) -> Channel:
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover
 
 
-def _with_member(channel: Channel, user_id: str, **changes: object) -> Channel:
+def _with_member(channel: Channel, event: Event, user_id: str, **changes: object) -> Channel:
     member = channel.members.get(user_id)
     if member is None:
-        raise ValueError(f"{user_id!r} is not a member of channel #{channel.number}")
+        raise EventOutOfPlace(event, f"{event.TYPE} for {user_id!r}, who is not a member of channel #{channel.number}")
     return attrs.evolve(channel, members=channel.members.set(user_id, attrs.evolve(member, **changes)))
 
 

@@ -34,6 +34,8 @@ __all__ = [
     "LogCorruption",
     "SegmentScan",
     "TornTail",
+    "UnusableRecord",
+    "check_seq",
     "encode_record",
     "list_segments",
     "mask_crc",
@@ -84,6 +86,23 @@ class LogCorruption(Exception):
             f"event log corrupt: {where} at byte offset {self.offset}: {self.reason}; "
             "refusing to continue (records after this point cannot be trusted)"
         )
+
+
+class UnusableRecord(Exception):
+    """An intact record (good CRC, a msgpack map, the right seq) whose content this version
+    cannot use: an unknown event type, a newer schema, an event that does not fit the state
+    it meets. Like corruption, nothing is skipped: the server refuses to start and replay
+    stops, each with one line saying what and where."""
+
+    def __init__(self, path: Path | None, seq: object, reason: str) -> None:
+        super().__init__(path, seq, reason)
+        self.path = path
+        self.seq = seq
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f"event log {self.path}: " if self.path else "event log: "
+        return f"{where}record seq {self.seq}: {self.reason}"
 
 
 class InvalidRecordBody(ValueError):
@@ -273,10 +292,12 @@ def _classify_past_eof(data: bytes, offset: int, reason: str, path: Path | None)
     """A record at the end of the last segment whose length says it goes on past EOF.
 
     A dying writer leaves a prefix of a true record, and msgpack is self-delimiting, so the
-    body bytes present are then an unfinished value (perhaps followed by zeros that never
-    reached the disk). A body that is complete before EOF, with more bytes after it, means
-    the length field itself is damaged and the bytes after the body are the next records:
-    corruption, whatever the records contain.
+    body bytes present are then an unfinished map (perhaps followed by zeros that never
+    reached the disk). A map that is complete before EOF, with more bytes after it, means
+    the length field itself is damaged and the bytes after the map are the next records:
+    corruption, whatever the records contain. Bytes that are no map at all were not written
+    as a record (and hold no client text): they are a torn tail unless an intact record
+    follows inside them.
     """
     size = len(data)
     body = bytes(data[offset + HEADER_BYTES:])
@@ -290,20 +311,35 @@ def _classify_past_eof(data: bytes, offset: int, reason: str, path: Path | None)
         raise LogCorruption(
             path, offset, f"{reason}, but its body ends at byte offset {offset + HEADER_BYTES + shape} "
             f"and {len(rest)} more bytes follow: the length field is damaged")
-    intact = _intact_record_after(data, offset + 1)  # not msgpack at all: no client text in it
+    intact = _intact_record_after(data, offset + 1)
     if intact is None:
         return TornTail(path, offset, size - offset, reason)
     raise LogCorruption(path, offset, f"{reason}, but an intact record follows at byte offset {intact}")
 
 
+def _intact_record_after(data: bytes, start: int) -> int | None:
+    """The offset of the first complete record with a good checksum at or after ``start``."""
+    size = len(data)
+    unpack_header = _HEADER.unpack_from
+    for offset in range(start, size - HEADER_BYTES + 1):
+        length, stored = unpack_header(data, offset)
+        stop = offset + HEADER_BYTES + length
+        if 0 < length <= MAX_RECORD_BYTES and stop <= size and mask_crc(zlib.crc32(data[offset + HEADER_BYTES : stop])) == stored:
+            return offset
+    return None
+
+
 class _Prefix(enum.Enum):
-    UNFINISHED = "unfinished"  # a proper prefix of one msgpack value (or nothing)
-    INVALID = "invalid"  # not the start of any msgpack value
+    UNFINISHED = "unfinished"  # a proper prefix of one msgpack map (or nothing)
+    INVALID = "invalid"  # not the start of a msgpack map: no writer wrote it
 
 
 def _body_prefix(body: bytes) -> _Prefix | int:
-    """How ``body`` begins: an unfinished msgpack value, one complete value (its length in
-    bytes is returned), or something that is not msgpack."""
+    """How ``body`` begins: an unfinished msgpack map, one complete map (its length in bytes
+    is returned), or anything else. Every record body is a map, so only those two shapes can
+    come from the writer."""
+    if body and not (0x80 <= body[0] <= 0x8F or body[0] in (0xDE, 0xDF)):
+        return _Prefix.INVALID
     unpacker = msgpack.Unpacker(**_UNPACK_OPTIONS, max_buffer_size=max(len(body), 1))
     unpacker.feed(body)
     try:
@@ -390,6 +426,24 @@ def scan_segment(data: bytes, *, is_last: bool, path: Path | None = None) -> Seg
 # --------------------------------------------------------------------------- files
 
 
+def check_seq(body: Mapping[str, Any], last_seq: int, data: bytes, index: int, path: Path | None) -> int:
+    """A record's seq is a positive int, one more than the last (a gap or a repeat means
+    records were lost or files mixed up); the log's first seq may be above 1, so that
+    dropping old segments stays possible (``last_seq`` 0: none yet). Returns the seq."""
+    seq = body.get("seq")
+    if type(seq) is not int or seq < 1 or (last_seq and seq != last_seq + 1):
+        want = f"seq {last_seq + 1}" if last_seq else "a positive integer seq"
+        raise LogCorruption(path, _record_offset(data, index), f"record has seq {seq!r}, expected {want}")
+    return seq
+
+
+def _record_offset(data: bytes, index: int) -> int:
+    offset = 0
+    for _ in range(index):
+        offset += HEADER_BYTES + int.from_bytes(data[offset:offset + 4], "little")
+    return offset
+
+
 def segment_path(directory: Path, number: int) -> Path:
     """The file name of segment ``number`` (1-based) in ``directory``."""
     return directory / f"events-{number:08d}.log"
@@ -416,7 +470,8 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the event bodies of a data directory (every segment in order) or of one
-    segment file, verifying every record.
+    segment file, verifying every record and that the seqs run on without a gap, as the
+    server's recovery does.
 
     A torn tail at the end of the final segment ends the stream quietly (nothing after
     it is used); when ``path`` is one segment file, it counts as final unless the
@@ -435,6 +490,10 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
             number = int(match.group(1))
             is_last = not segment_path(path.parent, number + 1).exists()
         plan = [(path, is_last)]
+    last_seq = 0
     for segment, is_last in plan:
+        data = segment.read_bytes()
         end = _ScanEnd()
-        yield from _iter_records(segment.read_bytes(), is_last, segment, end)
+        for index, body in enumerate(_iter_records(data, is_last, segment, end)):
+            last_seq = check_seq(body, last_seq, data, index, segment)
+            yield body

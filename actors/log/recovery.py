@@ -19,8 +19,9 @@ import attrs
 
 from airwave.protocol import Reason
 
-from ..core import Accepted, EndChannel, decide, event_from_record, event_to_record, fold
-from .format import HEADER_BYTES, LogCorruption, TornTail, list_segments, scan_segment
+from ..core import Accepted, EndChannel, decide, event_to_record
+from .format import TornTail, check_seq, list_segments, scan_segment
+from .replay import fold_replayed, replay_records
 
 __all__ = ["RecoveryReport", "closing_records", "recover"]
 
@@ -50,7 +51,8 @@ def recover(
     for index, (_, path) in enumerate(segments):
         data = path.read_bytes()
         scan = scan_segment(data, is_last=index == len(segments) - 1, path=path)
-        last_seq = _check_seqs(scan.bodies, last_seq, data, path)
+        for position, body in enumerate(scan.bodies):
+            last_seq = check_seq(body, last_seq, data, position, path)
         events.extend(scan.bodies)
         if scan.torn_tail is not None:
             torn = scan.torn_tail
@@ -64,33 +66,9 @@ def recover(
     return segments, events, last_seq, torn
 
 
-def _check_seqs(
-    bodies: tuple[dict[str, Any], ...], last_seq: int, data: bytes, path: Path
-) -> int:
-    """Seqs must be positive ints, each one more than the last: a gap or a repeat means
-    records were lost or files were mixed up. The log's first seq may be above 1 (so
-    that dropping old segments stays possible). Returns the last seq."""
-    expected = last_seq + 1 if last_seq else None
-    for index, body in enumerate(bodies):
-        seq = body.get("seq")
-        if type(seq) is not int or seq < 1 or (expected is not None and seq != expected):
-            want = f"seq {expected}" if expected is not None else "a positive integer seq"
-            raise LogCorruption(path, _record_offset(data, index),
-                                f"record has seq {seq!r}, expected {want}")
-        expected = seq + 1
-    return last_seq if expected is None else expected - 1
-
-
-def _record_offset(data: bytes, index: int) -> int:
-    offset = 0
-    for _ in range(index):
-        offset += HEADER_BYTES + int.from_bytes(data[offset:offset + 4], "little")
-    return offset
-
-
 def closing_records(report: RecoveryReport, time: float) -> tuple[list[dict[str, Any]], int]:
     """The records that end every channel left open by a crash, and the next channel number."""
-    channels = fold(event_from_record(body) for body in report.events)
+    channels = fold_replayed(list(replay_records(report.events, report.directory)), report.directory)
     records: list[dict[str, Any]] = []
     for channel in channels.values():
         decision = decide(channel, EndChannel(time, Reason.SERVER_RESTART))

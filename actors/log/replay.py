@@ -7,14 +7,14 @@ actors and crash recovery use.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from ..core import Channel, Event, event_from_record, fold
-from .format import read_events
+from ..core import Channel, Event, EventDecodeError, EventOutOfPlace, event_from_record, fold
+from .format import UnusableRecord, read_events
 
 # Fields printed as they are; roles and states print as their index, reasons with their name.
 _HIDDEN = frozenset({"password_hash", "v", "type", "seq", "time", "channel", "user_id"})
@@ -28,13 +28,22 @@ class ReplayedEvent:
 
 def replay_events(path: Path, *, channel: str | None = None, until: int | None = None) -> Iterator[ReplayedEvent]:
     """The log's events in order; ``until`` includes that seq."""
-    for record in read_events(path):
-        seq = record["seq"]
-        if until is not None and seq > until:
+    for item in replay_records(read_events(path), path):
+        if until is not None and item.seq > until:
             return
-        event = event_from_record(record)
-        if channel is None or event.channel == channel:
-            yield ReplayedEvent(seq, event)
+        if channel is None or item.event.channel == channel:
+            yield item
+
+
+def replay_records(bodies: Iterable[Mapping[str, Any]], path: Path | None) -> Iterator[ReplayedEvent]:
+    """Records (verified bodies, with their seq) as events; one this version cannot decode
+    raises `UnusableRecord` naming its seq."""
+    for body in bodies:
+        try:
+            event = event_from_record(body)
+        except EventDecodeError as exc:
+            raise UnusableRecord(path, body.get("seq"), str(exc)) from None
+        yield ReplayedEvent(body["seq"], event)
 
 
 def iso_time(epoch: float) -> str:
@@ -116,5 +125,11 @@ def final_state_text(channel: Channel) -> str:
     return "\n".join(lines)
 
 
-def fold_replayed(items: list[ReplayedEvent]) -> dict[int, Channel]:
-    return fold(item.event for item in items)
+def fold_replayed(items: list[ReplayedEvent], path: Path | None = None) -> dict[int, Channel]:
+    """Every channel instance the events build; an event that does not fit the state it meets
+    raises `UnusableRecord` naming its seq."""
+    try:
+        return fold(item.event for item in items)
+    except EventOutOfPlace as exc:
+        seq = next(item.seq for item in items if item.event is exc.event)
+        raise UnusableRecord(path, seq, str(exc)) from None
