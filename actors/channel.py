@@ -311,6 +311,18 @@ class ChannelActor:
             if user_id != skip:
                 session.send_frame(frame)
 
+    def _broadcast_update(self, member: Member, update: ParticipantUpdated) -> None:
+        """Everyone gets the update (decision 5). The audience, which hears of a member's
+        leave only while the member is announced, is told by ``in_view`` whether it still
+        sees ``member``, so no client needs to know the server's role policy. At most two
+        distinct frames, each encoded once."""
+        if member.user_id in self._announced:
+            self._broadcast(update)
+            return
+        seen, unseen = frame_of(update), frame_of(attrs.evolve(update, in_view=False))
+        for user_id, session in self._sessions.items():
+            session.send_frame(seen if user_id in self._hosts or user_id == member.user_id else unseen)
+
     def _act(self, envelope: Envelope, event: Event, before: Channel | None, after: Channel) -> None:
         match event:
             case ChannelCreated():
@@ -367,7 +379,7 @@ class ChannelActor:
                     AudioUploadChanged: ParticipantChange.AUDIO,
                 }[type(event)]
                 volume = self._volumes.get(member.sid, VolumeStatus.ZERO)
-                self._broadcast(ParticipantUpdated(participant_info(member, volume), int(changes)))
+                self._broadcast_update(member, ParticipantUpdated(participant_info(member, volume), int(changes)))
             case CustomPropertyChanged():
                 self._broadcast(PropertyChanged(int(PropertyChange.CUSTOM_PROPERTY), after.custom_property, after.title))
             case ChannelStopped():

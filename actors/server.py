@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from airwave.protocol import Reason
+from airwave.protocol import DEFAULT_POLICY, Reason, RolePolicy
 
 from .clock import now
 from .gateway import Gateway
@@ -41,6 +41,9 @@ class ServerSettings:
     max_joining: int = 64
     admission_hold: float = 0.5
     stats_interval: float | None = None  # log a statistics line this often (soak runs read it)
+    # What each role and state may do; the server tells clients what follows from it for them
+    # (participant_updated.in_view, replies), so no client needs a copy.
+    policy: RolePolicy = DEFAULT_POLICY
 
 
 class RunningServer:
@@ -90,7 +93,10 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
         listener = open_listener(settings.host, settings.port)
         try:
             async with trio.open_nursery() as service:
-                registry = Registry(service, event_log.append, next_number=next_number, max_channels=settings.max_channels)
+                registry = Registry(
+                    service, event_log.append, next_number=next_number, policy=settings.policy,
+                    max_channels=settings.max_channels,
+                )
                 gateway = Gateway(
                     registry, settings.session, max_per_address=settings.max_connections_per_address,
                     limit_loopback=settings.limit_loopback, max_joining=settings.max_joining,

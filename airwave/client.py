@@ -16,7 +16,6 @@ sync call simply queues its ``*_async`` twin on the channel's operation runner.
 
 from __future__ import annotations
 
-import enum
 import itertools
 import json
 import logging
@@ -24,7 +23,7 @@ import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -32,7 +31,7 @@ import trio_websocket
 
 from airwave.audio import AudioReceiver, AudioSender, AudioSource, Recorder, recorder_for
 from airwave.protocol import (
-    DEFAULT_POLICY,
+    ChannelInfo,
     ChannelState,
     CustomRole,
     CustomState,
@@ -44,18 +43,13 @@ from airwave.protocol import (
     Left,
     MemberCount,
     MessageReceived,
-    NetStatus,
     ParticipantChange,
-    ParticipantInfo,
     ParticipantJoined,
     ParticipantLeft,
-    ParticipantType,
     ParticipantUpdated,
     PropertyChange,
     PropertyChanged,
-    ChannelInfo,
     Query,
-    QueryInfo,
     Reason,
     RefreshToken,
     Reply,
@@ -67,203 +61,75 @@ from airwave.protocol import (
     Stop,
     SubscribeAudio,
     VolumeChanged,
-    VolumeStatus,
     channel_info_from_wire,
     limits,
     query_info_from_wire,
 )
-from airwave.wire import Wire, WireClosed, open_wire
+from airwave.values import (
+    ChannelEvent,
+    ConnectionState,
+    ConnectionStateEvent,
+    JoinParam,
+    JoinResult,
+    LeaveEvent,
+    MediaChannelCallback,
+    MemberCountEvent,
+    MessageEvent,
+    OperationError,
+    Participant,
+    ParticipantJoinEvent,
+    ParticipantLeftEvent,
+    ParticipantUpdateEvent,
+    PropertyChangeEvent,
+    QueryResult,
+    ReconnectPolicy,
+    StateChangeEvent,
+    StopResult,
+    VolumeChangeEvent,
+)
+from airwave.wire import Wire, WireClosed, open_wire, send_dropping_oldest
+
+# The SDK's surface: the engine defined here, and its values (values.py), re-exported so
+# that ``from airwave.client import JoinParam`` keeps working.
+__all__ = [
+    "ChannelEvent",
+    "Client",
+    "ConnectionState",
+    "ConnectionStateEvent",
+    "JoinParam",
+    "JoinResult",
+    "LeaveEvent",
+    "MediaChannel",
+    "MediaChannelCallback",
+    "MediaDevice",
+    "MemberCountEvent",
+    "MessageEvent",
+    "OperationError",
+    "Participant",
+    "ParticipantJoinEvent",
+    "ParticipantLeftEvent",
+    "ParticipantUpdateEvent",
+    "PropertyChangeEvent",
+    "QueryResult",
+    "ReconnectPolicy",
+    "StateChangeEvent",
+    "StopResult",
+    "VolumeChangeEvent",
+    "open_channel",
+]
 
 log = logging.getLogger("airwave.client")
 
 OPERATION_QUEUE = 256  # sync calls waiting to be sent; beyond it a call returns False
-EVENT_QUEUE = 1024  # per events() iterator; beyond it the oldest event is dropped (counted)
+# Per events() iterator. A consumer that falls this far behind loses its oldest unread event
+# for each new one (counted in events_dropped): what it reads next is what happened last,
+# so it catches up with the channel's present instead of reading stale history.
+EVENT_QUEUE = 1024
 TICK = 0.020
 
-
-# --- values ---------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class JoinParam:
-    """The vendor's JoinParam. The first joiner's values configure the channel."""
-
-    uri_mode: bool = False
-    password: str | None = None
-    capacity: int | None = None
-    heartbeat_time: int | None = None
-    heartbeat_timeout: int | None = None
-    display_name: str = ""
-    title: str = ""
-    custom_property: str = ""
-    max_senders: int | None = None
-    token: str | None = None  # required by a server with a secret
-
-
-@attrs.frozen
-class Participant:
-    user_id: str
-    sid: int
-    display_name: str
-    custom_role: CustomRole
-    custom_state: CustomState
-    audio: bool  # uploading audio
-    volume_status: VolumeStatus
-    net_status: NetStatus
-    type: ParticipantType
-    is_creator: bool
-    is_self: bool
-    audio_subscribe: bool = True  # whether this client receives their audio
-
-    @classmethod
-    def from_info(cls, info: ParticipantInfo, *, is_self: bool, audio_subscribe: bool = True) -> Participant:
-        return cls(
-            user_id=info.user_id,
-            sid=info.sid,
-            display_name=info.display_name,
-            custom_role=info.role,
-            custom_state=info.state,
-            audio=info.audio,
-            volume_status=info.volume_status,
-            net_status=info.net_status,
-            type=info.type,
-            is_creator=info.is_creator,
-            is_self=is_self,
-            audio_subscribe=audio_subscribe,
-        )
-
-
-# --- events: what the callbacks receive, as values for the async face ----------------------
-
-
-@attrs.frozen
-class JoinResult:
-    CALLBACK: ClassVar[str] = "on_join"
-    result: bool
-    reason: Reason
-    channel_id: str
-
-
-@attrs.frozen
-class LeaveEvent:
-    CALLBACK: ClassVar[str] = "on_leave"
-    reason: Reason
-    channel_id: str
-
-
-@attrs.frozen
-class StopResult:
-    CALLBACK: ClassVar[str] = "on_stop"
-    result: bool
-    reason: Reason
-
-
-@attrs.frozen
-class QueryResult:
-    CALLBACK: ClassVar[str] = "on_query"
-    operation_id: int
-    result: bool
-    reason: Reason
-    info: QueryInfo | None
-
-
-@attrs.frozen
-class ParticipantJoinEvent:
-    CALLBACK: ClassVar[str] = "on_participant_join"
-    participant: Participant
-
-
-@attrs.frozen
-class ParticipantLeftEvent:
-    CALLBACK: ClassVar[str] = "on_participant_left"
-    participant: Participant
-    reason: Reason
-
-
-@attrs.frozen
-class ParticipantUpdateEvent:
-    CALLBACK: ClassVar[str] = "on_participant_update"
-    participant: Participant
-    change: ParticipantChange
-
-
-@attrs.frozen
-class VolumeChangeEvent:
-    CALLBACK: ClassVar[str] = "on_participant_volume_change"
-    participant: Participant
-
-
-@attrs.frozen
-class MessageEvent:
-    CALLBACK: ClassVar[str] = "on_message_receive"
-    type: str
-    content: str
-    from_user_id: str
-
-
-@attrs.frozen
-class StateChangeEvent:
-    CALLBACK: ClassVar[str] = "on_media_channel_state_change"
-    state: ChannelState
-    old_state: ChannelState
-
-
-@attrs.frozen
-class PropertyChangeEvent:
-    CALLBACK: ClassVar[str] = "on_media_channel_property_change"
-    change: PropertyChange
-
-
-@attrs.frozen
-class MemberCountEvent:
-    """Airwave addition: the audience learns the member count (at most once a second)."""
-
-    CALLBACK: ClassVar[str] = "on_member_count_change"
-    count: int
-
-
-@attrs.frozen
-class ConnectionStateEvent:
-    """Airwave addition: the connection dropped, came back (and resumed), or was given up."""
-
-    CALLBACK: ClassVar[str] = "on_connection_state_change"
-    state: ConnectionState
-
-
-@attrs.frozen
-class OperationError:
-    """Airwave addition: a call the server refused, or an error it pushed (e.g. media refused)."""
-
-    CALLBACK: ClassVar[str] = "on_error"
-    operation: str
-    reason: Reason
-    message: str
-
-
-ChannelEvent = (
-    JoinResult | LeaveEvent | StopResult | QueryResult | ParticipantJoinEvent | ParticipantLeftEvent
-    | ParticipantUpdateEvent | VolumeChangeEvent | MessageEvent | StateChangeEvent | PropertyChangeEvent
-    | MemberCountEvent | ConnectionStateEvent | OperationError
-)
-
-
-class MediaChannelCallback:
-    """Override the callbacks you need; each receives the fields of its event, in order."""
-
-    def on_join(self, result: bool, reason: Reason, channel_id: str) -> None: ...
-    def on_leave(self, reason: Reason, channel_id: str) -> None: ...
-    def on_stop(self, result: bool, reason: Reason) -> None: ...
-    def on_query(self, operation_id: int, result: bool, reason: Reason, info: QueryInfo | None) -> None: ...
-    def on_participant_join(self, participant: Participant) -> None: ...
-    def on_participant_left(self, participant: Participant, reason: Reason) -> None: ...
-    def on_participant_update(self, participant: Participant, change: ParticipantChange) -> None: ...
-    def on_participant_volume_change(self, participant: Participant) -> None: ...
-    def on_message_receive(self, type: str, content: str, from_user_id: str) -> None: ...
-    def on_media_channel_state_change(self, state: ChannelState, old_state: ChannelState) -> None: ...
-    def on_media_channel_property_change(self, change: PropertyChange) -> None: ...
-    def on_member_count_change(self, count: int) -> None: ...
-    def on_connection_state_change(self, state: ConnectionState) -> None: ...
-    def on_error(self, operation: str, reason: Reason, message: str) -> None: ...
+T = TypeVar("T")
+E = TypeVar("E", bound=ChannelEvent)
+Operation = Callable[[], Awaitable[object]]  # a queued call; the runner discards its result
 
 
 # --- device and client ----------------------------------------------------------------------
@@ -287,24 +153,6 @@ class MediaDevice:
     def close(self) -> None:
         for output in self.outputs:
             output.close()
-
-
-class ConnectionState(enum.Enum):
-    CONNECTED = "connected"
-    RECONNECTING = "reconnecting"
-    DISCONNECTED = "disconnected"  # reconnection gave up
-
-
-@attrs.frozen
-class ReconnectPolicy:
-    """Exponential backoff with full jitter, bounded in total time."""
-
-    first_delay: float = 0.1
-    max_delay: float = 2.0
-    give_up_after: float = 30.0
-
-    def delay(self, attempt: int, random: Callable[[], float]) -> float:
-        return random() * min(self.max_delay, self.first_delay * 2**attempt)
 
 
 class Client:
@@ -401,7 +249,6 @@ class MediaChannel:
         self._state = ChannelState.IDLE
         self._channel_id = ""
         self._participants: dict[str, Participant] = {}
-        self._by_sid: dict[int, str] = {}
         self._role = CustomRole.ROLE_1
         self._custom_state = CustomState.NONE
         self._upload_wanted = False  # persists across leave and rejoin (client default: off)
@@ -410,8 +257,8 @@ class MediaChannel:
         self._session_token = ""
         self._last_join: tuple[str, JoinParam | None] | None = None
         self._op_ids = itertools.count(1)
-        self._ops_send, self._ops = trio.open_memory_channel[_Operation](OPERATION_QUEUE)
-        self._listeners: list[trio.MemorySendChannel[ChannelEvent]] = []
+        self._ops_send, self._ops = trio.open_memory_channel[Operation](OPERATION_QUEUE)
+        self._listeners: list[_EventListener] = []
         self.events_dropped = 0
         self.receiver = AudioReceiver()
         self.receiver.recorders = device.outputs
@@ -480,20 +327,25 @@ class MediaChannel:
 
     # --- the vendor's face: queue and return ---
 
-    def _queue(self, operation: Callable[[], Awaitable[Any]]) -> bool:
+    def _queue(self, operation: Operation) -> bool:
         try:
-            self._ops_send.send_nowait(_Operation(operation))
+            self._ops_send.send_nowait(operation)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
         return True
 
-    async def _ordered(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+    async def _ordered(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Runs ``operation`` after every call queued before it, and returns its result."""
-        queued = _Operation(operation, trio.Event())
-        await self._ops_send.send(queued)
-        assert queued.done is not None
-        await queued.done.wait()
-        return queued.result
+        finished = trio.Event()
+        results: list[T] = []  # one slot, filled by the operation runner
+
+        async def run_and_keep() -> None:
+            results.append(await operation())
+            finished.set()
+
+        await self._ops_send.send(run_and_keep)
+        await finished.wait()
+        return results[0]
 
     def set_custom_role(self, role: CustomRole, participant: Participant | str | None = None) -> bool:
         return self._queue(lambda: self._set_custom_role(role, participant))
@@ -549,46 +401,49 @@ class MediaChannel:
     # --- the trio face: the same operations, awaited, in the same order as queued calls ---
 
     def events(self) -> trio.MemoryReceiveChannel[ChannelEvent]:
-        """A new async iterator of every event from now on (bounded; oldest dropped if unread)."""
+        """A new async iterator of every event from now on. It holds EVENT_QUEUE unread
+        events; beyond that each new event drops the oldest unread one, counted in
+        ``events_dropped``, so a reader that falls behind still reads the latest. Close it
+        (``async with``) when done: a closed iterator is no longer fed."""
         send, receive = trio.open_memory_channel[ChannelEvent](EVENT_QUEUE)
-        self._listeners.append(send)
+        self._listeners.append(_EventListener(send, receive.clone()))
         return receive
 
     async def join_async(self, channel_id_or_uri: str, param: JoinParam | None = None) -> JoinResult:
-        return await self._ordered(lambda: self._join(channel_id_or_uri, param))  # type: ignore[no-any-return]
+        return await self._ordered(lambda: self._join(channel_id_or_uri, param))
 
     async def leave_async(self) -> LeaveEvent:
-        return await self._ordered(self._leave)  # type: ignore[no-any-return]
+        return await self._ordered(self._leave)
 
     async def stop_async(self) -> StopResult:
-        return await self._ordered(self._stop)  # type: ignore[no-any-return]
+        return await self._ordered(self._stop)
 
     async def set_custom_role_async(self, role: CustomRole, participant: Participant | str | None = None) -> Reason:
-        return await self._ordered(lambda: self._set_custom_role(role, participant))  # type: ignore[no-any-return]
+        return await self._ordered(lambda: self._set_custom_role(role, participant))
 
     async def set_custom_state_async(self, state: CustomState, participant: Participant | str | None = None) -> Reason:
-        return await self._ordered(lambda: self._set_custom_state(state, participant))  # type: ignore[no-any-return]
+        return await self._ordered(lambda: self._set_custom_state(state, participant))
 
     async def enable_upload_audio_stream_async(self, enable: bool) -> Reason:
-        return await self._ordered(lambda: self._enable_upload_audio_stream(enable))  # type: ignore[no-any-return]
+        return await self._ordered(lambda: self._enable_upload_audio_stream(enable))
 
     async def kick_async(self, participant: Participant | str) -> Reason:
-        return await self._ordered(lambda: self._kick(participant))  # type: ignore[no-any-return]
+        return await self._ordered(lambda: self._kick(participant))
 
     async def query_async(self, channel_id: str) -> QueryResult:
-        return await self._ordered(lambda: self._query(channel_id))  # type: ignore[no-any-return]
+        return await self._ordered(lambda: self._query(channel_id))
 
     async def send_message_async(self, type: str, content: str, to_user_id: str | None = None) -> Reason:
-        return await self._ordered(lambda: self._send_message(type, content, to_user_id))  # type: ignore[no-any-return]
+        return await self._ordered(lambda: self._send_message(type, content, to_user_id))
 
     async def subscribe_participant_audio_async(self, participant: Participant | str, enable: bool) -> Reason:
-        return await self._ordered(lambda: self._subscribe_participant_audio(participant, enable))  # type: ignore[no-any-return]
+        return await self._ordered(lambda: self._subscribe_participant_audio(participant, enable))
 
     async def set_custom_property_async(self, value: str) -> Reason:
-        return await self._ordered(lambda: self._set_custom_property(value))  # type: ignore[no-any-return]
+        return await self._ordered(lambda: self._set_custom_property(value))
 
     async def refresh_token_async(self, token: str) -> Reason:
-        return await self._ordered(lambda: self._refresh_token(token))  # type: ignore[no-any-return]
+        return await self._ordered(lambda: self._refresh_token(token))
 
     # --- the operations themselves ---
 
@@ -630,7 +485,6 @@ class MediaChannel:
         self._custom_property = info.custom_property
         self._member_count = info.member_count
         self._participants.clear()
-        self._by_sid.clear()
         for p in info.participants:
             self._store(Participant.from_info(p, is_self=p.user_id == self._client.user_id))
 
@@ -714,23 +568,24 @@ class MediaChannel:
 
     # --- internals ---
 
-    async def _request(self, message_type: type, **fields: Any) -> Any:
+    async def _request(self, message_type: type, **fields: Any) -> Reply:
         try:
             return await self._client.wire.request(message_type, **fields)
         except (WireClosed, trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed) as exc:
             # Answered locally (request id unused): the call fails with network, never raises.
             return Reply(1, Reason.NETWORK, f"connection lost: {exc}")
 
-    def _checked(self, operation: str, reply: Any) -> Reason:
+    def _checked(self, operation: str, reply: Reply) -> Reason:
         if not reply.ok:
             self._refused(operation, reply.reason, reply.message)
-        return reply.reason  # type: ignore[no-any-return]
+        return reply.reason
 
     def _refused(self, operation: str, reason: Reason, message: str) -> Reason:
         self._emit(OperationError(operation, reason, message))
         return reason
 
-    def _emit(self, event: Any) -> Any:
+    def _emit(self, event: E) -> E:
+        """Calls the event's callback, then feeds every open events() iterator; returns the event."""
         handler = getattr(self._callback, event.CALLBACK, None)
         if handler is not None:
             try:
@@ -738,12 +593,11 @@ class MediaChannel:
             except Exception:
                 log.exception("callback %s raised", event.CALLBACK)
         for listener in list(self._listeners):
-            try:
-                listener.send_nowait(event)
-            except trio.WouldBlock:
-                self.events_dropped += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if listener.abandoned:
                 self._listeners.remove(listener)
+                listener.oldest.close()
+            elif send_dropping_oldest(listener.send, listener.oldest, event):
+                self.events_dropped += 1
         return event
 
     def _set_state(self, state: ChannelState) -> None:
@@ -753,13 +607,11 @@ class MediaChannel:
 
     def _store(self, participant: Participant) -> None:
         self._participants[participant.user_id] = participant
-        self._by_sid[participant.sid] = participant.user_id
 
     def _reset_channel(self) -> None:
         for participant in self._participants.values():
             self.receiver.forget(participant.sid)
         self._participants.clear()
-        self._by_sid.clear()
 
     def _left(self, reason: Reason) -> LeaveEvent:
         channel_id = self._channel_id
@@ -767,25 +619,31 @@ class MediaChannel:
         self._set_state(ChannelState.IDLE)
         return self._emit(LeaveEvent(reason, channel_id))
 
-    def _sees_everyone(self) -> bool:
-        me = self.self_participant
-        return me is not None and DEFAULT_POLICY.is_host(me.custom_role)
-
     def _maybe_resume_upload(self) -> None:
+        """The co-host flow: an upload wish that is not granted is asked for again whenever
+        this participant's role or state changes (being put on the mic, say). Whether they
+        may publish now is the server's to say: the SDK keeps no copy of its role policy."""
         me = self.self_participant
-        if me is None or me.audio or not self._upload_wanted:
-            return
-        if DEFAULT_POLICY.may_publish(me.custom_role, me.custom_state):
-            self._queue(lambda: self._enable_upload_audio_stream(True))
+        if me is not None and not me.audio and self._upload_wanted:
+            self._queue(self._resume_upload)
+
+    async def _resume_upload(self) -> Reason:
+        """Asks again for the upload wish. A no_permission answer is not reported: the wish
+        was refused before (or, at the join, not granted), and it stays for the next change."""
+        if not self._upload_wanted or self._state is not ChannelState.JOINED:
+            return Reason.NONE
+        reply = await self._request(EnableUpload, enabled=True)
+        if reply.reason is Reason.NO_PERMISSION:
+            return reply.reason
+        return self._checked("enable_upload_audio_stream", reply)
 
     # --- tasks ---
 
     async def _run_operations(self) -> None:
+        """One call at a time, in call order: the vendor's face promises results in that order."""
         async with self._ops:
             async for operation in self._ops:
-                operation.result = await operation.run()
-                if operation.done is not None:
-                    operation.done.set()
+                await operation()
 
     async def _run_pushes(self) -> None:
         wire: Wire | None = self._client.wire
@@ -803,14 +661,15 @@ class MediaChannel:
         """On a new connection: resume the session (decision 7), or rejoin if it is gone."""
         if self._state is ChannelState.IDLE or self._last_join is None:
             return
+        channel_id, param = self._last_join
         reply = await self._request(Resume, session_token=self._session_token)
         if reply.ok:
             self._apply_channel_info(channel_info_from_wire(reply.result))
             return
-        log.info("resume refused (%s); rejoining %s", reply.reason.reason_name, self._last_join[0])
+        log.info("resume refused (%s); rejoining %s", reply.reason.reason_name, channel_id)
         self._set_state(ChannelState.IDLE)
         self._reset_channel()
-        await self._ordered(lambda: self._join(*self._last_join))  # type: ignore[misc]
+        await self._ordered(lambda: self._join(channel_id, param))
 
     def _on_push(self, message: object) -> None:
         me = self._client.user_id
@@ -820,23 +679,24 @@ class MediaChannel:
                 self._store(participant)
                 self._emit(ParticipantJoinEvent(participant))
             case ParticipantLeft(user_id=user_id, reason=reason):
-                participant = self._participants.pop(user_id, None)
-                if participant is not None:
-                    self._by_sid.pop(participant.sid, None)
-                    self.receiver.forget(participant.sid)
-                    self._emit(ParticipantLeftEvent(participant, reason))
-            case ParticipantUpdated(participant=info, changes=changes):
+                gone = self._participants.pop(user_id, None)
+                if gone is not None:
+                    self.receiver.forget(gone.sid)
+                    self._emit(ParticipantLeftEvent(gone, reason))
+            case ParticipantUpdated(participant=info, changes=changes, in_view=in_view):
                 old = self._participants.get(info.user_id)
                 subscribed = old.audio_subscribe if old is not None else True
                 participant = Participant.from_info(info, is_self=info.user_id == me, audio_subscribe=subscribed)
+                change = ParticipantChange(changes)
                 self._store(participant)
                 if participant.is_self:
                     self._role, self._custom_state = participant.custom_role, participant.custom_state
-                    self._maybe_resume_upload()
-                self._emit(ParticipantUpdateEvent(participant, ParticipantChange(changes)))
-                if not self._sees_everyone() and not participant.is_self and not _announced(participant):
-                    # Out of the audience's view from now on: the server tells only hosts
-                    # when ordinary audience members leave.
+                    if change & (ParticipantChange.CUSTOM_ROLE | ParticipantChange.CUSTOM_STATE):
+                        self._maybe_resume_upload()
+                self._emit(ParticipantUpdateEvent(participant, change))
+                if not in_view:
+                    # The server will say nothing more of them to this client, their leave
+                    # included (the scale rule): out of the list now.
                     self._participants.pop(participant.user_id, None)
             case VolumeChanged(user_id=user_id, volume_status=status):
                 if (p := self._participants.get(user_id)) is not None:
@@ -907,18 +767,18 @@ class MediaChannel:
             self.media_sent += 1
 
 
-@attrs.define
-class _Operation:
-    run: Callable[[], Awaitable[Any]]
-    done: trio.Event | None = None  # set when an awaiting caller wants the result
-    result: Any = None
+@attrs.frozen
+class _EventListener:
+    """One events() iterator as the channel feeds it. The channel holds a receiving end of
+    its own (``oldest``), to drop the oldest unread event when the iterator is full."""
 
+    send: trio.MemorySendChannel[ChannelEvent]
+    oldest: trio.MemoryReceiveChannel[ChannelEvent]
 
-def _announced(participant: Participant) -> bool:
-    """Publishers and hosts are announced to everyone (the scale rule, decision 5)."""
-    return DEFAULT_POLICY.is_host(participant.custom_role) or DEFAULT_POLICY.may_publish(
-        participant.custom_role, participant.custom_state
-    )
+    @property
+    def abandoned(self) -> bool:
+        """The user closed their iterator: only the channel's own receiving end is open."""
+        return self.send.statistics().open_receive_channels <= 1
 
 
 def _user_id(participant: Participant | str | None) -> str | None:

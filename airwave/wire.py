@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 import trio_websocket
@@ -30,6 +30,21 @@ from airwave.protocol import (
 
 PUSH_QUEUE = 4096  # control pushes buffered for the application; beyond it the reader waits
 MEDIA_QUEUE = 256  # ~5 s of one speaker; beyond it the oldest frames are dropped
+
+T = TypeVar("T")
+
+
+def send_dropping_oldest(send: trio.MemorySendChannel[T], oldest: trio.MemoryReceiveChannel[T], item: T) -> bool:
+    """Queues ``item`` without waiting; a full queue first loses its oldest item (``oldest``
+    is a receiving end of the same channel). Returns True when one was dropped, for the
+    caller to count. A consumer that fell behind then reads what is recent, not what is stale."""
+    try:
+        send.send_nowait(item)
+        return False
+    except trio.WouldBlock:
+        oldest.receive_nowait()
+        send.send_nowait(item)
+        return True
 
 
 class WireClosed(Exception):
@@ -82,13 +97,8 @@ class Wire:
                 if isinstance(data, str):
                     continue
                 if is_media_frame(data):
-                    packet = decode_server_media(data)
-                    try:
-                        self._media_send.send_nowait(packet)
-                    except trio.WouldBlock:
+                    if send_dropping_oldest(self._media_send, self.media, decode_server_media(data)):
                         self.media_dropped += 1
-                        self.media.receive_nowait()  # drop the oldest, keep the newest
-                        self._media_send.send_nowait(packet)
                     continue
                 message = decode_server_message(data)
                 if isinstance(message, Reply):

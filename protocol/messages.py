@@ -461,11 +461,19 @@ class ParticipantLeft:
 
 @attrs.frozen
 class ParticipantUpdated:
-    """``changes`` is a ParticipantChange bit set."""
+    """``changes`` is a ParticipantChange bit set.
+
+    ``in_view`` false tells an audience recipient that the participant has left its view
+    (no longer a host or publisher under the server's role policy): the server will not
+    tell it when they leave, so it should drop them from its list now. Hosts, and the
+    participant themselves, always get true; so does a client of a server that predates
+    the field (absent on the wire reads as true).
+    """
 
     TYPE: ClassVar[str] = "participant_updated"
     participant: ParticipantInfo = attrs.field(validator=_participant)
     changes: int = attrs.field(converter=_flags_to_int, validator=_int_in(0, 2**16))
+    in_view: bool = attrs.field(default=True, validator=_boolean)
 
 
 @attrs.frozen

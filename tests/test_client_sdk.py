@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import attrs
+import pytest
 import trio
 
-from airwave.actors.server import RunningServer
+import airwave.client
+from airwave.actors.server import RunningServer, serve
 from airwave.audio import ToneSource
 from airwave.client import (
     Client,
@@ -19,12 +21,16 @@ from airwave.client import (
     MediaChannelCallback,
     MediaDevice,
     MessageEvent,
+    Participant,
     ParticipantJoinEvent,
+    ParticipantUpdateEvent,
+    StateChangeEvent,
     StopResult,
 )
-from airwave.protocol import ChannelState, CustomRole, CustomState, Reason
+from airwave.protocol import ChannelState, CustomRole, CustomState, Reason, RolePolicy
 
 from audio_checks import dominant_frequency, longest_gap_frames, read_wav, sounding_span
+from conftest import fast_settings
 
 HOST = CustomRole.ROLE_0
 
@@ -200,3 +206,69 @@ async def test_sdk_every_user_triggerable_failure_reaches_a_callback(server: Run
     assert full == JoinResult(False, Reason.FULL, "small")
     left = [args for args in calls["host"].named("on_participant_left")]
     assert [(p.user_id, reason) for p, reason in left][:1] == [("b", Reason.KICKED)]
+
+
+def seen_by(channel: MediaChannel) -> dict[str, Participant]:
+    return {p.user_id: p for p in channel.participants}
+
+
+async def test_sdk_follows_the_servers_role_policy_it_holds_no_copy_of(nursery: trio.Nursery, data_dir: Path) -> None:
+    """A server whose mic is custom_state_1 (not the default custom_state_0): the audience keeps
+    a speaker in its list while the server says they are in view and drops them when it says
+    they are not, and a speaker's upload wish is granted once that server lets them publish."""
+    mic = CustomState.STATE_1
+    policy = RolePolicy(publishing_state=mic)
+    running: RunningServer = await nursery.start(serve, attrs.evolve(fast_settings(data_dir), policy=policy))
+    try:
+        with trio.fail_after(15):
+            async with Client.connect(running.url, user_id="host") as h, Client.connect(
+                running.url, user_id="speaker"
+            ) as s, Client.connect(running.url, user_id="fan") as f:
+                host = MediaChannel.create(h, MediaDevice.create())
+                speaker = MediaChannel.create(s, MediaDevice.create(source=ToneSource(660.0)))
+                fan = MediaChannel.create(f, MediaDevice.create())
+                host.set_custom_role(HOST)
+                speaker.enable_upload_audio_stream(True)  # a wish: not granted at the join
+                assert (await host.join_async("policy")).result
+                assert (await speaker.join_async("policy")).result
+                assert (await fan.join_async("policy")).result
+                fan_events = fan.events()
+                assert "speaker" not in seen_by(fan)
+
+                assert await host.set_custom_state_async(mic, "speaker") is Reason.NONE
+                update = await wait_for(fan_events, ParticipantUpdateEvent)
+                assert update.participant.user_id == "speaker"
+                assert update.participant.custom_state is mic
+                assert "speaker" in seen_by(fan), "in view: on this server's mic"
+                with trio.fail_after(3):  # the wish, sent again once the server allows it
+                    while not seen_by(fan)["speaker"].audio:
+                        await wait_for(fan_events, ParticipantUpdateEvent)
+
+                assert await host.set_custom_state_async(CustomState.STATE_0, "speaker") is Reason.NONE
+                with trio.fail_after(3):
+                    while "speaker" in seen_by(fan):
+                        await wait_for(fan_events, ParticipantUpdateEvent)
+                assert "speaker" in seen_by(host), "a host sees everyone"
+                assert await host.stop_async()
+    finally:
+        running.shutdown()
+        with trio.fail_after(10):
+            await running.stopped.wait()
+
+
+async def test_events_iterator_that_falls_behind_loses_its_oldest_events(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(airwave.client, "EVENT_QUEUE", 2)
+    with trio.fail_after(10):
+        async with Client.connect(server.url, user_id="late") as c:
+            channel = MediaChannel.create(c, MediaDevice.create())
+            events = channel.events()
+            # The join emits three events (joining, joined, on_join) to a queue of two, unread.
+            assert (await channel.join_async("behind")).result
+            unread = [events.receive_nowait(), events.receive_nowait()]
+            assert unread == [StateChangeEvent(ChannelState.JOINED, ChannelState.JOINING), JoinResult(True, Reason.NONE, "behind")]
+            assert channel.events_dropped == 1
+            events.close()
+            assert (await channel.leave_async()).reason is Reason.QUIT  # a closed iterator is not fed
+            assert channel.events_dropped == 1

@@ -6,6 +6,8 @@ import counts too), and what importing the server actually loads.
     actors/log/     format, recovery and replay are synchronous: no trio (writer may)
     actors/         never imports airwave's client modules (airwave/*.py)
     media/          never imports the server
+    airwave/*.py    the SDK keeps no copy of the server's role policy (the server says what
+                    follows from it: participant_updated.in_view, replies)
 """
 
 from __future__ import annotations
@@ -96,6 +98,13 @@ def test_layers_server_never_imports_the_client() -> None:
 
 def test_layers_media_never_imports_the_server() -> None:
     assert violations("media", forbidden=("airwave.actors", *CLIENT_MODULES)) == []
+
+
+def test_layers_sdk_holds_no_copy_of_the_role_policy() -> None:
+    policy = ("airwave.protocol.DEFAULT_POLICY", "airwave.protocol.RolePolicy", "airwave.protocol.roles")
+    client = [path.relative_to(ROOT).as_posix() for path in (ROOT / "airwave").glob("*.py")]
+    found = [f"{path} imports {m}" for path in client for m in imports_of(ROOT / path) if m.startswith(policy)]
+    assert found == []
 
 
 def test_layers_checker_finds_real_imports() -> None:

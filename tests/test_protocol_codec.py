@@ -369,9 +369,9 @@ SERVER_GOLDEN: list[tuple[Any, bytes]] = [
         ),
     ),
     (
-        ParticipantUpdated(ParticipantInfo(user_id="bob", sid=2, state=CustomState.STATE_0), changes=16),
+        ParticipantUpdated(ParticipantInfo(user_id="bob", sid=2, state=CustomState.STATE_0), changes=16, in_view=False),
         _h(
-            "83",  # map, 3 entries
+            "84",  # map, 4 entries
             "a474797065 b37061727469636970616e745f75706461746564",  # type
             "ab7061727469636970616e74 8a",  # participant: map, 10 entries
             "a7757365725f6964 a3626f62",  # participant.user_id
@@ -385,6 +385,7 @@ SERVER_GOLDEN: list[tuple[Any, bytes]] = [
             "a474797065 00",  # participant.type
             "aa69735f63726561746f72 c2",  # participant.is_creator
             "a76368616e676573 10",  # changes
+            "a7696e5f76696577 c2",  # in_view
         ),
     ),
     (
@@ -832,7 +833,7 @@ SERVER_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     Reply: st.builds(Reply, id=request_ids, reason=reasons, message=_utf8(0, 1024), result=reply_results),
     ParticipantJoined: st.builds(ParticipantJoined, participant=participants),
     ParticipantLeft: st.builds(ParticipantLeft, user_id=user_ids, reason=reasons),
-    ParticipantUpdated: st.builds(ParticipantUpdated, participant=participants, changes=change_sets),
+    ParticipantUpdated: st.builds(ParticipantUpdated, participant=participants, changes=change_sets, in_view=st.booleans()),
     VolumeChanged: st.builds(VolumeChanged, user_id=user_ids, volume_status=st.sampled_from(VolumeStatus)),
     PropertyChanged: st.builds(
         PropertyChanged,
@@ -1395,6 +1396,21 @@ def test_message_with_lone_surrogate_is_refused_by_its_constructor(build: Any) -
     # UTF-8 cannot carry a lone surrogate, so encode() could not write such a message.
     with pytest.raises(ValueError):
         build()
+
+
+def test_participant_updated_without_in_view_reads_as_in_view() -> None:
+    """A server that predates ``in_view`` sends none: its updates keep a participant in view."""
+    info = ParticipantInfo(user_id="bob", sid=2)
+    data = msgpack.packb({"type": "participant_updated", "participant": attrs.asdict(info), "changes": 1})
+    assert decode_server_message(data) == ParticipantUpdated(info, changes=1, in_view=True)
+
+
+def test_participant_updated_in_view_must_be_a_boolean() -> None:
+    info = ParticipantInfo(user_id="bob", sid=2)
+    data = msgpack.packb({"type": "participant_updated", "participant": attrs.asdict(info), "changes": 1, "in_view": 1})
+    with pytest.raises(ProtocolError) as refused:
+        decode_server_message(data)
+    assert refused.value.reason is Reason.INVALID_PARAM
 
 
 def test_participant_updated_change_flags_are_sent_as_a_plain_integer() -> None:
