@@ -159,11 +159,11 @@ class ParticipantActor:
         self._control_bucket = TokenBucket(settings.control_rate, settings.control_burst)
         self._media_bucket = TokenBucket(settings.media_rate, settings.media_burst)
         self._strikes = 0
-        self._dropped = False  # the connection ended without a leave or a clean close
+        self._dropped = False  # the client's connection ended (not the server's doing)
         self._held: list[bytes] | None = None
         # Called once the first request after hello is answered: the gateway's join slot.
         self._admitted = admitted
-        self.end_reason = Reason.OFFLINE
+        self.end_reason = Reason.NETWORK  # a drop, unless something else ends the session
 
     # --- the mailbox: called by the channel actor ---
 
@@ -211,9 +211,11 @@ class ParticipantActor:
             try:
                 data = await ws.get_message()
             except trio_websocket.ConnectionClosed as closed:
-                # 1000/1001 is a client closing on purpose; anything else (1006: no close
-                # frame, a reset) is a drop that may come back with `resume`.
-                self._dropped = closed.reason.code not in (1000, 1001, 1009)
+                # Any end the server did not cause is a drop that may come back with `resume`
+                # (§2.8): a reset, no close frame (1006), and a clean close too (1000, 1001),
+                # which is how a browser tab that reloads ends its connection. Only `leave`
+                # ends a membership at once.
+                self._dropped = closed.reason.code != 1009
                 if closed.reason.code == 1009:  # trio-websocket's answer to a message over 1 MiB
                     self.end_reason = Reason.TOO_LARGE
                 return
@@ -534,7 +536,7 @@ class ParticipantActor:
         if channel is None or self.state is not SessionState.JOINED:
             return
         reason = getattr(self.output, "close_reason", None) or self.end_reason
-        if self._dropped and reason in (Reason.OFFLINE, Reason.NETWORK) and self._settings.resume_grace > 0:
+        if self._dropped and reason is Reason.NETWORK and self._settings.resume_grace > 0:
             # Decision 7: held for the grace period, unseen; a resume writes no leave or join.
             log.info("%s (%s) dropped; held %.0f s for resume", self._peer, self.user_id, self._settings.resume_grace)
             self._registry.suspend(self._session_token, channel.channel_id, self, self.user_id, self._settings.resume_grace, now)

@@ -545,11 +545,11 @@ async def test_abuse_flood_listener_audio_clean_server_intact_log_replays(
     assert "crashed" not in caplog.text
     assert list(read_events(data))
     assert left_reasons(data) == {
-        "aud0": [Reason.OFFLINE], "aud1": [Reason.OFFLINE], "aud2": [Reason.OFFLINE], "aud3": [Reason.OFFLINE],
+        "aud0": [Reason.NETWORK], "aud1": [Reason.NETWORK], "aud2": [Reason.NETWORK], "aud3": [Reason.NETWORK],  # closed without leave: held, then network
         "huge": [Reason.TOO_LARGE],  # closed 1009 by trio-websocket: leaves at once, not held
         "flooder": [Reason.RATE_LIMITED],
         "blaster": [Reason.RATE_LIMITED],
-        "badmedia": [Reason.OFFLINE],
+        "badmedia": [Reason.NETWORK],
         "resetter": [Reason.NETWORK],
         "listener": [Reason.QUIT],
         "fresh": [Reason.QUIT],

@@ -98,7 +98,8 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
 
 
 def _decide_join(channel: Channel | None, cmd: JoinChannel, policy: RolePolicy) -> Decision:
-    if cmd.allowed_roles is not None and cmd.role not in cmd.allowed_roles:
+    if cmd.allowed_roles is not None and cmd.role is not CustomRole.NONE and cmd.role not in cmd.allowed_roles:
+        # Role 0 grants nothing, so every token allows it (as Member.may_take does).
         return Rejected(Reason.NO_PERMISSION, f"role {cmd.role.index} is not granted to you")
     if cmd.allowed_roles is not None and policy.permissions(cmd.role, cmd.state) & ~policy.permissions(
         cmd.role, CustomState.NONE
