@@ -74,6 +74,9 @@ def _build(cls: type, fields: dict[str, Any], ref: int | None, *, strict: bool =
         raise ProtocolError(Reason.INVALID_PARAM, f"{cls.TYPE}: unknown field(s) {unknown}", ref)
     for name in unknown:
         del fields[name]
+    missing = [name for name, field in known.items() if field.default is attrs.NOTHING and name not in fields]
+    if missing:
+        raise ProtocolError(Reason.INVALID_PARAM, f"{cls.TYPE}: missing field(s) {missing}", ref)
     try:
         for name, nested in _NESTED.items():
             if name in fields and name in known:
@@ -92,6 +95,9 @@ def _build_value(cls: type, data: Any, *, strict: bool = True) -> Any:
     unknown = set(data) - set(known)
     if unknown and strict:
         raise ValueError(f"unknown field(s) {sorted(unknown, key=str)} in {cls.__name__}")
+    missing = [name for name, field in known.items() if field.default is attrs.NOTHING and name not in data]
+    if missing:
+        raise ValueError(f"missing field(s) {missing} in {cls.__name__}")
     return cls(**{key: value for key, value in data.items() if key in known})
 
 

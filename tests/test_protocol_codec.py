@@ -1131,6 +1131,7 @@ def test_decode_request_missing_required_field_is_invalid_param(missing: str) ->
     error = _refusal(msgpack.packb(wire))
     assert error.reason is Reason.INVALID_PARAM
     assert error.ref == (None if missing == "id" else 7)
+    assert error.message == f"join: missing field(s) {[missing]!r}", "names the field, not Python's __init__"
 
 
 def test_decode_request_optional_fields_left_out_take_their_defaults() -> None:

@@ -3,17 +3,29 @@ test here is a case where a client written from the document alone disagreed wit
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
+import msgpack
 import pytest
 import trio
 
 from airwave.actors.log.replay import replay_events
 from airwave.actors.server import RunningServer, serve
-from airwave.protocol import CustomRole, Join, Leave, ParticipantLeft, Reason, Resume, channel_info_from_wire
+from airwave.protocol import (
+    CustomRole,
+    Error,
+    Join,
+    Leave,
+    ParticipantLeft,
+    Ping,
+    Reason,
+    Resume,
+    channel_info_from_wire,
+)
 from airwave.protocol.tokens import mint_token
 from airwave.wire import Wire, open_wire
 from conftest import fast_settings
@@ -86,3 +98,44 @@ async def test_clean_close_not_resumed_leaves_with_network(server: RunningServer
             while not isinstance(message := await host.pushes.receive(), ParticipantLeft):
                 pass
             assert (message.user_id, message.reason) == ("tab", Reason.NETWORK)
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (msgpack.packb({"type": "ping", "id": 5}) + b"\x01", Reason.PROTOCOL_ERROR),  # trailing bytes
+        (b"\x83\xa4type\xa4join\xa2id\x05\xa7channel\xa2\xff\xfe", Reason.PROTOCOL_ERROR),  # invalid UTF-8
+        (msgpack.packb({"type": "ping", "id": "5"}), Reason.INVALID_PARAM),  # an id that is no integer
+        (msgpack.packb({"type": "ping"}), Reason.INVALID_PARAM),  # no id
+    ],
+    ids=["trailing-bytes", "invalid-utf8", "id-not-int", "no-id"],
+)
+async def test_a_frame_without_a_usable_id_gets_an_error_push(server: RunningServer, frame: bytes, reason: Reason) -> None:
+    """§2.1: the reason of an `error` push for a frame whose id cannot be used; the
+    connection stays open and serves the next request."""
+    with trio.fail_after(10):
+        async with open_wire(server.url) as wire:
+            await wire.send_bytes(frame)
+            error = await wire.pushes.receive()
+            assert isinstance(error, Error) and (error.reason, error.ref) == (reason, None), error
+            assert (await wire.request(Ping)).ok
+
+
+def test_every_reason_code_is_in_the_documents_table() -> None:
+    """§7 is the one place that says what each reason means: its table lists every Reason
+    the code has, with the number and name the wire carries, and nothing else."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    section = text.split("## 7. Reason codes", 1)[1].split("\n## ", 1)[0]
+    rows = {int(number): name for number, name in re.findall(r"^\| (\d+) \| (\w+) \|", section, re.MULTILINE)}
+    assert rows == {reason.value: reason.reason_name for reason in Reason}
+
+
+def test_every_reason_the_server_sends_is_documented_where_it_is_sent() -> None:
+    """Each reason the server names in its code appears in the document outside the §7
+    table too, as `name [number]`, where a reader of the message that carries it looks."""
+    root = Path(__file__).resolve().parent.parent
+    used = {Reason[name] for path in (root / "actors").rglob("*.py") for name in re.findall(r"Reason\.([A-Z_]+)", path.read_text())}
+    text = (root / "docs" / "protocol.md").read_text()
+    outside_table = text.split("## 7. Reason codes", 1)[0] + text.split("## 8. Roles", 1)[1]
+    missing = sorted(r.reason_name for r in used if r is not Reason.NONE and f"{r.reason_name} [{r.value}]" not in outside_table)
+    assert missing == []
