@@ -421,7 +421,7 @@ class ParticipantActor:
             raise ProtocolError(Reason.TOKEN_INVALID, "this server requires a join token")
         claims = verify_token(self._settings.secret, token, now=now())
         if claims.user_id != user_id:
-            raise ProtocolError(Reason.TOKEN_INVALID, "the token was issued to another user")
+            raise ProtocolError(Reason.TOKEN_INVALID, f"the token names user {claims.user_id[:64]!r}, not {user_id[:64]!r}")
         if not claims.allows_channel(channel_id):
             raise ProtocolError(Reason.TOKEN_INVALID, "the token is not valid for this channel")
         return claims

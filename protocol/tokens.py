@@ -1,10 +1,15 @@
-"""Join tokens: HMAC-signed claims that say who may join which channel in which roles.
+"""Join tokens: JSON Web Tokens (RFC 7519) signed with HS256 and the server's secret, so any
+backend with a JWT library can mint them (docs/protocol.md 2.7 shows two lines).
 
-Format (ASCII, URL-safe): ``aw1.<payload>.<signature>``, where ``payload`` is base64url
-(no padding) of a msgpack map and ``signature`` is base64url of HMAC-SHA256(secret, "aw1." +
-payload). Claims: ``c`` channel id or glob pattern (``*`` and ``?``), ``u`` user id, ``r``
-list of role bit flags the holder may take, ``e`` expiry (UTC epoch seconds), ``i`` issued at.
-Pure functions: the caller passes the secret and the clock.
+Claims: ``sub`` the user id, ``channel`` a channel id or glob pattern (``*``, ``?``, ``[...]``),
+``roles`` the CustomRole bit flags the holder may take, ``exp`` expiry and ``iat`` issue time
+(UTC epoch seconds), and ``nbf`` if the minter wants one. The header must say ``alg: HS256``:
+``none`` and every other algorithm are refused, so a token's own header can never choose how
+it is checked.
+
+Written here rather than with PyJWT, which the tests use to mint and read tokens as a backend
+would: importing PyJWT loads socket, ssl and http.client (its key-set client), and the protocol
+layer loads no I/O. Pure functions: the caller passes the secret and the clock.
 """
 
 from __future__ import annotations
@@ -13,17 +18,19 @@ import base64
 import fnmatch
 import hashlib
 import hmac
+import json
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
-import msgpack
 
 from .limits import MAX_TOKEN_CHARS
 from .model import CustomRole
 from .reasons import ProtocolError, Reason
 
-PREFIX = "aw1."
+ALGORITHM = "HS256"
 DEV_SECRET = b"airwave-dev-secret: loopback only, never in production"
+_HEADER = {"alg": ALGORITHM, "typ": "JWT"}
 
 
 @attrs.frozen
@@ -32,7 +39,7 @@ class TokenClaims:
     user_id: str
     roles: frozenset[CustomRole]
     expires_at: float
-    issued_at: float
+    issued_at: float | None = None
 
     def allows_channel(self, channel_id: str) -> bool:
         return fnmatch.fnmatchcase(channel_id, self.channel)
@@ -43,44 +50,112 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    if "=" in text:
+        raise ValueError("base64url without padding expected")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _sign(secret: bytes, signed_part: str) -> str:
-    return _b64(hmac.new(secret, signed_part.encode("ascii"), hashlib.sha256).digest())
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A repeated key is refused: two readers could otherwise see two different claims."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("a key is repeated")
+    return result
+
+
+def _read_json(part: str) -> dict[str, Any]:
+    value = json.loads(_unb64(part), object_pairs_hook=_unique_keys)
+    if type(value) is not dict:
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _sign(secret: bytes, signing_input: str) -> bytes:
+    return hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest()
 
 
 def mint_token(
-    secret: bytes, *, channel: str, user_id: str, roles: list[CustomRole] | frozenset[CustomRole], now: float, ttl: float
+    secret: bytes, *, channel: str, user_id: str, roles: Iterable[CustomRole], now: float, ttl: float
 ) -> str:
-    if not roles:
+    granted = sorted({int(role) for role in roles})
+    if not granted:
         raise ValueError("a token grants at least one role")
-    claims = {"c": channel, "u": user_id, "r": sorted(int(r) for r in roles), "e": int(now + ttl), "i": int(now)}
-    payload = _b64(msgpack.packb(claims, use_bin_type=True))
-    return f"{PREFIX}{payload}.{_sign(secret, PREFIX + payload)}"
+    claims = {"sub": user_id, "channel": channel, "roles": granted, "iat": int(now), "exp": int(now + ttl)}
+    signing_input = f"{_b64(_json(_HEADER))}.{_b64(_json(claims))}"
+    return f"{signing_input}.{_b64(_sign(secret, signing_input))}"
+
+
+def _invalid(why: str) -> ProtocolError:
+    return ProtocolError(Reason.TOKEN_INVALID, why)
+
+
+def _number(claims: dict[str, Any], name: str, *, required: bool) -> float | None:
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    if type(value) not in (int, float):
+        raise _invalid(f"token claim {name!r} must be a number (epoch seconds)")
+    return float(value)
+
+
+def _claims(payload: dict[str, Any]) -> TokenClaims:
+    user_id, channel, roles = payload.get("sub"), payload.get("channel"), payload.get("roles")
+    if type(user_id) is not str or not user_id:
+        raise _invalid("token claim 'sub' (the user id) must be a non-empty string")
+    if type(channel) is not str or not channel:
+        raise _invalid("token claim 'channel' must be a non-empty string (an id or a pattern)")
+    if type(roles) is not list or not roles or any(type(role) is not int for role in roles):
+        raise _invalid("token claim 'roles' must be a non-empty list of role numbers")
+    try:
+        granted = frozenset(CustomRole(role) for role in roles)
+    except ValueError:
+        valid = ", ".join(str(int(role)) for role in CustomRole if role is not CustomRole.NONE)
+        raise _invalid(f"token claim 'roles' holds a number that is no role (roles are {valid})") from None
+    expires_at = _number(payload, "exp", required=True)
+    assert expires_at is not None
+    return TokenClaims(channel, user_id, granted, expires_at, _number(payload, "iat", required=False))
 
 
 def verify_token(secret: bytes, token: str, *, now: float) -> TokenClaims:
     """The token's claims, or ProtocolError token_invalid [202] / token_expired [203]."""
-    if type(token) is not str or len(token) > MAX_TOKEN_CHARS or not token.isascii() or not token.startswith(PREFIX):
-        raise ProtocolError(Reason.TOKEN_INVALID, "not an Airwave token")
-    body = token[len(PREFIX) :]
-    payload, _, signature = body.partition(".")
-    if not hmac.compare_digest(signature.encode("ascii", "replace"), _sign(secret, PREFIX + payload).encode("ascii")):
-        raise ProtocolError(Reason.TOKEN_INVALID, "token signature does not verify")
+    if type(token) is not str or len(token) > MAX_TOKEN_CHARS or not token.isascii() or token.count(".") != 2:
+        raise _invalid("not a JSON Web Token (header.payload.signature)")
+    header_part, payload_part, signature_part = token.split(".")
     try:
-        claims: Any = msgpack.unpackb(_unb64(payload), raw=False)
-        result = TokenClaims(
-            channel=claims["c"],
-            user_id=claims["u"],
-            roles=frozenset(CustomRole(r) for r in claims["r"]),
-            expires_at=float(claims["e"]),
-            issued_at=float(claims["i"]),
-        )
-        if not (type(result.channel) is str and type(result.user_id) is str and result.roles):
-            raise ValueError("bad claim types")
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-        raise ProtocolError(Reason.TOKEN_INVALID, f"token claims unreadable: {exc}") from None
-    if now >= result.expires_at:
+        header = _read_json(header_part)
+        signature = _unb64(signature_part)
+    except (ValueError, RecursionError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise _invalid("token header or signature unreadable") from None
+    if header.get("alg") != ALGORITHM:
+        raise _invalid(f"token algorithm must be {ALGORITHM}, not {str(header.get('alg'))[:20]!r}")
+    if "crit" in header or header.get("typ", "JWT") != "JWT":
+        raise _invalid("token header asks for what this server does not do (crit, or a typ other than JWT)")
+    if not hmac.compare_digest(signature, _sign(secret, f"{header_part}.{payload_part}")):
+        raise _invalid("token signature does not verify")
+    try:
+        payload = _read_json(payload_part)
+    except (ValueError, RecursionError):
+        raise _invalid("token claims unreadable") from None
+    claims = _claims(payload)
+    not_before = _number(payload, "nbf", required=False)
+    if not_before is not None and now < not_before:
+        raise _invalid("token not valid yet (nbf)")
+    if now >= claims.expires_at:
         raise ProtocolError(Reason.TOKEN_EXPIRED, "token expired")
-    return result
+    return claims
+
+
+def unverified_user_id(token: str) -> str:
+    """The ``sub`` a token names, read without its signature: what a client joins as. The
+    server verifies the token; a client only needs to know who it says it is."""
+    try:
+        user_id = _read_json(token.split(".")[1]).get("sub")
+    except (ValueError, RecursionError, IndexError):
+        raise ValueError("not a JSON Web Token (header.payload.signature)") from None
+    if type(user_id) is not str or not user_id:
+        raise ValueError("the token names no user (its 'sub' claim)")
+    return user_id

@@ -561,10 +561,11 @@ def test_decode_server_message_request_is_protocol_error(message: Any, data: byt
 # --- the frames shown in docs/protocol.md ---------------------------------------------------
 
 # The token example of docs/protocol.md (section 2.7): a test vector for anyone minting tokens.
-DOC_TOKEN_SECRET = b"example secret"
+DOC_TOKEN_SECRET = b"example secret, at least 32 bytes long"
 DOC_TOKEN = (
-    "aw1.haFjpXJhZGlvoXWlYWxpY2WhcpLNEADNIAChZc5lU_8QoWnOZVPxAA"
-    ".YptUtKOw4um74nm6Zi0h7_51XOaPEpgOXCiXor-VB0I"
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+    ".eyJzdWIiOiJhbGljZSIsImNoYW5uZWwiOiJyYWRpbyIsInJvbGVzIjpbNDA5Niw4MTkyXSwiaWF0IjoxNzAwMDAwMDAwLCJleHAiOjE3MDAwMDM2MDB9"
+    ".gElezVJvXqU35L91cFNIgNoonrT2kEs_Kyr0Te51yGs"
 )
 DOC_SESSION_TOKEN = "nQ4ZbX2cR7mTq0wLs9EvKg"  # opaque: the server's choice, at most 64 characters
 DOC_ALICE = ParticipantInfo(
@@ -619,10 +620,12 @@ DOC_FRAMES: dict[str, bytes] = {
         "52376d547130774c733945764b67"
     ),
     "refresh_token_request": _h(
-        "83a474797065ad726566726573685f746f6b656ea2696403a5746f6b656ed9666177312e6861466a70584a68"
-        "5a476c766f58576c595778705932576863704c4e4541444e494143685a63356c555f38516f576e4f5a565078"
-        "41412e59707455744b4f7734756d37346e6d365a693068375f3531584f61504570674f584369586f722d5642"
-        "3049"
+        "83a474797065ad726566726573685f746f6b656ea2696403a5746f6b656ed9c565794a68624763694f694a49"
+        "557a49314e694973496e523563434936496b705856434a392e65794a7a645749694f694a6862476c6a5a5349"
+        "73496d4e6f595735755a5777694f694a795957527062794973496e4a766247567a496a70624e4441354e6977"
+        "344d546b795853776961574630496a6f784e7a41774d4441774d4441774c434a6c654841694f6a45334d4441"
+        "774d444d324d4442392e67456c657a564a7658715533354c393163464e49674e6f6f6e7254326b45735f4b79"
+        "723054653531794773"
     ),
     "resume_request": _h(
         "83a474797065a6726573756d65a2696402ad73657373696f6e5f746f6b656eb66e51345a6258326352376d54"

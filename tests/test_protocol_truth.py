@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
+import jwt
 import msgpack
 import pytest
 import trio
@@ -30,7 +31,7 @@ from airwave.protocol.tokens import mint_token
 from airwave.wire import Wire, open_wire
 from conftest import fast_settings
 
-SECRET = b"a secret only the tests know"
+SECRET = b"a secret only the tests know, 32 bytes or more"
 HOST, AUDIENCE = CustomRole.ROLE_0, CustomRole.ROLE_1
 
 
@@ -139,3 +140,15 @@ def test_every_reason_the_server_sends_is_documented_where_it_is_sent() -> None:
     outside_table = text.split("## 7. Reason codes", 1)[0] + text.split("## 8. Roles", 1)[1]
     missing = sorted(r.reason_name for r in used if r is not Reason.NONE and f"{r.reason_name} [{r.value}]" not in outside_table)
     assert missing == []
+
+
+async def test_a_token_minted_by_a_standard_jwt_library_joins(secured: RunningServer) -> None:
+    """§2.7 / issue 12 §3: any backend mints tokens with its JWT library; `alg: none` never passes."""
+    claims = {"sub": "alice", "channel": "vip", "roles": [int(AUDIENCE)], "exp": int(time.time()) + 60}
+    backend = jwt.encode(claims, SECRET, algorithm="HS256")
+    unsigned = jwt.encode({**claims, "roles": [int(HOST)]}, None, algorithm="none")
+    with trio.fail_after(10):
+        async with open_wire(secured.url) as mallory, open_wire(secured.url) as alice:
+            refused = await mallory.request(Join, channel="vip", user_id="alice", role=HOST, token=unsigned)
+            assert refused.reason is Reason.TOKEN_INVALID
+            assert (await alice.request(Join, channel="vip", user_id="alice", token=backend)).ok
