@@ -155,6 +155,7 @@ class ParticipantActor:
         self._nursery = nursery
         self._last_refusal_reply = -math.inf
         self._token_deadline = math.inf  # trio clock; the session's token expiry
+        self._claims: TokenClaims | None = None  # token mode: what the session's token grants
         self._session_token = ""
         self._control_bucket = TokenBucket(settings.control_rate, settings.control_burst)
         self._media_bucket = TokenBucket(settings.media_rate, settings.media_burst)
@@ -391,7 +392,7 @@ class ParticipantActor:
             return Reply(request.id, answer.reason, answer.message)
         self.user_id = request.user_id
         if claims is not None:
-            self._set_token_deadline(claims)
+            self._hold_token(claims)
         log.info("%s joined %s as %s", self._peer, channel_id, self.user_id)
         return self._joined_reply(request.id, answer)
 
@@ -411,7 +412,7 @@ class ParticipantActor:
             return Reply(request.id, answer.reason, answer.message)
         self.user_id = suspension.user_id
         if isinstance(dropped, ParticipantActor):
-            self._token_deadline = dropped._token_deadline
+            self._token_deadline, self._claims = dropped._token_deadline, dropped._claims
         log.info("%s resumed %s in %s", self._peer, self.user_id, suspension.channel_id)
         return self._joined_reply(request.id, answer)
 
@@ -426,7 +427,8 @@ class ParticipantActor:
             raise ProtocolError(Reason.TOKEN_INVALID, "the token is not valid for this channel")
         return claims
 
-    def _set_token_deadline(self, claims: TokenClaims) -> None:
+    def _hold_token(self, claims: TokenClaims) -> None:
+        self._claims = claims
         self._token_deadline = trio.current_time() + (claims.expires_at - now())
 
     async def _refresh(self, request: RefreshToken) -> Reply:
@@ -439,11 +441,19 @@ class ParticipantActor:
         except ProtocolError as refusal:
             log.warning("%s: token refresh for %s refused: %s", self._peer, self.user_id, refusal)
             return Reply(request.id, refusal.reason, refusal.message)
-        self._set_token_deadline(claims)
+        self._hold_token(claims)
         return Reply(request.id)
 
     async def _query(self, request: Query) -> Reply:
-        actor = self._registry.find(request.channel.removeprefix(URI_PREFIX))
+        channel_id = request.channel.removeprefix(URI_PREFIX)
+        if self._settings.secret is not None:
+            # Token mode: a member list is for members. Only a session holding a valid token
+            # may query, and only the channels that token allows (issue 12: no anonymous query).
+            if self._claims is None or self.state is not SessionState.JOINED:
+                return Reply(request.id, Reason.TOKEN_INVALID, "this server answers query only to a member joined with a token")
+            if not self._claims.allows_channel(channel_id):
+                return Reply(request.id, Reason.NO_PERMISSION, "your token does not allow that channel")
+        actor = self._registry.find(channel_id)
         if actor is None or actor.channel is None:
             return Reply(request.id, Reason.NOT_FOUND, f"no channel {request.channel!r}")
         channel = actor.channel

@@ -13,6 +13,7 @@ import jwt
 import msgpack
 import pytest
 import trio
+import trio_websocket
 
 from airwave.actors.log.replay import replay_events
 from airwave.actors.server import RunningServer, serve
@@ -23,6 +24,7 @@ from airwave.protocol import (
     Leave,
     ParticipantLeft,
     Ping,
+    Query,
     Reason,
     Resume,
     channel_info_from_wire,
@@ -152,3 +154,40 @@ async def test_a_token_minted_by_a_standard_jwt_library_joins(secured: RunningSe
             refused = await mallory.request(Join, channel="vip", user_id="alice", role=HOST, token=unsigned)
             assert refused.reason is Reason.TOKEN_INVALID
             assert (await alice.request(Join, channel="vip", user_id="alice", token=backend)).ok
+
+
+async def test_token_mode_answers_query_only_to_members_for_their_channels(secured: RunningServer) -> None:
+    """Issue 12 §4: without a valid token a connection may say hello and join or resume,
+    nothing else; a member's token bounds which channels it may query."""
+    credential = mint_token(SECRET, channel="vip", user_id="alice", roles=[AUDIENCE], now=time.time(), ttl=60)
+    with trio.fail_after(10):
+        async with open_wire(secured.url) as stranger, open_wire(secured.url) as alice:
+            assert (await alice.request(Join, channel="vip", user_id="alice", token=credential)).ok
+            anonymous = await stranger.request(Query, channel="vip")
+            assert anonymous.reason is Reason.TOKEN_INVALID and anonymous.result is None
+            assert (await alice.request(Query, channel="vip")).result["members"] == ["alice"]
+            assert (await alice.request(Query, channel="elsewhere")).reason is Reason.NO_PERMISSION
+            assert (await alice.request(Leave)).ok
+            assert (await alice.request(Query, channel="vip")).reason is Reason.TOKEN_INVALID
+
+
+async def test_a_browser_page_from_an_origin_not_allowed_cannot_connect(nursery: trio.Nursery, data_dir: Path) -> None:
+    """Issue 12 §4: a web page the user visits cannot reach a loopback server; the origins
+    the operator allows can, and clients that send no Origin (SDK, CLI) are unaffected."""
+    settings = fast_settings(data_dir)
+    allowed = "http://127.0.0.1:8000"
+    settings = attrs.evolve(settings, transport=attrs.evolve(settings.transport, allowed_origins={allowed}))
+    running: RunningServer = await nursery.start(serve, settings)
+    with trio.fail_after(10):
+        for forged in ([(b"Origin", b"http://evil.example")], [(b"Origin", b"null")], [(b"Origin", allowed.encode())] * 2):
+            with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+                async with trio_websocket.open_websocket_url(running.url, extra_headers=forged):
+                    pass
+            assert rejected.value.status_code == 403 and b"not allowed" in (rejected.value.body or b"")
+        async with trio_websocket.open_websocket_url(running.url, extra_headers=[(b"Origin", b"HTTP://127.0.0.1:8000/")]):
+            pass  # the allowed origin, however the browser spells it
+        async with open_wire(running.url) as sdk:  # no Origin at all
+            assert (await sdk.request(Ping)).ok
+    running.shutdown()
+    with trio.fail_after(10):
+        await running.stopped.wait()

@@ -87,6 +87,11 @@ class TransportSettings:
     # Connections accepted per wake-up of the accept loop before it yields, so a connect
     # storm cannot stall the fan-out for long.
     accept_batch: int = attrs.field(default=256, validator=_positive)
+    # Web page origins ("http://host:port") whose scripts may open a WebSocket here; "*" is
+    # any. Browsers send Origin, so a page the user happens to visit cannot reach a loopback
+    # server and, say, stop its channels. Clients that send no Origin (SDK, CLI) are not
+    # browsers and are unaffected.
+    allowed_origins: frozenset[str] = attrs.field(default=frozenset(), converter=lambda v: frozenset(o.lower().rstrip("/") for o in v))
 
 
 @attrs.frozen(slots=True)

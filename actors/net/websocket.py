@@ -23,6 +23,18 @@ logger = logging.getLogger(__name__)
 _FORWARDING_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
 
 
+def origin_refused(headers: list[tuple[bytes, bytes]], allowed: frozenset[str]) -> str | None:
+    """Why a handshake's ``Origin`` is refused, or None. A request without one is no
+    browser's (browsers always send it on a WebSocket upgrade) and passes."""
+    origins = [value for name, value in headers if name.lower() == b"origin"]
+    if not origins:
+        return None
+    origin = origins[0].decode("latin-1").strip().lower().rstrip("/")
+    if len(origins) == 1 and ("*" in allowed or origin in allowed):
+        return None
+    return f"origin {origin[:100]!r} is not allowed (the server's --allow-origin)"
+
+
 async def accept_websocket(
     conn: Connection,
     nursery: trio.Nursery,
@@ -62,7 +74,12 @@ async def accept_websocket(
                     receive_buffer_size=conn.settings.receive_chunk_size,
                 )
                 conn.forwarded = any(name in _FORWARDING_HEADERS for name, _ in request.headers)
-                ws = await request.accept()
+                refused = origin_refused(request.headers, conn.settings.allowed_origins)
+                if refused is None:
+                    ws = await request.accept()
+                else:
+                    failure = refused
+                    await request.reject(403, body=f"{refused}\n".encode())
             except trio_websocket.ConnectionClosed as exc:
                 failure = f"connection closed ({exc.reason})"
             race.cancel_scope.cancel()
