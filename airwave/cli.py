@@ -62,7 +62,7 @@ def _token(args: argparse.Namespace) -> int:
     if secret is None:
         print("airwave: no secret: use --secret-file, AIRWAVE_SECRET, --secret or --dev", file=sys.stderr)
         return 2
-    print(mint_token(secret, channel=args.channel, user_id=args.user, roles=roles, now=time.time(), ttl=args.ttl))
+    print(mint_token(secret, channel=args.channel, user_id=args.user, roles=roles, now=time.time(), ttl=args.ttl, pattern=args.pattern))
     return 0
 
 
@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     token = commands.add_parser("token", help="mint a join token (the server needs the same secret)")
-    token.add_argument("channel", help="a channel id, or a pattern with * and ?")
+    token.add_argument("channel", help="the channel id the token opens (a glob pattern with --pattern)")
+    token.add_argument("--pattern", action="store_true", help="CHANNEL is a glob (* ? [...]) over channel ids, e.g. 'room-*'")
     token.add_argument("--user", required=True, help="the user id the token is for")
     token.add_argument("--role", required=True, metavar="R[,R...]", help="custom role indexes the holder may take (0 host, 1 audience, 2, 3)")
     token.add_argument("--ttl", type=float, default=3600.0, metavar="S", help="seconds until it expires (default 3600)")

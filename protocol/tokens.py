@@ -1,8 +1,8 @@
 """Join tokens: JSON Web Tokens (RFC 7519) signed with HS256 and the server's secret, so any
 backend with a JWT library can mint them (docs/protocol.md 2.7 shows two lines).
 
-Claims: ``sub`` the user id, ``channel`` a channel id or glob pattern (``*``, ``?``, ``[...]``),
-``roles`` the CustomRole bit flags the holder may take, ``exp`` expiry and ``iat`` issue time
+Claims: ``sub`` the user id, either ``channel`` (one channel id, literally) or
+``channel_pattern`` (a glob over channel ids: ``*``, ``?``, ``[...]``), ``roles`` the CustomRole bit flags the holder may take, ``exp`` expiry and ``iat`` issue time
 (UTC epoch seconds), and ``nbf`` if the minter wants one. The header must say ``alg: HS256``:
 ``none`` and every other algorithm are refused, so a token's own header can never choose how
 it is checked.
@@ -35,14 +35,17 @@ _HEADER = {"alg": ALGORITHM, "typ": "JWT"}
 
 @attrs.frozen
 class TokenClaims:
-    channel: str  # an id or a glob pattern
+    channel: str  # a channel id, or a glob pattern if ``pattern``
     user_id: str
     roles: frozenset[CustomRole]
     expires_at: float
     issued_at: float | None = None
+    # Explicit, so that a token for a channel whose id holds glob characters ("[ab]*")
+    # opens that channel only, never "abc".
+    pattern: bool = False
 
     def allows_channel(self, channel_id: str) -> bool:
-        return fnmatch.fnmatchcase(channel_id, self.channel)
+        return fnmatch.fnmatchcase(channel_id, self.channel) if self.pattern else channel_id == self.channel
 
 
 def _b64(data: bytes) -> str:
@@ -79,12 +82,20 @@ def _sign(secret: bytes, signing_input: str) -> bytes:
 
 
 def mint_token(
-    secret: bytes, *, channel: str, user_id: str, roles: Iterable[CustomRole], now: float, ttl: float
+    secret: bytes,
+    *,
+    channel: str,
+    user_id: str,
+    roles: Iterable[CustomRole],
+    now: float,
+    ttl: float,
+    pattern: bool = False,
 ) -> str:
+    """A token for ``channel``, or with ``pattern`` for every channel id the glob matches."""
     granted = sorted({int(role) for role in roles})
     if not granted:
         raise ValueError("a token grants at least one role")
-    claims = {"sub": user_id, "channel": channel, "roles": granted, "iat": int(now), "exp": int(now + ttl)}
+    claims = {"sub": user_id, "channel_pattern" if pattern else "channel": channel, "roles": granted, "iat": int(now), "exp": int(now + ttl)}
     signing_input = f"{_b64(_json(_HEADER))}.{_b64(_json(claims))}"
     return f"{signing_input}.{_b64(_sign(secret, signing_input))}"
 
@@ -103,11 +114,15 @@ def _number(claims: dict[str, Any], name: str, *, required: bool) -> float | Non
 
 
 def _claims(payload: dict[str, Any]) -> TokenClaims:
-    user_id, channel, roles = payload.get("sub"), payload.get("channel"), payload.get("roles")
+    user_id, roles = payload.get("sub"), payload.get("roles")
     if type(user_id) is not str or not user_id:
         raise _invalid("token claim 'sub' (the user id) must be a non-empty string")
+    if ("channel" in payload) == ("channel_pattern" in payload):
+        raise _invalid("a token names its channels with exactly one of the claims 'channel' and 'channel_pattern'")
+    pattern = "channel_pattern" in payload
+    channel = payload["channel_pattern" if pattern else "channel"]
     if type(channel) is not str or not channel:
-        raise _invalid("token claim 'channel' must be a non-empty string (an id or a pattern)")
+        raise _invalid("token claim 'channel' or 'channel_pattern' must be a non-empty string")
     if type(roles) is not list or not roles or any(type(role) is not int for role in roles):
         raise _invalid("token claim 'roles' must be a non-empty list of role numbers")
     try:
@@ -117,7 +132,7 @@ def _claims(payload: dict[str, Any]) -> TokenClaims:
         raise _invalid(f"token claim 'roles' holds a number that is no role (roles are {valid})") from None
     expires_at = _number(payload, "exp", required=True)
     assert expires_at is not None
-    return TokenClaims(channel, user_id, granted, expires_at, _number(payload, "iat", required=False))
+    return TokenClaims(channel, user_id, granted, expires_at, _number(payload, "iat", required=False), pattern)
 
 
 def verify_token(secret: bytes, token: str, *, now: float) -> TokenClaims:

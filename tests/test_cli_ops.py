@@ -24,7 +24,7 @@ def airwave(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 def test_token_command_mints_a_token_the_secret_verifies(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("s3cret-from-a-file\n")
-    minted = airwave("token", "room-*", "--user", "dj", "--role", "0,1", "--ttl", "60", "--secret-file", str(secret))
+    minted = airwave("token", "room-*", "--pattern", "--user", "dj", "--role", "0,1", "--ttl", "60", "--secret-file", str(secret))
     assert minted.returncode == 0, minted.stderr
     claims = verify_token(b"s3cret-from-a-file", minted.stdout.strip(), now=time.time())
     assert (claims.user_id, claims.roles) == ("dj", frozenset({CustomRole.ROLE_0, CustomRole.ROLE_1}))

@@ -27,8 +27,15 @@ def test_token_round_trip_carries_channel_user_roles_and_expiry() -> None:
 
 
 def test_token_pattern_matches_channel_globs() -> None:
-    claims = verify_token(SECRET, mint_token(SECRET, channel="room-*", user_id="u", roles=[AUDIENCE], now=0, ttl=10), now=1)
+    token = mint_token(SECRET, channel="room-*", user_id="u", roles=[AUDIENCE], now=0, ttl=10, pattern=True)
+    claims = verify_token(SECRET, token, now=1)
     assert claims.allows_channel("room-1") and claims.allows_channel("room-") and not claims.allows_channel("hall-1")
+
+
+def test_token_for_a_channel_is_for_that_id_literally() -> None:
+    """An id with glob characters in it opens that channel, not the ones it would match."""
+    claims = verify_token(SECRET, mint_token(SECRET, channel="[ab]*", user_id="u", roles=[AUDIENCE], now=0, ttl=10), now=1)
+    assert claims.allows_channel("[ab]*") and not claims.allows_channel("abc") and not claims.allows_channel("a")
 
 
 def test_token_expired_is_token_expired() -> None:
@@ -117,6 +124,7 @@ def test_token_with_any_algorithm_but_hs256_is_token_invalid(token: str) -> None
         ({k: v for k, v in CLAIMS.items() if k != "exp"}, "'exp'"),
         ({**CLAIMS, "exp": "2000"}, "'exp'"),
         ({**CLAIMS, "nbf": 1500}, "not valid yet"),
+        ({**CLAIMS, "channel_pattern": "*"}, "exactly one"),
     ],
 )
 def test_token_with_bad_claims_says_which(claims: dict[str, object], why: str) -> None:

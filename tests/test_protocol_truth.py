@@ -191,3 +191,15 @@ async def test_a_browser_page_from_an_origin_not_allowed_cannot_connect(nursery:
     running.shutdown()
     with trio.fail_after(10):
         await running.stopped.wait()
+
+
+async def test_a_token_for_a_channel_id_with_glob_characters_opens_only_that_channel(secured: RunningServer) -> None:
+    """Issue 13 §4: patterns are explicit (`channel_pattern`); `channel` is an id, literally."""
+    literal = mint_token(SECRET, channel="[ab]*", user_id="alice", roles=[AUDIENCE], now=time.time(), ttl=60)
+    pattern = mint_token(SECRET, channel="a*", user_id="alice", roles=[AUDIENCE], now=time.time(), ttl=60, pattern=True)
+    with trio.fail_after(10):
+        async with open_wire(secured.url) as wire:
+            assert (await wire.request(Join, channel="abc", user_id="alice", token=literal)).reason is Reason.TOKEN_INVALID
+            assert (await wire.request(Join, channel="abc", user_id="alice", token=pattern)).ok
+            assert (await wire.request(Leave)).ok
+            assert (await wire.request(Join, channel="[ab]*", user_id="alice", token=literal)).ok

@@ -20,8 +20,10 @@ SECRET = b"a secret only the tests know"
 HOST, AUDIENCE = CustomRole.ROLE_0, CustomRole.ROLE_1
 
 
-def token(user: str, roles: list[CustomRole], *, channel: str = "vip", ttl: float = 60, secret: bytes = SECRET) -> str:
-    return mint_token(secret, channel=channel, user_id=user, roles=roles, now=time.time(), ttl=ttl)
+def token(
+    user: str, roles: list[CustomRole], *, channel: str = "vip", ttl: float = 60, secret: bytes = SECRET, pattern: bool = False
+) -> str:
+    return mint_token(secret, channel=channel, user_id=user, roles=roles, now=time.time(), ttl=ttl, pattern=pattern)
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ async def test_token_bounds_role_changes_even_by_a_host(secured: RunningServer) 
         async with open_wire(secured.url) as host, open_wire(secured.url) as fan, open_wire(secured.url) as cohost:
             assert (await host.request(Join, channel="vip", user_id="host", role=HOST, token=token("host", [HOST]))).ok
             assert (await fan.request(Join, channel="vip", user_id="fan", role=AUDIENCE, token=token("fan", [AUDIENCE]))).ok
-            cohost_token = token("co", [AUDIENCE, HOST], channel="v*")
+            cohost_token = token("co", [AUDIENCE, HOST], channel="v*", pattern=True)
             assert (await cohost.request(Join, channel="vip", user_id="co", role=AUDIENCE, token=cohost_token)).ok
 
             assert (await host.request(SetRole, role=HOST, user_id="fan")).reason is Reason.NO_PERMISSION
