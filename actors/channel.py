@@ -35,6 +35,7 @@ from airwave.protocol import (
     VolumeStatus,
     volume_status_for_level,
 )
+from airwave.protocol.text import shown
 
 from .core import (
     Accepted,
@@ -326,7 +327,7 @@ class ChannelActor:
     def _act(self, envelope: Envelope, event: Event, before: Channel | None, after: Channel) -> None:
         match event:
             case ChannelCreated():
-                log.info("channel %s #%d created by %s", event.channel, event.number, event.created_by)
+                log.info("channel %s #%d created by %s", shown(event.channel), event.number, shown(event.created_by))
             case MemberJoined():
                 assert envelope.session is not None
                 member = after.members[event.user_id]
@@ -344,7 +345,7 @@ class ChannelActor:
                     to_hosts_only=not announced,
                     skip=member.user_id,
                 )
-                log.info("join %s #%d %s role=%s", event.channel, event.number, event.user_id, member.role.index)
+                log.info("join %s #%d %s role=%s", shown(event.channel), event.number, shown(event.user_id), member.role.index)
             case MemberLeft():
                 assert before is not None
                 member = before.members[event.user_id]
@@ -359,7 +360,7 @@ class ChannelActor:
                 self._broadcast(
                     ParticipantLeft(member.user_id, event.reason), to_hosts_only=not self._is_announced(member)
                 )
-                log.info("leave %s #%d %s reason=%s", event.channel, event.number, event.user_id, event.reason.reason_name)
+                log.info("leave %s #%d %s reason=%s", shown(event.channel), event.number, shown(event.user_id), event.reason.reason_name)
             case RoleChanged() | StateChanged() | AudioUploadChanged():
                 member = after.members[event.user_id]
                 session = self._sessions.get(member.user_id)
@@ -392,7 +393,7 @@ class ChannelActor:
                 self._hosts.clear()
                 self._volumes.clear()
                 self._announced.clear()
-                log.info("stop %s #%d by=%s reason=%s", event.channel, event.number, event.by, event.reason.reason_name)
+                log.info("stop %s #%d by=%s reason=%s", shown(event.channel), event.number, shown(event.by or ""), event.reason.reason_name)
 
     # --- periodic presence: volume changes and the audience's member count ---
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from airwave.protocol import Error, Reason
+from airwave.protocol.text import shown
 
 from .net import Connection, accept_websocket, frame_of
 from .participant import ParticipantActor, SessionSettings
@@ -140,7 +141,7 @@ class Gateway:
             log.info(
                 "disconnect %s %s reason=%s",
                 peer,
-                participant.user_id or "-",
+                shown(participant.user_id or "-"),
                 (conn.close_reason or participant.end_reason).reason_name,
             )
             nursery.cancel_scope.cancel()

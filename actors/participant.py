@@ -54,6 +54,7 @@ from airwave.protocol import (
 )
 
 from airwave.protocol.ratelimit import TokenBucket
+from airwave.protocol.text import shown
 from airwave.protocol.tokens import TokenClaims, verify_token
 
 from .channel import ChannelActor, ChannelReply, Reattach
@@ -202,7 +203,7 @@ class ParticipantActor:
         try:
             await self._read_loop()
         except Exception:
-            log.exception("session %s (%s) failed", self._peer, self.user_id or "-")
+            log.exception("session %s (%s) failed", self._peer, shown(self.user_id or "-"))
             self.end_reason = Reason.INTERNAL_ERROR
         await self._leave_on_disconnect()
 
@@ -221,7 +222,7 @@ class ParticipantActor:
                     self.end_reason = Reason.TOO_LARGE
                 return
             if self._strikes > self._settings.max_strikes:
-                log.warning("%s (%s): %d refusals, disconnecting", self._peer, self.user_id or "-", self._strikes)
+                log.warning("%s (%s): %d refusals, disconnecting", self._peer, shown(self.user_id or "-"), self._strikes)
                 self.end_reason = Reason.RATE_LIMITED
                 await ws.aclose(code=1008, reason="too many refused messages")
                 return
@@ -364,7 +365,7 @@ class ParticipantActor:
             try:
                 claims = self._check_token(request.token, request.user_id, channel_id)
             except ProtocolError as refusal:
-                log.warning("%s: join of %s as %s refused: %s", self._peer, channel_id, request.user_id, refusal)
+                log.warning("%s: join of %s as %s refused: %s", self._peer, shown(channel_id), shown(request.user_id), refusal)
                 return Reply(request.id, refusal.reason, refusal.message)
         command = JoinChannel(
             time=now(),
@@ -393,7 +394,7 @@ class ParticipantActor:
         self.user_id = request.user_id
         if claims is not None:
             self._hold_token(claims)
-        log.info("%s joined %s as %s", self._peer, channel_id, self.user_id)
+        log.info("%s joined %s as %s", self._peer, shown(channel_id), shown(self.user_id))
         return self._joined_reply(request.id, answer)
 
     def _joined_reply(self, request_id: int, answer: ChannelReply) -> Reply:
@@ -413,7 +414,7 @@ class ParticipantActor:
         self.user_id = suspension.user_id
         if isinstance(dropped, ParticipantActor):
             self._token_deadline, self._claims = dropped._token_deadline, dropped._claims
-        log.info("%s resumed %s in %s", self._peer, self.user_id, suspension.channel_id)
+        log.info("%s resumed %s in %s", self._peer, shown(self.user_id), shown(suspension.channel_id))
         return self._joined_reply(request.id, answer)
 
     def _check_token(self, token: str | None, user_id: str, channel_id: str) -> TokenClaims:
@@ -439,7 +440,7 @@ class ParticipantActor:
         try:
             claims = self._check_token(request.token, self.user_id, self._channel.channel_id)
         except ProtocolError as refusal:
-            log.warning("%s: token refresh for %s refused: %s", self._peer, self.user_id, refusal)
+            log.warning("%s: token refresh for %s refused: %s", self._peer, shown(self.user_id), refusal)
             return Reply(request.id, refusal.reason, refusal.message)
         self._hold_token(claims)
         return Reply(request.id)
@@ -514,7 +515,7 @@ class ParticipantActor:
             self._frames_offered = output.frames_offered
             self._last_sent = now
         if now - max(output.last_received, self._last_sent) >= timeout:
-            log.info("%s (%s) timed out", self._peer, self.user_id or "-")
+            log.info("%s (%s) timed out", self._peer, shown(self.user_id or "-"))
             self._timing_out = True
             self.end_reason = Reason.TIMEOUT
             self._nursery.start_soon(self._time_out)
@@ -538,7 +539,7 @@ class ParticipantActor:
     async def _expire_token(self) -> None:
         channel = self._channel
         if channel is not None and self.state is SessionState.JOINED:
-            log.info("%s (%s): token expired", self._peer, self.user_id)
+            log.info("%s (%s): token expired", self._peer, shown(self.user_id))
             await self._registry.submit(channel.channel_id, LeaveChannel(now(), self.user_id, Reason.TOKEN_EXPIRED), self)
 
     async def _leave_on_disconnect(self) -> None:
@@ -548,7 +549,7 @@ class ParticipantActor:
         reason = getattr(self.output, "close_reason", None) or self.end_reason
         if self._dropped and reason is Reason.NETWORK and self._settings.resume_grace > 0:
             # Decision 7: held for the grace period, unseen; a resume writes no leave or join.
-            log.info("%s (%s) dropped; held %.0f s for resume", self._peer, self.user_id, self._settings.resume_grace)
+            log.info("%s (%s) dropped; held %.0f s for resume", self._peer, shown(self.user_id), self._settings.resume_grace)
             self._registry.suspend(self._session_token, channel.channel_id, self, self.user_id, self._settings.resume_grace, now)
             return
         await self._registry.submit(channel.channel_id, LeaveChannel(now(), self.user_id, Reason(reason)), self)

@@ -13,6 +13,7 @@ import attrs
 import trio
 
 from airwave.protocol import DEFAULT_POLICY, Reason, RolePolicy
+from airwave.protocol.text import shown
 
 from .channel import ChannelActor, ChannelReply, Envelope, OneShot
 from .core import Command, EndChannel, LeaveChannel
@@ -75,7 +76,7 @@ class Registry:
         try:
             await actor.run()
         except Exception:
-            log.exception("channel actor %s crashed", actor.channel_id)
+            log.exception("channel actor %s crashed", shown(actor.channel_id))
             self._forget(actor)
             for session in actor.sessions():
                 session.removed(actor.channel_id, Reason.INTERNAL_ERROR)
@@ -107,7 +108,7 @@ class Registry:
             with suspension.timer:
                 await trio.sleep(grace)
                 if self._suspended.pop(session_token, None) is suspension:
-                    log.info("resume grace over for %s in %s", user_id, channel_id)
+                    log.info("resume grace over for %s in %s", shown(user_id), shown(channel_id))
                     await self.submit(channel_id, LeaveChannel(now(), user_id, Reason.NETWORK), session)
 
         self._nursery.start_soon(expire)

@@ -56,8 +56,10 @@ from airwave.wire import open_wire
 
 MAX_SECONDS = 600.0
 FRAME_SECONDS = 0.020
-LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)/")
-STATS = re.compile(r" stats (.*)$")
+# Anchored to the whole line the server's logger writes ("DATE TIME LEVEL LOGGER: message"),
+# so no client-chosen string elsewhere in the log can pass for one (issue 13, 3).
+LISTENING = re.compile(r"^\S+ \S+ INFO airwave\.server: listening on ws://127\.0\.0\.1:(\d+)/$")
+STATS = re.compile(r"^\S+ \S+ INFO airwave\.server: stats ((?:\w+=-?\d+)(?: \w+=-?\d+)*)$")
 
 
 @attrs.define

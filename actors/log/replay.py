@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from airwave.protocol.text import shown
+
 from ..core import Channel, Event, EventDecodeError, EventOutOfPlace, event_from_record, fold
 from .format import UnusableRecord, read_events
 
@@ -103,25 +105,29 @@ def final_state_json(channel: Channel) -> dict[str, Any]:
 
 
 def event_text(item: ReplayedEvent) -> str:
+    """One line per event. Every client-chosen string goes through `shown`, so no title,
+    property or id can break the line or forge a field."""
     data = event_json(item)
-    head = f"{data.pop('seq'):>8}  {data.pop('time')}  {data.pop('channel')}  {data.pop('type')}"
+    head = f"{data.pop('seq'):>8}  {data.pop('time')}  {shown(data.pop('channel'))}  {data.pop('type')}"
     for key in ("role", "state"):
         if key in data and data[key] is None:
             data[key] = "none"  # no role / no custom state, not "absent"
     if "reason" in data:
         data["reason"] = f"{data.pop('reason')}({data.pop('reason_name')})"
-    details = " ".join(f"{key}={value}" for key, value in data.items() if value not in (None, ""))
+    details = " ".join(
+        f"{key}={shown(value) if isinstance(value, str) else value}" for key, value in data.items() if value not in (None, "")
+    )
     return f"{head}  {details}".rstrip()
 
 
 def final_state_text(channel: Channel) -> str:
     state = "ended" if channel.ended else "live"
     if channel.ended and channel.ended_reason is not None:
-        state += f" ({channel.ended_reason.reason_name}" + (f" by {channel.ended_by})" if channel.ended_by else ")")
-    lines = [f"channel {channel.channel_id} #{channel.number}: {state}, {len(channel.members)} member(s)"]
+        state += f" ({channel.ended_reason.reason_name}" + (f" by {shown(channel.ended_by)})" if channel.ended_by else ")")
+    lines = [f"channel {shown(channel.channel_id)} #{channel.number}: {state}, {len(channel.members)} member(s)"]
     for m in channel.members_in_join_order():
         upload = " uploading" if m.upload else ""
-        lines.append(f"    {m.user_id} (sid {m.sid}) role={m.role.index} state={m.state.index}{upload}")
+        lines.append(f"    {shown(m.user_id)} (sid {m.sid}) role={m.role.index} state={m.state.index}{upload}")
     return "\n".join(lines)
 
 
