@@ -387,8 +387,18 @@ class ParticipantActor:
             max_senders=request.max_senders,
             allowed_roles=None if claims is None else claims.roles,
         )
+        address = self.output.remote_address[0]
+        existing = self._registry.find(channel_id)
+        guarded = existing is not None and existing.channel is not None and existing.channel.password_hash is not None
+        if guarded:
+            wait = self._registry.guesses.reserve(address, channel_id, trio.current_time())
+            if wait is None:
+                return Reply(request.id, Reason.RATE_LIMITED, "too many wrong passwords from your address; try again later")
+            await trio.sleep(wait)  # the backoff: a turn booked after this address's failures
         self._held = []
         answer = await self._registry.submit(channel_id, command, self)
+        if guarded or answer.reason is Reason.INVALID_PASSWORD:
+            self._registry.guesses.record(address, channel_id, failed=answer.reason is Reason.INVALID_PASSWORD, now=trio.current_time())
         if answer.reason is not Reason.NONE:
             return Reply(request.id, answer.reason, answer.message)
         self.user_id = request.user_id

@@ -17,6 +17,7 @@ from airwave.protocol.text import shown
 
 from .channel import ChannelActor, ChannelReply, Envelope, OneShot
 from .core import Command, EndChannel, LeaveChannel
+from .core.guesses import PasswordGuesses
 
 log = logging.getLogger("airwave.registry")
 
@@ -32,7 +33,10 @@ class Registry:
         next_number: int = 1,
         policy: RolePolicy = DEFAULT_POLICY,
         max_channels: int = 10_000,
+        guesses: PasswordGuesses | None = None,
     ) -> None:
+        # Wrong channel passwords, per address and channel: the server-wide backoff.
+        self.guesses = guesses or PasswordGuesses()
         self._max_channels = max_channels
         self.refused_channels = 0
         self._nursery = nursery

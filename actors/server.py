@@ -16,6 +16,7 @@ import trio
 from airwave.protocol import DEFAULT_POLICY, Reason, RolePolicy
 
 from .clock import now
+from .core.guesses import GuessPolicy, PasswordGuesses
 from .gateway import Gateway
 from .log import EventLog, FsyncMode, LogFailed, RecoveryReport, closing_records
 from .net import TransportSettings, close_listener, open_listener, serve_connections
@@ -44,6 +45,8 @@ class ServerSettings:
     # What each role and state may do; the server tells clients what follows from it for them
     # (participant_updated.in_view, replies), so no client needs a copy.
     policy: RolePolicy = DEFAULT_POLICY
+    # The backoff on wrong channel passwords, per address and per channel (core/guesses.py).
+    password_guesses: GuessPolicy = GuessPolicy()
 
 
 class RunningServer:
@@ -95,7 +98,7 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
             async with trio.open_nursery() as service:
                 registry = Registry(
                     service, event_log.append, next_number=next_number, policy=settings.policy,
-                    max_channels=settings.max_channels,
+                    max_channels=settings.max_channels, guesses=PasswordGuesses(settings.password_guesses),
                 )
                 gateway = Gateway(
                     registry, settings.session, max_per_address=settings.max_connections_per_address,
