@@ -1,7 +1,7 @@
 """The Python SDK: the vendor's call sequence in Python style, on trio.
 
     device = MediaDevice.create(source=ToneSource(440))
-    async with Client.connect("ws://127.0.0.1:8765/", user_id="alice") as client:
+    async with Client.connect("ws://127.0.0.1:8765/", user_id="alice") as client:  # or token=...
         channel = MediaChannel.create(client, device, MyCallback())
         channel.set_custom_role(CustomRole.ROLE_0)     # before joining: sent with the join
         channel.enable_upload_audio_stream(True)
@@ -65,6 +65,8 @@ from airwave.protocol import (
     limits,
     query_info_from_wire,
 )
+from airwave.protocol.text import shown
+from airwave.protocol.tokens import unverified_user_id
 from airwave.values import (
     ChannelEvent,
     ConnectionState,
@@ -155,6 +157,23 @@ class MediaDevice:
             output.close()
 
 
+def identity(user_id: str | None, token: str | None) -> str:
+    """Who a client joins as: the token's user if it has a token, else the id asked for, else a
+    random one. Raises ValueError, with what to do, for an unreadable or contradicting token."""
+    if token is None:
+        return user_id or f"user-{secrets.token_hex(4)}"
+    try:
+        minted_for = unverified_user_id(token)
+    except ValueError as exc:
+        raise ValueError(f"the token cannot be used: {exc}") from None
+    if user_id and user_id != minted_for:
+        raise ValueError(
+            f"user id {shown(user_id)} contradicts the token, which was minted for {shown(minted_for)}: "
+            "leave the user id out (the token says who you are)"
+        )
+    return minted_for
+
+
 class Client:
     """A connection to an Airwave server (the vendor's JCClient; ``hello`` is the login).
 
@@ -162,10 +181,13 @@ class Client:
     channel resumes the session, or rejoins if the server no longer holds it (a restart).
     """
 
-    def __init__(self, nursery: trio.Nursery, url: str, user_id: str, policy: ReconnectPolicy | None) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, url: str, user_id: str, policy: ReconnectPolicy | None, token: str | None = None
+    ) -> None:
         self.nursery = nursery
         self.url = url
         self.user_id = user_id
+        self.token = token  # the join token when JoinParam names none; refresh_token replaces it
         self.channel: MediaChannel | None = None
         self.state = ConnectionState.CONNECTED
         self.reconnects = 0
@@ -187,11 +209,22 @@ class Client:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, url: str, *, user_id: str | None = None, reconnect: ReconnectPolicy | None = ReconnectPolicy()
+        cls,
+        url: str,
+        *,
+        user_id: str | None = None,
+        token: str | None = None,
+        reconnect: ReconnectPolicy | None = ReconnectPolicy(),
     ) -> AsyncIterator[Client]:
-        """The first connection must succeed (its error is raised); later drops are retried."""
+        """The first connection must succeed (its error is raised); later drops are retried.
+
+        A token is an identity: with ``token`` the user id is the one it was minted for (its
+        ``sub``), and it is sent with every join. A ``user_id`` that says otherwise is a
+        ValueError here, before connecting, not a token_invalid from the server later.
+        """
+        user_id = identity(user_id, token)
         async with trio.open_nursery() as nursery:
-            client = cls(nursery, url, user_id or f"user-{secrets.token_hex(4)}", reconnect)
+            client = cls(nursery, url, user_id, reconnect, token)
             await nursery.start(client._maintain)
             yield client
             nursery.cancel_scope.cancel()
@@ -469,7 +502,7 @@ class MediaChannel:
             title=param.title,
             custom_property=param.custom_property,
             max_senders=param.max_senders,
-            token=param.token,
+            token=param.token or self._client.token,
         )
         if not reply.ok:
             self._set_state(ChannelState.IDLE)
@@ -564,7 +597,13 @@ class MediaChannel:
         return self._checked("set_custom_property", await self._request(SetCustomProperty, value=value))
 
     async def _refresh_token(self, token: str) -> Reason:
-        return self._checked("refresh_token", await self._request(RefreshToken, token=token))
+        reason = self._checked("refresh_token", await self._request(RefreshToken, token=token))
+        if reason is Reason.NONE:
+            # A rejoin after a server restart must present the fresh token, not the expired one.
+            self._client.token = token
+            if self._last_join is not None and self._last_join[1] is not None and self._last_join[1].token:
+                self._last_join = (self._last_join[0], attrs.evolve(self._last_join[1], token=token))
+        return reason
 
     # --- internals ---
 

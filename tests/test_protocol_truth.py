@@ -203,3 +203,37 @@ async def test_a_token_for_a_channel_id_with_glob_characters_opens_only_that_cha
             assert (await wire.request(Join, channel="abc", user_id="alice", token=pattern)).ok
             assert (await wire.request(Leave)).ok
             assert (await wire.request(Join, channel="[ab]*", user_id="alice", token=literal)).ok
+
+
+# --- section 2: a token is an identity ---------------------------------------------------------
+
+
+async def test_sdk_with_a_token_joins_as_the_user_it_was_minted_for(secured: RunningServer) -> None:
+    from airwave.client import Client, MediaChannel, MediaDevice
+
+    credential = mint_token(SECRET, channel="vip", user_id="alice", roles=[HOST], now=time.time(), ttl=60)
+    async with Client.connect(secured.url, token=credential) as client, Client.connect(
+        secured.url, user_id="alice", token=credential  # the same id, said twice, is no contradiction
+    ) as twin:
+        assert client.user_id == twin.user_id == "alice"
+        channel = MediaChannel.create(client, MediaDevice.create())
+        channel.set_custom_role(HOST)
+        result = await channel.join_async("vip")  # no JoinParam: the client's token goes with it
+        assert result.result, result
+        assert channel.self_participant is not None and channel.self_participant.user_id == "alice"
+        fresh = mint_token(SECRET, channel="vip", user_id="alice", roles=[HOST], now=time.time(), ttl=120)
+        assert await channel.refresh_token_async(fresh) is Reason.NONE
+        assert client.token == fresh  # what a rejoin after a server restart will present
+
+
+async def test_sdk_refuses_a_user_id_the_token_contradicts_before_connecting() -> None:
+    from airwave.client import Client
+
+    credential = mint_token(SECRET, channel="vip", user_id="alice", roles=[HOST], now=time.time(), ttl=60)
+    url = "ws://127.0.0.1:9/"  # nothing listens there: a ValueError proves no connection was tried
+    with pytest.raises(ValueError, match="user id bob contradicts the token, which was minted for alice"):
+        async with Client.connect(url, user_id="bob", token=credential):
+            pass  # pragma: no cover
+    with pytest.raises(ValueError, match="the token cannot be used: not a JSON Web Token"):
+        async with Client.connect(url, token="aw1.not-a-jwt"):
+            pass  # pragma: no cover
