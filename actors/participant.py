@@ -217,9 +217,13 @@ class ParticipantActor:
                 # (§2.8): a reset, no close frame (1006), and a clean close too (1000, 1001),
                 # which is how a browser tab that reloads ends its connection. Only `leave`
                 # ends a membership at once.
-                self._dropped = closed.reason.code != 1009
+                violation = self.output.violation  # the transport closed it: 1002 or 1008
+                self._dropped = closed.reason.code != 1009 and violation is None
                 if closed.reason.code == 1009:  # trio-websocket's answer to a message over 1 MiB
                     self.end_reason = Reason.TOO_LARGE
+                elif violation is not None:
+                    log.warning("%s (%s): %s", self._peer, shown(self.user_id or "-"), violation.reason)
+                    self.end_reason = Reason.RATE_LIMITED if violation.code == 1008 else Reason.PROTOCOL_ERROR
                 return
             if self._strikes > self._settings.max_strikes:
                 log.warning("%s (%s): %d refusals, disconnecting", self._peer, shown(self.user_id or "-"), self._strikes)

@@ -29,7 +29,9 @@ from typing import final
 import attrs
 import trio
 
+from airwave.protocol.ratelimit import TokenBucket
 from airwave.protocol.reasons import Reason
+from airwave.protocol.wsframe import ClientFrameMeter, FrameViolation
 
 __all__ = ["Connection", "TransportSettings", "TransportStatistics"]
 
@@ -92,6 +94,20 @@ class TransportSettings:
     # server and, say, stop its channels. Clients that send no Origin (SDK, CLI) are not
     # browsers and are unaffected.
     allowed_origins: frozenset[str] = attrs.field(default=frozenset(), converter=lambda v: frozenset(o.lower().rstrip("/") for o in v))
+    # Every frame a client sends counts, before trio-websocket parses it: data, continuation
+    # and control frames alike (the request rate limits count whole messages only, so a
+    # stream of empty continuations or unsolicited pongs would pass them). A speaker sends
+    # ~55 frames a second; the burst covers a 10 s stall of the server's own making.
+    frame_rate: float = attrs.field(default=200.0, validator=_positive)
+    frame_burst: float = attrs.field(default=1000.0, validator=_positive)
+    byte_rate: float = attrs.field(default=1 << 20, validator=_positive)
+    byte_burst: float = attrs.field(default=4 << 20, validator=_positive)
+    # A message may be split into this many frames and must be finished within this time.
+    max_fragments: int = attrs.field(default=32, validator=_positive)
+    max_message_seconds: float = attrs.field(default=10.0, validator=_positive)
+    # Frames handed to the parser per read, so one connection's reads cannot hold the loop
+    # (a 16 KiB read of empty frames is 8,192 of them).
+    frames_per_read: int = attrs.field(default=64, validator=_positive)
 
 
 @attrs.frozen(slots=True)
@@ -163,8 +179,14 @@ class Connection(trio.abc.Stream):
         "_queued_bytes",
         "_queued_control_bytes",
         "_queued_media",
+        "_byte_bucket",
+        "_frame_bucket",
+        "_message_since",
+        "_meter",
         "_receive_ended",
         "_receiving",
+        "_unread",
+        "_violation",
         "_remote_address",
         "_sealed",
         "_sending",
@@ -208,6 +230,12 @@ class Connection(trio.abc.Stream):
         self._forwarded = False
         self._last_received = trio.current_time()
         self._receiving = False
+        self._meter = ClientFrameMeter(settings.max_fragments)
+        self._frame_bucket = TokenBucket(settings.frame_rate, settings.frame_burst)
+        self._byte_bucket = TokenBucket(settings.byte_rate, settings.byte_burst)
+        self._message_since: float | None = None
+        self._unread = b""  # received, not yet handed on: beyond one read's frames
+        self._violation: FrameViolation | None = None
         self._sending = False
         self._n_direct = 0
         self._n_queued = 0
@@ -409,8 +437,11 @@ class Connection(trio.abc.Stream):
             await trio.lowlevel.checkpoint_if_cancelled()
             waited = False
             while True:
-                if self._state is _CLOSED:
+                if self._state is _CLOSED or self._violation is not None:
                     self._raise_closed()
+                if self._unread:
+                    data, self._unread = self._unread[:max_bytes], self._unread[max_bytes:]
+                    break
                 try:
                     data = self._sock.recv(max_bytes)
                 except BlockingIOError:
@@ -428,6 +459,8 @@ class Connection(trio.abc.Stream):
             self._last_received = trio.current_time()
             if not data:
                 self._receive_ended.set()
+            else:
+                data = self._metered(data)
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
@@ -441,6 +474,40 @@ class Connection(trio.abc.Stream):
         """
         self.close_now()
         await trio.lowlevel.checkpoint()
+
+    @property
+    def violation(self) -> FrameViolation | None:
+        """The frame rule the client broke, if it did; the connection then reads no more."""
+        return self._violation
+
+    def _metered(self, data: bytes) -> bytes:
+        """The part of ``data`` within one read's frame allowance; the rest waits for the
+        next read. A frame beyond the connection's budgets, or against RFC 6455, closes the
+        connection with the close code and raises `trio.BrokenResourceError`."""
+        try:
+            used, frames = self._meter.advance(data, self._settings.frames_per_read)
+            now = self._last_received
+            if frames and not self._frame_bucket.allow(now, frames):
+                raise FrameViolation(1008, "too many WebSocket frames per second")
+            if not self._byte_bucket.allow(now, used):
+                raise FrameViolation(1008, "too many bytes per second")
+            if not self._meter.message_open:
+                self._message_since = None
+            elif self._message_since is None:
+                self._message_since = now
+            elif now - self._message_since > self._settings.max_message_seconds:
+                raise FrameViolation(1008, f"a message left unfinished for over {self._settings.max_message_seconds:g} s")
+        except FrameViolation as violation:
+            self._violation = violation
+            logger.debug("%r: %s; closing with %d", self, violation.reason, violation.code)
+            reason = violation.reason.encode()[:120]
+            self.send_frame_nowait(bytes((_CLOSE_FRAME_FIRST_BYTE, 2 + len(reason))) + violation.code.to_bytes(2, "big") + reason, droppable=False)
+            self._sealed, self._direct = True, False
+            raise trio.BrokenResourceError(violation.reason) from None
+        if used < len(data):
+            self._unread = data[used:] + self._unread
+            return data[:used]
+        return data
 
     def close_now(self) -> None:
         """`aclose` without the checkpoint: for a ``finally`` that must close when cancelled."""
