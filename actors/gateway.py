@@ -13,7 +13,7 @@ from airwave.protocol import Error, Reason
 from airwave.protocol.text import shown
 
 from .net import Connection, accept_websocket, frame_of
-from .participant import ParticipantActor, SessionSettings
+from .participant import ParticipantActor, SessionSettings, SessionState
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -91,6 +91,7 @@ class Gateway:
         limit_loopback: bool = False,
         max_joining: int = 64,
         admission_hold: float = 0.5,
+        max_unjoined: int = 1024,
     ) -> None:
         self._registry = registry
         self.admission = JoinAdmission(max_joining, admission_hold)
@@ -101,6 +102,10 @@ class Gateway:
         self.connections = 0
         self.refused_connections = 0
         self._open: set[ParticipantActor] = set()
+        # Connections not in a channel, as of the last heartbeat sweep plus those accepted
+        # since: counted there, where every connection is visited anyway.
+        self._max_unjoined = max_unjoined
+        self._unjoined = 0
 
     async def handle(self, conn: Connection) -> None:
         slot = await self.admission.enter()
@@ -124,6 +129,14 @@ class Gateway:
             conn.send_frame_nowait(frame_of(Error(Reason.RATE_LIMITED, "too many connections from your address")), droppable=False)
             await ws.aclose(code=1008, reason="too many connections from your address")
             return
+        if self._unjoined >= self._max_unjoined:
+            # Loopback and proxied clients too: the cap is on the server, not on an address.
+            self.refused_connections += 1
+            log.warning("refused %s: %d connections not in a channel", peer, self._unjoined)
+            conn.send_frame_nowait(frame_of(Error(Reason.RATE_LIMITED, "too many connections not in a channel; try again")), droppable=False)
+            await ws.aclose(code=1008, reason="too many connections not in a channel")
+            return
+        self._unjoined += 1
         self._per_address[host] += 1
         self.connections += 1
 
@@ -158,5 +171,8 @@ class Gateway:
             await trio.sleep(period)
             now = trio.current_time()
             self.admission.expire(now)
+            unjoined = 0
             for participant in list(self._open):
                 participant.tick(now)
+                unjoined += participant.state is not SessionState.JOINED
+            self._unjoined = unjoined

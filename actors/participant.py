@@ -114,6 +114,9 @@ class SessionSettings:
     max_strikes: int = 200
     # How often the gateway's sweep checks every connection's heartbeat.
     heartbeat_sweep: float = 0.25
+    # A connection must say `hello` this soon after its handshake, or it is closed (1008):
+    # answering pings alone does not keep a connection that never logs in.
+    hello_timeout: float = 10.0
 
 
 @attrs.define
@@ -153,6 +156,7 @@ class ParticipantActor:
         self._frames_offered = 0
         self._kernel_watches = self._watch_acknowledgements(settings.heartbeat_timeout)
         self._timing_out = False
+        self._hello_deadline = trio.current_time() + settings.hello_timeout
         self._nursery = nursery
         self._last_refusal_reply = -math.inf
         self._token_deadline = math.inf  # trio clock; the session's token expiry
@@ -523,6 +527,12 @@ class ParticipantActor:
         """
         if self._timing_out:
             return
+        if self.state is SessionState.GREETING and now >= self._hello_deadline:
+            log.info("%s: no hello within %g s", self._peer, self._settings.hello_timeout)
+            self._timing_out = True
+            self.end_reason = Reason.TIMEOUT
+            self._nursery.start_soon(self._end, 1008, "no hello in time")
+            return
         interval, timeout = self._heartbeat
         output = self.output
         if self._kernel_watches and output.frames_offered != self._frames_offered:
@@ -532,7 +542,7 @@ class ParticipantActor:
             log.info("%s (%s) timed out", self._peer, shown(self.user_id or "-"))
             self._timing_out = True
             self.end_reason = Reason.TIMEOUT
-            self._nursery.start_soon(self._time_out)
+            self._nursery.start_soon(self._end, 1001, "heartbeat timeout")
             return
         if now >= self._token_deadline:
             self._token_deadline = math.inf
@@ -545,9 +555,9 @@ class ParticipantActor:
     async def close(self, code: int, reason: str) -> None:
         await self._ws.aclose(code=code, reason=reason)
 
-    async def _time_out(self) -> None:
+    async def _end(self, code: int, reason: str) -> None:
         with trio.move_on_after(1.0):  # a vanished peer never answers the close handshake
-            await self._ws.aclose(code=1001, reason="heartbeat timeout")
+            await self._ws.aclose(code=code, reason=reason)
         await self.output.aclose()
 
     async def _expire_token(self) -> None:

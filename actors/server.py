@@ -41,6 +41,8 @@ class ServerSettings:
     # its slot (gateway.JoinAdmission).
     max_joining: int = 64
     admission_hold: float = 0.5
+    # Connections open but not in a channel (no hello yet, or idle), from all addresses.
+    max_unjoined: int = 1024
     stats_interval: float | None = None  # log a statistics line this often (soak runs read it)
     # What each role and state may do; the server tells clients what follows from it for them
     # (participant_updated.in_view, replies), so no client needs a copy.
@@ -103,7 +105,7 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                 gateway = Gateway(
                     registry, settings.session, max_per_address=settings.max_connections_per_address,
                     limit_loopback=settings.limit_loopback, max_joining=settings.max_joining,
-                    admission_hold=settings.admission_hold,
+                    admission_hold=settings.admission_hold, max_unjoined=settings.max_unjoined,
                 )
                 await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))
                 service.start_soon(gateway.run_heartbeats, settings.session.heartbeat_sweep)

@@ -8,7 +8,10 @@ a real server on loopback, with an honest stream in another channel that must lo
 from __future__ import annotations
 
 import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from hypothesis import given
@@ -16,11 +19,12 @@ from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
 
-from airwave.actors.server import RunningServer
-from airwave.protocol import Hello, Join, ParticipantJoined, ParticipantLeft, Reason, limits
+from airwave.actors.server import RunningServer, serve
+from airwave.protocol import Error, Hello, Join, ParticipantJoined, ParticipantLeft, Reason, limits
 from airwave.protocol.codec import encode
 from airwave.protocol.wsframe import ClientFrameMeter, FrameViolation
 from airwave.wire import open_wire
+from conftest import fast_settings
 from helpers import HOST, next_push, steady_media
 from test_server_errors import on_air
 
@@ -186,3 +190,44 @@ async def test_a_member_who_floods_frames_leaves_rate_limited_not_held_for_resum
                 pass
             left = await next_push(watcher, ParticipantLeft, timeout=5)
     assert left.user_id == "flooder" and left.reason is Reason.RATE_LIMITED
+
+
+# --- connections that never join -------------------------------------------------------------
+
+
+@pytest.fixture
+async def strict(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[RunningServer]:
+    """A server that closes a silent greeter after 0.3 s and keeps at most 3 connections
+    outside a channel."""
+    settings = attrs.evolve(fast_settings(data_dir, hello_timeout=0.3), max_unjoined=3)
+    running: RunningServer = await nursery.start(serve, settings)
+    yield running
+    running.shutdown()
+    with trio.fail_after(10):
+        await running.stopped.wait()
+
+
+async def test_a_connection_that_never_says_hello_is_closed_though_it_answers_pings(strict: RunningServer) -> None:
+    with trio.fail_after(5):
+        async with open_wire(strict.url, hello=False) as silent:  # trio-websocket answers pings
+            await silent.closed.wait()
+            assert silent.ws.closed is not None and silent.ws.closed.code == 1008
+            assert silent.ws.closed.reason == "no hello in time"
+
+
+async def test_connections_outside_a_channel_are_capped_for_loopback_too(strict: RunningServer) -> None:
+    with trio.fail_after(10):
+        async with open_wire(strict.url) as a, open_wire(strict.url) as b, open_wire(strict.url):
+            async with open_wire(strict.url, hello=False) as refused:
+                error = await next_push(refused, Error)
+                assert error.reason is Reason.RATE_LIMITED and "not in a channel" in error.message
+                await refused.closed.wait()
+                assert refused.ws.closed is not None and refused.ws.closed.code == 1008
+            assert (await a.request(Join, channel="room", user_id="a")).ok
+            assert (await b.request(Join, channel="room", user_id="b")).ok
+            while True:  # once a heartbeat sweep has counted the joins, there is room again
+                async with open_wire(strict.url, hello=False) as later:
+                    with trio.move_on_after(0.2):
+                        await later.closed.wait()
+                    if not later.closed.is_set():
+                        break
