@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
 import trio
+import trio.testing
 
 from airwave.actors.core import events as ev
 from airwave.actors.log.replay import replay_events
@@ -16,6 +17,21 @@ from airwave.wire import Wire
 
 HOST = CustomRole.ROLE_0
 AUDIENCE = CustomRole.ROLE_1
+
+
+POLL_INTERVAL = 0.01  # how often `wait_until` looks
+
+
+async def wait_until(condition: Callable[[], bool], what: str, *, timeout: float = 5.0) -> None:
+    """Returns once ``condition()`` holds, looking every 10 ms; fails naming ``what`` after
+    ``timeout`` seconds. For state that no message or event announces (a server counter, a
+    record in the log, a task's result), so that a test waits for exactly what it needs
+    instead of sleeping for a guess."""
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(POLL_INTERVAL)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 async def next_push(wire: Wire, kind: type, timeout: float = 2.0) -> object:
@@ -112,6 +128,7 @@ async def steady_media(
 
     async def send_loop() -> None:
         # Never cancelled mid-send (a torn WebSocket frame would be the test's own fault).
+        # The sleep paces the stream (a frame every ``interval``); it synchronises nothing.
         while not stop.is_set():
             seq = flow.sent
             await sender.send_bytes(encode_client_media(seq, seq * 960, b"\xf8" + seq.to_bytes(4, "big"), level=40))
@@ -132,14 +149,18 @@ async def steady_media(
         async with trio.open_nursery() as sending:
             sending.start_soon(send_loop)
             yield flow
-            with trio.fail_after(3):
-                while flow.sent < min_frames:  # the body was too quick to prove anything
-                    await trio.sleep(interval)
+            # The body was too quick to prove anything: let the stream run on a little.
+            await wait_until(lambda: flow.sent >= min_frames, f"{min_frames} frames sent", timeout=3)
             stop.set()
         with trio.move_on_after(2):  # then the comparison below says what went missing
             while any(len(from_sender(listener)) < flow.sent for listener in listeners):
-                await trio.sleep(0.005)
-        await trio.sleep(0.02)  # a duplicate or stray frame would show up now
+                await trio.sleep(POLL_INTERVAL)
+        # A duplicate or stray frame would be queued to a listener before the reply to its
+        # ping (one ordered output per connection); once every task is blocked, the receive
+        # loops have taken everything that arrived before those replies.
+        for listener in listeners:
+            assert (await listener.request(Ping)).ok
+        await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     for listener in listeners:
         assert listener.media_dropped == 0

@@ -72,6 +72,7 @@ from airwave.protocol import (
 from airwave.wire import Wire, open_wire
 
 from audio_checks import dominant_frequency, longest_gap_frames, read_wav, sounding_span
+from helpers import wait_until
 
 HOST = CustomRole.ROLE_0
 AUDIENCE = CustomRole.ROLE_1
@@ -348,18 +349,22 @@ async def abuse_media_flood(url: str) -> Abuse:
     return abuse
 
 
+BAD_MEDIA = {
+    "badmedia_level": raw_media(1, 150, b"\xf8x"),
+    "badmedia_length": raw_media(2, 50, b"\xf8x", length_delta=3),
+    "badmedia_long": raw_media(3, 50, b"\xf8" * 1300),
+}
+
+
 async def abuse_bad_media(url: str) -> Abuse:
-    """Media frames with a bad header, one kind a second (errors are at most one a second)."""
+    """Media frames with a bad header, each kind from a member of its own: a connection gets
+    at most one error a second for refused media, and one each needs no waiting that out."""
     abuse = Abuse("bad_media")
-    async with open_wire(url) as wire:
-        assert (await wire.request(Join, channel="live", user_id="badmedia")).ok
-        bad_level, bad_length, too_long = (
-            raw_media(1, 150, b"\xf8x"), raw_media(2, 50, b"\xf8x", length_delta=3), raw_media(3, 50, b"\xf8" * 1300)
-        )
-        for frame in (bad_level, bad_length, too_long):
+    for user_id, frame in BAD_MEDIA.items():
+        async with open_wire(url) as wire:
+            assert (await wire.request(Join, channel="live", user_id=user_id)).ok
             await wire.send_bytes(frame)
-            await trio.sleep(1.05)
-        await finish(wire, abuse)
+            await finish(wire, abuse)
     return abuse
 
 
@@ -430,9 +435,7 @@ async def test_abuse_flood_listener_audio_clean_server_intact_log_replays(
                 host.enable_upload_audio_stream(True)
                 assert (await host.join_async("live")).result
                 assert (await listener.join_async("live")).result
-                with trio.fail_after(3):
-                    while listener.receiver.stats.packets < 25:
-                        await trio.sleep(0.02)
+                await wait_until(lambda: listener.receiver.stats.packets >= 25, "half a second of audio", timeout=3)
                 baseline = server.statistics()
 
                 results: list[Abuse] = []
@@ -463,15 +466,19 @@ async def test_abuse_flood_listener_audio_clean_server_intact_log_replays(
                 by_name = {abuse.name: abuse for abuse in results}
                 assert len(results) == len(by_name) == 20
 
-                await trio.sleep(0.5)  # more clean audio after the storm
+                # More clean audio after the storm: half a second of it, and 3.3 s in all, so
+                # that the recording holds the 3 s of tone checked below once played out.
+                wanted = max(listener.receiver.stats.packets + 25, 165)
+                await wait_until(lambda: listener.receiver.stats.packets >= wanted, "audio after the storm", timeout=5)
                 packets_during = listener.receiver.stats.packets
                 assert (await listener.leave_async()).reason is Reason.QUIT
                 listener_device.close()
 
                 # Every abuser is gone (held drops past their grace period too).
-                with trio.fail_after(3):
-                    while live_members(server, "live") != {"host"} or server.gateway.connections != 2:
-                        await trio.sleep(0.05)
+                await wait_until(
+                    lambda: live_members(server, "live") == {"host"} and server.gateway.connections == 2,
+                    "every abuser gone", timeout=3,
+                )
 
                 # The server still serves a fresh join, with the host's audio.
                 async with open_wire(url) as fresh:
@@ -549,7 +556,7 @@ async def test_abuse_flood_listener_audio_clean_server_intact_log_replays(
         "huge": [Reason.TOO_LARGE],  # closed 1009 by trio-websocket: leaves at once, not held
         "flooder": [Reason.RATE_LIMITED],
         "blaster": [Reason.RATE_LIMITED],
-        "badmedia": [Reason.NETWORK],
+        **{user_id: [Reason.NETWORK] for user_id in BAD_MEDIA},
         "resetter": [Reason.NETWORK],
         "listener": [Reason.QUIT],
         "fresh": [Reason.QUIT],
@@ -645,7 +652,8 @@ async def test_listener_that_never_reads_is_dropped_as_slow_consumer_without_del
                         sent_at[seq] = trio.current_time()
                         await host.send_bytes(encode_client_media(seq, seq * 960, packet, 50))
                         next_at += 0.02
-                    await trio.sleep(0.2)
+                    await wait_until(lambda: len(arrived_at) == len(packets), "every packet at the healthy listener", timeout=2)
+                    await wait_until(lambda: bool(stuck_gone_at), "the host told the stuck listener left", timeout=2)
                     nursery.cancel_scope.cancel()
                 assert info.self_sid
                 stuck.sock.close()
@@ -751,9 +759,7 @@ async def test_sigkill_mid_session_restart_same_port_log_recovered_sdk_rejoins_a
                 assert (await host.join_async("live")).result
                 first_info = (await listener.query_async("live")).info
                 assert (await listener.join_async("live")).result
-                with trio.fail_after(3):
-                    while listener.receiver.stats.packets < 50:  # a second of audio
-                        await trio.sleep(0.02)
+                await wait_until(lambda: listener.receiver.stats.packets >= 50, "a second of audio", timeout=3)
                 host_events, listener_events = host.events(), listener.events()
 
                 first.process.kill()  # SIGKILL: no chance to write anything more
@@ -770,10 +776,9 @@ async def test_sigkill_mid_session_restart_same_port_log_recovered_sdk_rejoins_a
                     assert h.reconnects >= 1 and lc.reconnects >= 1
                     rejoin_ticks = listener.receiver.stats.ticks
                     received = listener.receiver.stats.packets
-                    with trio.fail_after(3):
-                        while listener.receiver.stats.packets < received + 50:  # audio flows again
-                            await trio.sleep(0.02)
-                    await trio.sleep(0.5)
+                    # Audio flows again: 1.5 s of it, of which the recording must hold 0.8 s
+                    # played out (checked at the end).
+                    await wait_until(lambda: listener.receiver.stats.packets >= received + 75, "audio after the rejoin", timeout=4)
 
                     # The log: the crash's members left with server_restart, that channel stopped,
                     # then the rejoins in a new channel instance.
@@ -798,9 +803,10 @@ async def test_sigkill_mid_session_restart_same_port_log_recovered_sdk_rejoins_a
                     assert first_info is not None and first_info.channel_number == crashed.number == 1
                     assert query.info.channel_number == current.number == 2
                     assert sorted(query.info.members) == sorted(current.members)
-                    with trio.fail_after(2):
-                        while not second.stats_lines() or second.stats_lines()[-1]["members"] != 2:
-                            await trio.sleep(0.05)
+                    await wait_until(
+                        lambda: bool(second.stats_lines()) and second.stats_lines()[-1]["members"] == 2,
+                        "a stats line with both members", timeout=2,
+                    )
                     last = second.stats_lines()[-1]
                     assert (last["channels"], last["members"], last["connections"]) == (1, 2, 2)
                     assert last["log_seq"] == len(after)

@@ -17,6 +17,7 @@ from airwave.actors.server import RunningServer, ServerSettings, serve
 from airwave.protocol import CustomRole, Error, Join, Ping, Reason, decode_server_message, encode_client_media
 from airwave.wire import open_wire
 from conftest import fast_settings
+from helpers import settle, wait_until
 
 
 @asynccontextmanager
@@ -45,9 +46,13 @@ async def test_control_flood_is_rate_limited_then_disconnected_and_logged(data_d
                 assert Reason.RATE_LIMITED in reasons and reasons[0] is Reason.NONE
                 assert flooder.ws.closed.code == 1008
             assert (await bystander.request(Ping)).ok  # everyone else is still served
-            await trio.sleep(0.2)
-            left = [i.event for i in replay_events(server.event_log.directory) if i.event.TYPE == "participant_left"]
-            assert [(e.user_id, e.reason) for e in left] == [("flood", Reason.RATE_LIMITED)]
+
+            def left() -> list[tuple[str, Reason]]:
+                events = [i.event for i in replay_events(server.event_log.directory)]
+                return [(e.user_id, e.reason) for e in events if e.TYPE == "participant_left"]
+
+            await wait_until(lambda: bool(left()), "the flooder's leave in the log")
+            assert left() == [("flood", Reason.RATE_LIMITED)]
 
 
 async def test_media_flood_is_capped_per_publisher_with_one_error_a_second(data_dir: Path) -> None:
@@ -58,17 +63,13 @@ async def test_media_flood_is_capped_per_publisher_with_one_error_a_second(data_
             assert (await fan.request(Join, channel="c", user_id="fan")).ok
             for seq in range(200):
                 await host.send_bytes(encode_client_media(seq, 0, b"\xf8x"))
-            await trio.sleep(0.3)
+            # The host's ping is answered after the server acted on every frame before it,
+            # fanning each one it let through out to the fan at once; the fan's ping reply
+            # comes after all of them on the fan's one ordered output.
+            errors = [m.reason for m in await settle(host) if isinstance(m, Error)]
+            await settle(fan)
             delivered = fan.media.statistics().current_buffer_used
             assert 20 <= delivered <= 40, delivered
-            errors = []
-            while True:
-                try:
-                    message = host.pushes.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                if isinstance(message, Error):
-                    errors.append(message.reason)
             assert errors == [Reason.RATE_LIMITED]
 
 
@@ -103,8 +104,7 @@ async def test_a_client_stalled_mid_handshake_holds_the_only_join_slot_for_at_mo
     with trio.fail_after(10):
         async with running(settings) as server:
             stalled = await trio.open_tcp_stream("127.0.0.1", server.port)  # connects, never upgrades
-            await trio.sleep(0.1)
-            assert server.gateway.admission.joining == 1
+            await wait_until(lambda: server.gateway.admission.joining == 1, "the stalled client to take the join slot")
             started = trio.current_time()
             async with open_wire(server.url) as late:
                 assert (await late.request(Join, channel="c", user_id="late")).ok

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import select
 import socket
 import struct
 import time
@@ -32,6 +33,7 @@ from airwave.actors.net import (
 )
 from airwave.protocol.reasons import Reason
 from airwave.protocol.wsframe import server_binary_frame
+from helpers import wait_until
 
 # Linux doubles SO_SNDBUF/SO_RCVBUF and enforces a floor; these are near that floor.
 SMALL_SEND_BUFFER = 4096
@@ -169,6 +171,14 @@ async def accept_one(port: int, accepted: trio.MemoryReceiveChannel, **kwargs):
     return client, conn, ws
 
 
+def reset_arrived(conn: Connection) -> bool:
+    """Whether the peer's reset has reached the server's socket (poll says error or hang-up),
+    asked without reading or sending, so the connection itself still has to find out."""
+    poller = select.poll()
+    poller.register(conn._sock.fileno(), select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
 def tight(**overrides) -> TransportSettings:
     values = dict(
         send_buffer_size=SMALL_SEND_BUFFER,
@@ -230,8 +240,7 @@ async def test_accept_websocket_peer_leaves_before_handshake_returns_none():
             await sock.connect(("127.0.0.1", port))
             await sock.send(b"GET / HTTP/1.1\r\n")
             sock.close()
-            while not results:
-                await trio.sleep(0.01)
+            await wait_until(lambda: bool(results), "accept_websocket to return")
         assert results == [None]
 
 
@@ -250,8 +259,7 @@ async def test_accept_websocket_silent_peer_times_out_and_returns_none():
             await sock.connect(("127.0.0.1", port))
             assert await sock.recv(10) == b""  # closed by the server after the timeout
             sock.close()
-            while len(results) < 2:
-                await trio.sleep(0.01)
+            await wait_until(lambda: len(results) == 2, "the handler to finish")
         assert results == [None, Reason.NONE]
 
 
@@ -310,7 +318,7 @@ async def test_connection_slow_reader_sees_increasing_frames_with_gaps_equal_to_
                         controls_sent.append(control_seq)
                         control_seq += 1
                     if seq % 10 == 0:
-                        await trio.sleep(0.001)
+                        await trio.sleep(0.001)  # pacing: the publisher runs at a media-like rate
                     if seq % 300 == 299:
                         await trio.sleep(0.05)  # a lull: the backlog drains, a new one begins
                 conn.send_frame_nowait(server_binary_frame(numbered_payload(END, 0)), droppable=False)
@@ -324,7 +332,7 @@ async def test_connection_slow_reader_sees_increasing_frames_with_gaps_equal_to_
                         if kind == END:
                             return
                         (media_seen if kind == MEDIA else controls_seen).append(seq)
-                    await trio.sleep(0.001)
+                    await trio.sleep(0.001)  # pacing: a reader slower than the publisher
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(publish)
@@ -382,7 +390,7 @@ async def test_connection_reader_stopped_forever_becomes_slow_consumer_without_d
                         backlog_at = now
                     if closed_at is None and stuck_conn.close_reason is not None:
                         closed_at = now
-                    await trio.sleep(0.005)
+                    await trio.sleep(0.005)  # pacing: a fan-out tick (the backlog limit is a real-time timer)
 
             assert stuck_conn.close_reason is Reason.SLOW_CONSUMER
             assert stuck_conn.statistics().slow_consumer
@@ -413,7 +421,7 @@ async def test_connection_watching_acknowledgements_ends_a_shut_window_with_time
             started = trio.current_time()
             while conn.close_reason is None and trio.current_time() - started < 10:
                 conn.send_frame_nowait(frame, droppable=True)
-                await trio.sleep(0.005)
+                await trio.sleep(0.005)  # pacing: media until the kernel's timer ends the connection
             assert conn.close_reason is Reason.TIMEOUT
             assert conn.statistics().would_block_events  # it was backlogged, not just slow
             stuck.sock.close()
@@ -438,8 +446,7 @@ async def test_connection_control_bytes_over_limit_closes_slow_consumer_promptly
             conn.send_frame_nowait(frame, droppable=False)
             assert conn.statistics() == stats and stats.bytes_queued_now == 0
             # Closed by the flusher on the next scheduler pass, not inside the send loop.
-            await trio.sleep(0.05)
-            assert "closed" in repr(conn)
+            await wait_until(lambda: "closed" in repr(conn), "the flusher to close the socket")
             await stuck.read_until_eof()
 
 
@@ -470,7 +477,7 @@ async def test_connection_reset_while_backlogged_is_contained_and_server_keeps_s
                 for conn in (doomed_conn, other_conn):
                     conn.send_frame_nowait(frame, droppable=True)
                 seq += 1
-                await trio.sleep(0.01)
+                await trio.sleep(0.01)  # pacing: media until the fast path meets the reset
             assert doomed_conn.close_reason is Reason.NETWORK
             doomed_conn.send_frame_nowait(frame, droppable=True)  # a no-op now
 
@@ -486,8 +493,9 @@ async def test_connection_reset_while_backlogged_is_contained_and_server_keeps_s
             newcomer_conn.send_frame_nowait(server_binary_frame(b"welcome"), droppable=False)
             assert newcomer.feed(await newcomer.recv_raw(100)) == [b"welcome"]
 
-            while not any("handler failed" in r.getMessage() for r in caplog.records):
-                await trio.sleep(0.01)
+            await wait_until(
+                lambda: any("handler failed" in r.getMessage() for r in caplog.records), "the handler's failure logged"
+            )
 
 
 async def test_connection_send_after_peer_reset_marks_network_failure_without_raising():
@@ -504,7 +512,7 @@ async def test_connection_send_after_peer_reset_marks_network_failure_without_ra
             conn.send_frame_nowait(b"first", droppable=False)
             assert await client.recv_raw(10) == b"first"
             client.reset()
-            await trio.sleep(0.05)
+            await wait_until(lambda: reset_arrived(conn), "the reset at the server's socket")
             frame = server_binary_frame(b"media")
             for _ in range(3):
                 conn.send_frame_nowait(frame, droppable=True)
@@ -513,8 +521,7 @@ async def test_connection_send_after_peer_reset_marks_network_failure_without_ra
                 await conn.send_all(b"control")
             stats = conn.statistics()
             assert stats.frames_sent_directly == 1 and stats.frames_queued_now == 0
-            await trio.sleep(0.05)
-            assert "closed" in repr(conn)  # the flusher task closed the socket
+            await wait_until(lambda: "closed" in repr(conn), "the flusher task to close the socket")
 
 
 async def test_serve_connections_handler_error_is_logged_and_others_keep_working(caplog):
