@@ -128,6 +128,7 @@ OPERATION_QUEUE = 256  # sync calls waiting to be sent; beyond it a call returns
 # so it catches up with the channel's present instead of reading stale history.
 EVENT_QUEUE = 1024
 TICK = 0.020
+FLUSH_SECONDS = 3.0  # leaving a Client block waits at most this long for the calls already queued
 
 T = TypeVar("T")
 E = TypeVar("E", bound=ChannelEvent)
@@ -155,6 +156,10 @@ class MediaDevice:
     def close(self) -> None:
         for output in self.outputs:
             output.close()
+
+
+async def _nothing() -> None:
+    """An operation that does nothing: once it has run, every call queued before it has."""
 
 
 def identity(user_id: str | None, token: str | None) -> str:
@@ -227,7 +232,18 @@ class Client:
             client = cls(nursery, url, user_id, reconnect, token)
             await nursery.start(client._maintain)
             yield client
+            await client._finish_queued_calls()
             nursery.cancel_scope.cancel()
+
+    async def _finish_queued_calls(self) -> None:
+        """A ``channel.stop()`` or ``leave()`` just before the block ends only queued the call:
+        closing at once would lose it, and the others would see a drop (held for a resume)
+        instead of the stop or leave that was asked for. So they are sent first, for at most
+        FLUSH_SECONDS, which bounds an exit against a server that no longer answers."""
+        if self.channel is None:
+            return
+        with trio.move_on_after(FLUSH_SECONDS):
+            await self.channel._ordered(_nothing)
 
     def _install(self, wire: Wire | None, state: ConnectionState) -> None:
         self._wire, self.state = wire or self._wire, state

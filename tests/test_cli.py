@@ -11,7 +11,9 @@ import trio
 
 from airwave.actors.log.replay import fold_replayed, replay_events
 from airwave.actors.server import RunningServer
+from airwave.client import Client, LeaveEvent, MediaChannel, MediaDevice
 from airwave.demo import run_demo
+from airwave.protocol import Reason
 
 from audio_checks import dominant_frequency, read_wav, sounding_span
 
@@ -77,3 +79,42 @@ async def test_demo_runs_the_whole_story_and_leaves_recordings_and_a_log(tmp_pat
     first, last = sounding_span(alice)
     assert (last - first) * 0.02 > 2.0, "alice heard the host and then bob"
     assert (tmp_path / "demo" / "alice.ogg").stat().st_size > 1000
+
+
+def readme_sdk_example(url: str) -> str:
+    """The README's SDK example as written, pointed at a test server instead of port 8765."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## The SDK", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert code.count('"ws://127.0.0.1:8765/"') == 1, "the example no longer connects where this test expects"
+    return code.replace('"ws://127.0.0.1:8765/"', repr(url))
+
+
+async def test_readme_sdk_example_stop_reaches_the_listener_as_over(server: RunningServer) -> None:
+    """The example calls channel.stop() as the last line in its Client block: leaving the
+    block must send it, not drop the connection (a drop is held for a resume, no `over`)."""
+    done: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def run_example() -> None:
+        done.append(await trio.run_process([sys.executable, "-c", readme_sdk_example(server.url)],
+                                           capture_stdout=True, capture_stderr=True, check=False))
+
+    left: list[LeaveEvent] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_example)
+            while server.registry.find("222") is None:
+                await trio.sleep(0.05)
+            async with Client.connect(server.url, user_id="bob") as client:
+                channel = MediaChannel.create(client, MediaDevice.create())
+                async with channel.events() as events:
+                    assert (await channel.join_async("222")).result
+                    with trio.move_on_after(12):  # the example talks for a few seconds, then stops
+                        async for event in events:
+                            if isinstance(event, LeaveEvent):
+                                left.append(event)
+                                break
+    (example,) = done
+    assert example.returncode == 0, example.stderr.decode()
+    assert example.stdout.decode().splitlines() == ["joined"]
+    assert left == [LeaveEvent(Reason.OVER, "222")]
