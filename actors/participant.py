@@ -109,7 +109,10 @@ class SessionSettings:
     control_rate: float = 20.0  # requests per second, on average
     control_burst: float = 50.0
     media_rate: float = 100.0  # media frames per second (a 20 ms speaker sends 50)
-    media_burst: float = 100.0
+    # Frames are judged when the server reads them, so a stall of the server's own (a busy
+    # loop, a paused process) hands it a speaker's last seconds at once: the burst covers
+    # 5 s of a 20 ms speaker, so an honest host is never refused for the server's lag.
+    media_burst: float = 250.0
     # Refusals (rate limits, malformed frames) a connection may earn before it is closed.
     max_strikes: int = 200
     # How often the gateway's sweep checks every connection's heartbeat.

@@ -231,3 +231,19 @@ async def test_connections_outside_a_channel_are_capped_for_loopback_too(strict:
                         await later.closed.wait()
                     if not later.closed.is_set():
                         break
+
+
+def test_a_stall_of_the_servers_own_never_refuses_an_honest_speaker() -> None:
+    """Frames are judged when read: after the server stalls, a 20 ms speaker's frames of the
+    stall arrive at once, and the default media limit must take all of them (up to 5 s)."""
+    from airwave.actors.participant import SessionSettings
+    from airwave.protocol.ratelimit import TokenBucket
+
+    settings = SessionSettings()
+    bucket = TokenBucket(settings.media_rate, settings.media_burst)
+    now = 0.0
+    for _ in range(500):  # ten seconds of speech, read as it was sent
+        now += 0.02
+        assert bucket.allow(now)
+    now += 5.0  # the server reads nothing for 5 s, then the 250 frames sent meanwhile
+    assert all(bucket.allow(now) for _ in range(250))
