@@ -10,7 +10,8 @@
 
 Each run starts a fresh server as its own process (``airwave serve --port P --data TMPDIR``,
 or one of the two baselines in scripts/fanout_baselines.py) pinned to one core, and the load
-generator (scripts/fanout_loadgen.py) pinned to the other. The load generator joins one host
+generator (scripts/fanout_loadgen.py) pinned to the other (--server-cpu, --loadgen-cpu; "none"
+leaves a process unpinned). The load generator joins one host
 per channel (role custom_role_0, upload true) that sends a real Opus packet every 20 ms, and
 N listeners (custom_role_1) through the real join path, all at once; then it idles
 (--settle), publishes a warm-up second, and measures a window of --seconds. Every system gets
@@ -959,6 +960,20 @@ def print_profile(profile: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------- main
 
 
+def cpu_option(text: str) -> int | None:
+    """A core number for --server-cpu/--loadgen-cpu, or "none": no pinning, the scheduler
+    places the process (a smoke test on a shared machine, where pinned cores may be busy)."""
+    if text.lower() == "none":
+        return None
+    try:
+        cpu = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a core number or 'none', not {text!r}") from None
+    if cpu < 0:
+        raise argparse.ArgumentTypeError(f"a core number or 'none', not {text!r}")
+    return cpu
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listeners", type=int, default=500, help="listeners in total (default 500)")
@@ -994,8 +1009,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run airwave under tracemalloc; report Python heap growth per listener by site (slow)")
     p.add_argument("--max-background", type=float, default=20.0,
                    help="re-run (at most twice) a run during which other processes used more than this %% of a core")
-    p.add_argument("--server-cpu", type=int, default=0)
-    p.add_argument("--loadgen-cpu", type=int, default=1)
+    p.add_argument("--server-cpu", type=cpu_option, default=0, metavar="N|none",
+                   help="pin the server to core N (default 0); none: no pinning")
+    p.add_argument("--loadgen-cpu", type=cpu_option, default=1, metavar="N|none",
+                   help="pin the load generator (and this process) to core N (default 1); none: no pinning")
     p.add_argument("--loadgen-poll", choices=("block", "spin"), default="block",
                    help="spin: the load generator never sleeps while publishers run, so no server send() pays for waking it")
     p.add_argument("--server-log-level", default="INFO", help="airwave serve --log-level (default INFO, as shipped)")
@@ -1023,7 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(cpus) < 2:
         print("warning: fewer than 2 cores; server and load generator share one", file=sys.stderr)
         args.server_cpu = args.loadgen_cpu = None
-    else:
+    elif args.loadgen_cpu is not None:
         os.sched_setaffinity(0, {args.loadgen_cpu})  # this process idles on the load generator's core
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -13,12 +13,11 @@ from airwave.audio import ToneSource
 from airwave.client import Client, ConnectionState, ConnectionStateEvent, JoinResult, MediaChannel, MediaDevice
 from airwave.protocol import ChannelState, CustomRole, Reason
 from conftest import fast_settings
+from helpers import wait_until
 
 
 async def packets_flowing(channel: MediaChannel, more_than: int, timeout: float = 3.0) -> None:
-    with trio.fail_after(timeout):
-        while channel.receiver.stats.packets <= more_than:
-            await trio.sleep(0.02)
+    await wait_until(lambda: channel.receiver.stats.packets > more_than, f"more than {more_than} packets", timeout=timeout)
 
 
 async def test_sdk_drop_is_resumed_and_audio_continues_without_leave_or_join(server: RunningServer) -> None:
@@ -54,10 +53,12 @@ async def test_sdk_rejoins_by_itself_after_a_server_crash(data_dir: Path) -> Non
     with trio.fail_after(20):
         async with trio.open_nursery() as outer:
             crash_scope = trio.CancelScope()
+            crashed = trio.Event()  # the first server's task is over: its port is free
 
             async def run_server(task_status: trio.TaskStatus[RunningServer]) -> None:
                 with crash_scope:
                     await serve(settings, task_status=task_status)
+                crashed.set()
 
             first: RunningServer = await outer.start(run_server)
             port = first.port
@@ -66,7 +67,16 @@ async def test_sdk_rejoins_by_itself_after_a_server_crash(data_dir: Path) -> Non
                 assert (await fan.join_async("live")).result
                 events = fan.events()
                 crash_scope.cancel()  # no graceful shutdown: as far as the log knows, a crash
-                await trio.sleep(0.3)
+                with trio.fail_after(5):
+                    await crashed.wait()
+                # The server comes back only once the SDK has noticed it is gone.
+                reconnecting = None
+                with trio.fail_after(5):
+                    async for event in events:
+                        if isinstance(event, ConnectionStateEvent):
+                            reconnecting = event.state
+                            break
+                assert reconnecting is ConnectionState.RECONNECTING
                 second: RunningServer = await outer.start(serve, attrs.evolve(settings, port=port))
                 rejoined = None
                 with trio.fail_after(8):

@@ -31,6 +31,7 @@ from airwave.protocol import ChannelState, CustomRole, CustomState, Reason, Role
 
 from audio_checks import dominant_frequency, longest_gap_frames, read_wav, sounding_span
 from conftest import fast_settings
+from helpers import wait_until
 
 HOST = CustomRole.ROLE_0
 
@@ -48,6 +49,14 @@ class Recording(MediaChannelCallback):
 
     def named(self, name: str) -> list[tuple[object, ...]]:
         return [args for call, args in self.calls if call == name]
+
+
+def played_out(channel: MediaChannel) -> bool:
+    """Whether every sender ``channel`` has heard has gone idle in its jitter buffer: nothing
+    arrived for the buffer's concealment limit past the newest packet (the receiver's streams
+    are not public; this is the one place a test needs them)."""
+    streams = channel.receiver._streams.values()
+    return bool(streams) and all(stream.jitter.idle for stream in streams)
 
 
 async def wait_for(events: trio.MemoryReceiveChannel, kind: type, timeout: float = 3.0) -> object:
@@ -85,7 +94,9 @@ async def test_seed_sequence_tone_arrives_as_tone_with_callbacks(server: Running
 
             with trio.fail_after(5):
                 await host.source_finished.wait()
-            await trio.sleep(0.3)  # the jitter buffer's tail
+            # The jitter buffer's tail: nothing has arrived for its concealment limit past the
+            # newest packet, so every packet has been played and the concealment has faded.
+            await wait_until(lambda: played_out(listener), "the listener to play out the tone", timeout=3)
 
             assert host.stop()
             assert (await wait_for(host_events, StopResult)) == StopResult(True, Reason.NONE)
@@ -133,11 +144,10 @@ async def test_co_host_flow_promoted_listener_is_heard_within_a_second(server: R
             promoted_at = trio.current_time()
             assert await host.set_custom_state_async(CustomState.STATE_0, "alice") is Reason.NONE
             # No rejoin, no second call: the SDK re-sends her upload wish once she may publish.
-            with trio.fail_after(1.0):
-                while bob.receiver.stats.packets == 0:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: bob.receiver.stats.packets > 0, "bob to hear alice", timeout=1.0)
             assert trio.current_time() - promoted_at < 1.0
-            await trio.sleep(1.0)
+            # A second of her tone, for the frequency check.
+            await wait_until(lambda: bob.receiver.stats.packets >= 50, "a second of alice's audio at bob", timeout=3)
             assert alice.self_participant is not None and alice.self_participant.audio
             await bob.leave_async()
             bob_device.close()
@@ -160,9 +170,7 @@ async def test_sdk_failure_reasons_reach_on_join_and_on_stop(server: RunningServ
             assert await guest.join_async("vip") == JoinResult(False, Reason.ALREADY_JOINED, "vip")
             assert await guest.stop_async() == StopResult(False, Reason.NO_PERMISSION)
             assert await host.kick_async("guest") is Reason.NONE
-            with trio.fail_after(2):
-                while guest.state is not ChannelState.IDLE:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: guest.state is ChannelState.IDLE, "the kicked guest to be idle", timeout=2)
             assert guest.participants == []
 
 
@@ -189,7 +197,7 @@ async def test_sdk_every_user_triggerable_failure_reaches_a_callback(server: Run
             assert await a2.kick_async("b") is Reason.CALL_FUNCTION_ERROR  # not in a channel
             assert await host.kick_async("b") is Reason.NONE
             assert (await a2.join_async("small")).result  # same user id "a": the older session leaves
-            await trio.sleep(0.3)
+            await wait_until(lambda: bool(calls["a"].named("on_leave")), "the older session's on_leave")
             # Capacity 3: host and a are in (b was kicked); c takes the last place, d finds it full.
             async with Client.connect(server.url, user_id="c") as cc, Client.connect(server.url, user_id="d") as cd:
                 c = MediaChannel.create(cc, MediaDevice.create())

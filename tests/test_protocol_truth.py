@@ -32,6 +32,7 @@ from airwave.protocol import (
 from airwave.protocol.tokens import mint_token
 from airwave.wire import Wire, open_wire
 from conftest import fast_settings
+from helpers import wait_until
 
 SECRET = b"a secret only the tests know, 32 bytes or more"
 HOST, AUDIENCE = CustomRole.ROLE_0, CustomRole.ROLE_1
@@ -80,10 +81,10 @@ async def test_clean_close_without_leave_is_held_for_resume(server: RunningServe
                 reply = await tab.request(Join, channel="tab", user_id="tab", role=AUDIENCE)
                 token = channel_info_from_wire(reply.result).session_token
                 await tab.ws.aclose(code=code)
+            await wait_until(lambda: token in server.registry._suspended, "the server to hold the closed session")
             async with open_wire(server.url) as reloaded:
-                while not (resumed := await reloaded.request(Resume, session_token=token)).ok:
-                    assert resumed.reason is Reason.NOT_FOUND  # the server has not seen the close yet
-                    await trio.sleep(0.01)
+                resumed = await reloaded.request(Resume, session_token=token)
+                assert resumed.ok, resumed
                 assert [p.user_id for p in channel_info_from_wire(resumed.result).participants] == ["host", "tab"]
                 assert not [m for m in drain(host) if isinstance(m, ParticipantLeft)], "the others see nothing"
                 assert (await reloaded.request(Leave)).ok

@@ -48,7 +48,7 @@ from airwave.protocol import (
 from airwave.wire import open_wire
 
 from conftest import fast_settings
-from helpers import HOST, logged, logged_seqs, next_push, ok, steady_media
+from helpers import HOST, logged, logged_seqs, next_push, ok, steady_media, wait_until
 
 
 @asynccontextmanager
@@ -123,8 +123,7 @@ async def test_shutdown_graceful_members_left_server_shutdown_and_log_closed(dat
                 ok(await dropper.request(Hello(id=1, version=limits.PROTOCOL_VERSION)))
                 ok(await dropper.request(Join(id=2, channel="live", user_id="dropper")))
                 await dropper.stream.aclose()
-                while server.gateway.connections > 4:
-                    await trio.sleep(0.01)
+                await wait_until(lambda: server.gateway.connections == 4, "the server to see the drop")
                 async with steady_media(host, [a, b], sid, min_frames=10):
                     pass
 
@@ -237,7 +236,7 @@ async def test_heartbeat_media_stands_in_for_pings_which_resume_when_it_stops(da
                     for seq in range(125):  # 2.5 s: two and a half timeouts of media, 20 ms apart
                         await host.send_bytes(encode_client_media(seq, seq * 960, b"\xf8", level=40))
                         last_sent = trio.current_time()
-                        await trio.sleep(0.02)
+                        await trio.sleep(0.02)  # pacing: a speaker's 20 ms frames, against real-time heartbeats
                     members = query_info_from_wire(ok(await host.request(Query, channel="air")).result).members
                     assert sorted(members) == ["host", "mute"]
                     assert len(media_at) >= 120
@@ -277,7 +276,7 @@ async def test_heartbeat_behind_a_proxy_a_listener_is_pinged_during_media_and_ti
                 async def stream() -> None:
                     for seq in range(10_000):
                         await host.send_bytes(encode_client_media(seq, seq * 960, b"\xf8", level=40))
-                        await trio.sleep(0.02)
+                        await trio.sleep(0.02)  # pacing: a speaker's 20 ms frames
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(mute.read_until, tally)
@@ -313,7 +312,7 @@ async def test_heartbeat_a_listener_that_stops_reading_is_timed_out_by_the_kerne
                 async def stream() -> None:
                     for seq in range(10_000):
                         await host.send_bytes(encode_client_media(seq, seq * 960, b"\xf8" + bytes(1000), level=40))
-                        await trio.sleep(0.01)
+                        await trio.sleep(0.01)  # pacing: media until the kernel's timer ends the listener
 
                 async with trio.open_nursery() as streaming:
                     streaming.start_soon(stream)
