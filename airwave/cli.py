@@ -11,10 +11,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from airwave.commands import Quit
 
 
 def _leaf(error: BaseException) -> BaseException:
@@ -185,20 +189,52 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_client(args: argparse.Namespace, command: Callable[[], Awaitable[int]]) -> int:
-    """Runs a client command; any failure is one line with its reason and a non-zero exit."""
+QUIT_GRACE = 5.0  # after Ctrl-C or SIGTERM, seconds a command has to leave and finish its file
+
+
+async def _on_signals(signals: AsyncIterator[int], quit: Quit, command: trio.CancelScope) -> None:
+    """The first signal asks the command to quit, which it does by leaving; it is cancelled
+    outright if it is not connected yet (nothing to leave), on a second signal, or when it
+    takes longer than QUIT_GRACE."""
+    async for number in signals:
+        first = quit.signal_number is None
+        quit.request(number)
+        if not first or not quit.connected:
+            command.cancel()
+        else:
+            command.deadline = trio.current_time() + QUIT_GRACE
+
+
+def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[int]]) -> int:
+    """Runs a client command; any failure is one line with its reason and a non-zero exit,
+    and Ctrl-C or SIGTERM is a clean leave, one line, and 130 or 143 (128 + the signal)."""
     import trio_websocket
 
-    from airwave.commands import CommandFailed
+    from airwave.commands import CommandFailed, Quit
+
+    quit = Quit()
+
+    async def main() -> int:
+        code = 1
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                with trio.CancelScope() as scope:
+                    nursery.start_soon(_on_signals, signals, quit, scope)
+                    code = await command(quit)
+                nursery.cancel_scope.cancel()
+        return code
 
     failure: str | None = None
     code = 0
     try:
-        code = trio.run(command)
+        code = trio.run(main)
     except* CommandFailed as group:
         failure = str(_leaf(group))
     except* (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as group:
         failure = f"cannot reach the server at {args.url}: {_root_cause(_leaf(group))}"
+    if quit.signal_number is not None:
+        print(f"airwave: interrupted by {signal.Signals(quit.signal_number).name}", file=sys.stderr)
+        return 128 + quit.signal_number
     if failure is not None:
         print(f"airwave: {failure}", file=sys.stderr)
         return 1
@@ -209,9 +245,9 @@ def _host(args: argparse.Namespace) -> int:
     from airwave import commands
 
     name = args.name or commands.random_name("host")
-    return _run_client(args, lambda: commands.host(
+    return _run_client(args, lambda quit: commands.host(
         args.url, args.channel, commands.source_from(args.input, args.tone, args.mic), duration=args.duration,
-        name=name, password=args.password, stop_at_end=args.stop_at_end, token=_client_token(args, name, 0),
+        name=name, password=args.password, stop_at_end=args.stop_at_end, token=_client_token(args, name, 0), quit=quit,
     ))
 
 
@@ -222,10 +258,10 @@ def _listen(args: argparse.Namespace) -> int:
         print("airwave: listen needs --output FILE or --speaker", file=sys.stderr)
         return 2
     name = args.name or commands.random_name("listener")
-    return _run_client(args, lambda: commands.listen(
+    return _run_client(args, lambda quit: commands.listen(
         args.url, args.channel, args.output, speaker=args.speaker, duration=args.duration, name=name,
         password=args.password,
-        token=_client_token(args, name, 1),
+        token=_client_token(args, name, 1), quit=quit,
     ))
 
 
@@ -233,8 +269,8 @@ def _stop(args: argparse.Namespace) -> int:
     from airwave import commands
 
     name = args.name or commands.random_name("stopper")
-    return _run_client(args, lambda: commands.stop(
-        args.url, args.channel, name=name, password=args.password, token=_client_token(args, name, 0)
+    return _run_client(args, lambda quit: commands.stop(
+        args.url, args.channel, name=name, password=args.password, token=_client_token(args, name, 0), quit=quit,
     ))
 
 
@@ -327,7 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        # Ctrl-C before a command has its own handler in place (while it imports, say).
+        if isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[1] is not None:
+            raise
+        print("airwave: interrupted by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

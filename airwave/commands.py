@@ -46,6 +46,25 @@ def random_name(prefix: str) -> str:
 
 
 @attrs.define
+class Quit:
+    """Ctrl-C or SIGTERM, asked of a command from outside (the CLI's signal handler).
+
+    A command that is connected ends the normal way: it leaves, so the others see a quit at
+    once rather than a drop held for a resume, and it finishes its recording. Before it is
+    connected there is nothing to leave, and the CLI cancels it outright.
+    """
+
+    requested: trio.Event = attrs.field(factory=trio.Event)
+    signal_number: int | None = None
+    connected: bool = False
+
+    def request(self, signal_number: int) -> None:
+        if self.signal_number is None:
+            self.signal_number = signal_number
+        self.requested.set()
+
+
+@attrs.define
 class Narrator(MediaChannelCallback):
     """Prints what happens in the channel, one line each: presence, roles, who is speaking."""
 
@@ -100,16 +119,19 @@ async def _join(channel: MediaChannel, channel_id: str, param: JoinParam) -> Non
         raise CommandFailed(f"cannot join {channel_id!r}", result.reason)
 
 
-async def _until_done(channel: MediaChannel, duration: float | None, also: Callable[[], bool] = lambda: False) -> Reason | None:
-    """Waits for ``duration``, the end of the channel, or ``also()``; the leave reason if it ended."""
-    events = channel.events()
+async def _until_done(
+    channel: MediaChannel, duration: float | None, quit: Quit, also: Callable[[], bool] = lambda: False
+) -> Reason | None:
+    """Waits for ``duration``, the end of the channel, a quit, or ``also()``; the leave
+    reason if the channel ended for us."""
     deadline = trio.current_time() + (duration if duration is not None else math.inf)
-    with trio.move_on_at(deadline):
-        while not also():
-            with trio.move_on_after(0.05):
-                event = await events.receive()
-                if isinstance(event, LeaveEvent):
-                    return event.reason
+    async with channel.events() as events:
+        with trio.move_on_at(deadline):
+            while not also() and not quit.requested.is_set():
+                with trio.move_on_after(0.05):
+                    event = await events.receive()
+                    if isinstance(event, LeaveEvent):
+                        return event.reason
     return None if channel.state is ChannelState.JOINED else Reason.NETWORK
 
 
@@ -134,21 +156,24 @@ async def host(
     stop_at_end: bool = False,
     token: str | None = None,
     out: TextIO = sys.stdout,
+    quit: Quit | None = None,
 ) -> int:
     name = name or random_name("host")
+    quit = quit or Quit()
     narrator = Narrator(out)
     async with Client.connect(url, user_id=name) as client:
+        quit.connected = True
         channel = MediaChannel.create(client, MediaDevice.create(source=source), narrator)
         channel.set_custom_role(HOST_ROLE)
         channel.enable_upload_audio_stream(True)
         await _join(channel, channel_id, JoinParam(password=password, display_name=name, token=token))
         narrator.say(f"joined {channel_id!r} as {name} (host); streaming")
-        ended = await _until_done(channel, duration, also=channel.source_finished.is_set)
+        ended = await _until_done(channel, duration, quit, also=channel.source_finished.is_set)
         if ended is not None:
             narrator.say(f"the channel ended for us: {ended.reason_name} [{int(ended)}]")
             return 0 if ended is Reason.OVER else 1
         narrator.say(f"sent {channel.media_sent} packets ({channel.media_sent * 0.02:.1f} s)")
-        if stop_at_end:
+        if stop_at_end and not quit.requested.is_set():
             result = await channel.stop_async()
             if not result.result:
                 raise CommandFailed(f"cannot stop {channel_id!r}", result.reason)
@@ -169,8 +194,10 @@ async def listen(
     password: str | None = None,
     token: str | None = None,
     out: TextIO = sys.stdout,
+    quit: Quit | None = None,
 ) -> int:
     name = name or random_name("listener")
+    quit = quit or Quit()
     narrator = Narrator(out)
     outputs: list[str | Recorder] = [] if output is None else [output]
     try:
@@ -181,11 +208,12 @@ async def listen(
         raise CommandFailed(str(exc)) from None
     try:
         async with Client.connect(url, user_id=name) as client:
+            quit.connected = True
             channel = MediaChannel.create(client, device, narrator)
             await _join(channel, channel_id, JoinParam(password=password, display_name=name, token=token))
             hosts = [p.user_id for p in channel.participants if p.custom_role is CustomRole.ROLE_0]
             narrator.say(f"joined {channel_id!r} as {name} (audience); hosts: {', '.join(hosts) or 'none'}; playing to {output or 'the speaker'}")
-            ended = await _until_done(channel, duration)
+            ended = await _until_done(channel, duration, quit)
             if ended is None:
                 await channel.leave_async()
             stats = channel.receiver.stats
@@ -200,11 +228,15 @@ async def listen(
 
 async def stop(
     url: str, channel_id: str, *, name: str | None = None, password: str | None = None, token: str | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO = sys.stdout, quit: Quit | None = None,
 ) -> int:
-    """Joins the existing channel as a host (uri mode: it must exist) and stops it."""
+    """Joins the existing channel as a host (uri mode: it must exist) and stops it. Once
+    connected it carries on through a quit: it is over in a moment, and cut short it could
+    leave a host behind in the channel."""
     name = name or random_name("stopper")
+    quit = quit or Quit()
     async with Client.connect(url, user_id=name) as client:
+        quit.connected = True
         channel = MediaChannel.create(client, MediaDevice.create())
         channel.set_custom_role(HOST_ROLE)
         await _join(channel, channel_id, JoinParam(uri_mode=True, password=password, display_name=name, token=token))

@@ -3,19 +3,34 @@ the demo end to end."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TypeVar
 
+import av
+import pytest
 import trio
 
 from airwave.actors.log.replay import fold_replayed, replay_events
 from airwave.actors.server import RunningServer
-from airwave.client import Client, LeaveEvent, MediaChannel, MediaDevice
+from airwave.audio import ToneSource
+from airwave.client import (
+    ChannelEvent,
+    Client,
+    LeaveEvent,
+    MediaChannel,
+    MediaDevice,
+    ParticipantJoinEvent,
+    ParticipantLeftEvent,
+)
 from airwave.demo import run_demo
-from airwave.protocol import Reason
+from airwave.protocol import HOST_ROLE, CustomRole, Reason
 
 from audio_checks import dominant_frequency, read_wav, sounding_span
+
+E = TypeVar("E")
 
 
 async def airwave(*args: str) -> subprocess.CompletedProcess[str]:
@@ -118,3 +133,57 @@ async def test_readme_sdk_example_stop_reaches_the_listener_as_over(server: Runn
     assert example.returncode == 0, example.stderr.decode()
     assert example.stdout.decode().splitlines() == ["joined"]
     assert left == [LeaveEvent(Reason.OVER, "222")]
+
+
+@pytest.mark.parametrize(
+    ("command", "signal_number", "suffix"),
+    [("host", signal.SIGINT, ""), ("host", signal.SIGTERM, ""), ("listen", signal.SIGINT, ".ogg"), ("listen", signal.SIGTERM, ".wav")],
+)
+async def test_cli_signal_leaves_at_once_finishes_the_file_and_exits_quietly(
+    server: RunningServer, tmp_path: Path, command: str, signal_number: int, suffix: str
+) -> None:
+    """Ctrl-C or SIGTERM: the others see a quit at once (not a drop held for a resume), the
+    recording is complete, the exit is 128 + the signal, and stderr says so in one line."""
+    output = tmp_path / f"heard{suffix}"
+    args = ["--tone", "440"] if command == "host" else ["--output", str(output)]
+    peer_source = None if command == "host" else ToneSource(440)
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    with trio.fail_after(30):
+        async with Client.connect(server.url, user_id="peer") as client:
+            peer = MediaChannel.create(client, MediaDevice.create(source=peer_source))
+            peer.set_custom_role(HOST_ROLE if command == "listen" else CustomRole.ROLE_1)
+            peer.enable_upload_audio_stream(command == "listen")
+            async with peer.events() as events:
+                assert (await peer.join_async("radio")).result
+                with open(stdout, "wb") as out, open(stderr, "wb") as err:
+                    process = await trio.lowlevel.open_process(
+                        [sys.executable, "-m", "airwave.cli", command, "radio", *args, "--url", server.url], stdout=out, stderr=err
+                    )
+                joined = await next_event(events, ParticipantJoinEvent)
+                await trio.sleep(1.5)  # some audio on the way
+                process.send_signal(signal_number)
+                signalled = trio.current_time()
+                left = await next_event(events, ParticipantLeftEvent)
+                took = trio.current_time() - signalled
+                await process.wait()
+    assert left.participant.user_id == joined.participant.user_id and left.reason is Reason.QUIT
+    assert took < 1.0, took
+    assert process.returncode == 128 + signal_number
+    assert stderr.read_text().splitlines() == [f"airwave: interrupted by {signal.Signals(signal_number).name}"]
+    if command == "listen":
+        assert recorded_seconds(output) > 1.0
+
+
+async def next_event(events: trio.MemoryReceiveChannel[ChannelEvent], kind: type[E]) -> E:
+    async for event in events:
+        if isinstance(event, kind):
+            return event
+    raise AssertionError(f"no {kind.__name__}")
+
+
+def recorded_seconds(path: Path) -> float:
+    """The recording's length as a decoder reads it to the end: a file cut short (no final
+    Ogg page, a WAV header that was never patched) comes up short or does not decode."""
+    with av.open(str(path)) as container:
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+    return samples / 48_000
