@@ -224,20 +224,21 @@ def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[in
                 nursery.cancel_scope.cancel()
         return code
 
-    failure: str | None = None
+    failure: tuple[str, int] | None = None
     code = 0
     try:
         code = trio.run(main)
     except* CommandFailed as group:
-        failure = str(_leaf(group))
+        failed = _leaf(group)
+        failure = (str(failed), failed.exit_code if isinstance(failed, CommandFailed) else 1)
     except* (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as group:
-        failure = f"cannot reach the server at {args.url}: {_root_cause(_leaf(group))}"
+        failure = (f"cannot reach the server at {args.url}: {_root_cause(_leaf(group))}", 1)
     if quit.signal_number is not None:
         print(f"airwave: interrupted by {signal.Signals(quit.signal_number).name}", file=sys.stderr)
         return 128 + quit.signal_number
     if failure is not None:
-        print(f"airwave: {failure}", file=sys.stderr)
-        return 1
+        print(f"airwave: {failure[0]}", file=sys.stderr)
+        return failure[1]
     return code
 
 
@@ -259,7 +260,7 @@ def _listen(args: argparse.Namespace) -> int:
         return 2
     name = args.name or commands.random_name("listener")
     return _run_client(args, lambda quit: commands.listen(
-        args.url, args.channel, args.output, speaker=args.speaker, duration=args.duration, name=name,
+        args.url, args.channel, args.output, speaker=args.speaker, force=args.force, duration=args.duration, name=name,
         password=args.password,
         token=_client_token(args, name, 1), quit=quit,
     ))
@@ -345,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     sink = listen.add_argument_group("where the audio goes (at least one)")
     sink.add_argument("--output", help="a .wav (decoded) or .ogg/.opus (as received) file")
     sink.add_argument("--speaker", action="store_true", help="play it (needs the 'devices' extra and a sound device)")
+    listen.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     listen.add_argument("--duration", type=float, metavar="S", help="listen this long (default: until the channel ends)")
     listen.set_defaults(run=_listen)
 

@@ -16,7 +16,7 @@ from typing import TextIO
 import attrs
 import trio
 
-from airwave.audio import AudioDeviceError, AudioSource, FileSource, MicSource, Recorder, SpeakerOutput, ToneSource
+from airwave.audio import AudioDeviceError, AudioSource, FileSource, MicSource, SpeakerOutput, ToneSource, recorder_for
 from airwave.client import (
     Client,
     JoinParam,
@@ -34,11 +34,12 @@ DEFAULT_URL = "ws://127.0.0.1:8765"
 class CommandFailed(Exception):
     """One line for the user, with the reason code when the server gave one."""
 
-    def __init__(self, message: str, reason: Reason | None = None) -> None:
+    def __init__(self, message: str, reason: Reason | None = None, *, exit_code: int = 1) -> None:
         if reason is not None:
             message = f"{message}: {reason.reason_name} [{int(reason)}]"
         super().__init__(message)
         self.reason = reason
+        self.exit_code = exit_code  # 2: the command line asks for something that cannot be done
 
 
 def random_name(prefix: str) -> str:
@@ -183,12 +184,30 @@ async def host(
     return 0
 
 
+RECORDABLE = (".wav", ".ogg", ".opus", ".oga")  # what audio.recorder_for writes
+
+
+def check_output(output: str, *, force: bool = False) -> None:
+    """Refuses, before anything is connected or written, an output that cannot be written or
+    would overwrite a file without ``force``: a listen that fails leaves no trace."""
+    path = Path(output)
+    if path.suffix.lower() not in RECORDABLE:
+        raise CommandFailed(f"cannot record to {output!r}: use a .wav, .ogg or .opus file", exit_code=2)
+    if path.is_dir():
+        raise CommandFailed(f"--output {output} is a directory: give a file name, e.g. {path / 'heard.wav'}", exit_code=2)
+    if not path.parent.is_dir():
+        raise CommandFailed(f"cannot write {output}: there is no directory {path.parent} (create it first)", exit_code=2)
+    if path.exists() and not force:
+        raise CommandFailed(f"{output} already exists: pass --force to overwrite it, or choose another --output", exit_code=2)
+
+
 async def listen(
     url: str,
     channel_id: str,
     output: str | None,
     *,
     speaker: bool = False,
+    force: bool = False,
     duration: float | None = None,
     name: str | None = None,
     password: str | None = None,
@@ -196,21 +215,27 @@ async def listen(
     out: TextIO = sys.stdout,
     quit: Quit | None = None,
 ) -> int:
+    """Records only once it has joined: a wrong URL or password must not touch ``output``."""
     name = name or random_name("listener")
     quit = quit or Quit()
     narrator = Narrator(out)
-    outputs: list[str | Recorder] = [] if output is None else [output]
+    if output is not None:
+        check_output(output, force=force)
     try:
-        if speaker:
-            outputs.append(SpeakerOutput())
-        device = MediaDevice.create(outputs=outputs)
-    except (ValueError, AudioDeviceError) as exc:
+        device = MediaDevice.create(outputs=[SpeakerOutput()] if speaker else [])
+    except AudioDeviceError as exc:
         raise CommandFailed(str(exc)) from None
     try:
         async with Client.connect(url, user_id=name) as client:
             quit.connected = True
             channel = MediaChannel.create(client, device, narrator)
             await _join(channel, channel_id, JoinParam(password=password, display_name=name, token=token))
+            if output is not None:
+                try:
+                    device.outputs.append(recorder_for(output))  # the channel's receiver records into device.outputs
+                except OSError as exc:
+                    await channel.leave_async()
+                    raise CommandFailed(f"cannot write {output}: {exc.strerror}") from None
             hosts = [p.user_id for p in channel.participants if p.custom_role is CustomRole.ROLE_0]
             narrator.say(f"joined {channel_id!r} as {name} (audience); hosts: {', '.join(hosts) or 'none'}; playing to {output or 'the speaker'}")
             ended = await _until_done(channel, duration, quit)

@@ -19,6 +19,7 @@ from airwave.audio import ToneSource
 from airwave.client import (
     ChannelEvent,
     Client,
+    JoinParam,
     LeaveEvent,
     MediaChannel,
     MediaDevice,
@@ -77,7 +78,7 @@ async def test_cli_errors_are_one_line_with_reason_and_nonzero_exit(server: Runn
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1] == "airwave: cannot join 'nowhere': not_found [200]"
     assert unreachable.returncode == 1 and "cannot reach the server at ws://127.0.0.1:9/" in unreachable.stderr
-    assert bad_output.returncode == 1 and "use a .wav, .ogg or .opus file" in bad_output.stderr
+    assert bad_output.returncode == 2 and "use a .wav, .ogg or .opus file" in bad_output.stderr
 
 
 async def test_demo_runs_the_whole_story_and_leaves_recordings_and_a_log(tmp_path: Path) -> None:
@@ -187,3 +188,37 @@ def recorded_seconds(path: Path) -> float:
     with av.open(str(path)) as container:
         samples = sum(frame.samples for frame in container.decode(audio=0))
     return samples / 48_000
+
+
+async def test_cli_listen_that_fails_never_touches_the_output(server: RunningServer, tmp_path: Path) -> None:
+    """The output is opened only once the join succeeded, and an existing one only with --force."""
+    kept = tmp_path / "kept.wav"
+    kept.write_bytes(b"an earlier recording")
+    fresh = tmp_path / "fresh.wav"
+    forced = tmp_path / "forced.wav"
+    forced.write_bytes(b"to be replaced")
+    runs: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    async def run(name: str, *args: str) -> None:
+        runs[name] = await airwave("listen", *args)
+
+    with trio.fail_after(30):
+        async with Client.connect(server.url, user_id="dj") as client:
+            host = MediaChannel.create(client, MediaDevice.create())
+            host.set_custom_role(HOST_ROLE)
+            assert (await host.join_async("locked", JoinParam(password="right"))).result
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, "refused", "locked", "--output", str(kept), "--url", "ws://127.0.0.1:9/", "--force")
+                nursery.start_soon(run, "refused_fresh", "locked", "--output", str(fresh), "--url", "ws://127.0.0.1:9/")
+                nursery.start_soon(run, "password", "locked", "--output", str(kept), "--url", server.url, "--password", "wrong", "--force")
+                nursery.start_soon(run, "exists", "locked", "--output", str(kept), "--url", server.url, "--password", "right")
+                nursery.start_soon(run, "forced", "locked", "--output", str(forced), "--url", server.url, "--password", "right",
+                                   "--force", "--duration", "1")
+    assert runs["refused"].returncode == runs["refused_fresh"].returncode == 1
+    assert runs["password"].returncode == 1 and "invalid_password" in runs["password"].stderr
+    assert runs["exists"].returncode == 2
+    assert runs["exists"].stderr == f"airwave: {kept} already exists: pass --force to overwrite it, or choose another --output\n"
+    assert kept.read_bytes() == b"an earlier recording"
+    assert not fresh.exists()
+    assert runs["forced"].returncode == 0, runs["forced"].stderr
+    assert 0.5 < len(read_wav(forced)) / 48_000 < 1.5
