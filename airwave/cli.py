@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import trio
 
@@ -35,6 +36,64 @@ def _root_cause(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error``, what it was raised from, and what any exception group holds, all of them:
+    a refused connection arrives as an OSError raised from a group of per-address errors."""
+    found: list[BaseException] = []
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+    return found
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with a --url, said so that the fix is plain, or None if it looks usable."""
+    example = "ws://HOST:PORT/, e.g. ws://127.0.0.1:8765/"
+    if "://" not in url:
+        return f"--url {url!r} has no scheme: write it as ws://{url}" if url and " " not in url else f"--url {url!r} is not a URL: use {example}"
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        secure = "s" if parts.scheme == "https" else ""
+        return f"--url {url} is a web address: Airwave speaks WebSocket, use ws{secure}://{parts.netloc}{parts.path or '/'}"
+    if parts.scheme not in ("ws", "wss"):
+        return f"--url {url!r} is not a WebSocket URL: use {example}"
+    try:
+        port = parts.port
+    except ValueError:
+        return f"--url {url!r} has a port that is not a number in 1-65535: use {example}"
+    if not parts.hostname or port == 0 or " " in url:
+        return f"--url {url!r} is not a usable address: use {example}"
+    return None
+
+
+def _connect_failure(error: BaseException, url: str) -> str:
+    """One line for a connection that failed or was refused, with what to check."""
+    import trio_websocket
+
+    parts = urlsplit(url)
+    address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
+    causes = _causes(error)
+    rejected = [c for c in causes if isinstance(c, trio_websocket.ConnectionRejected)]
+    if rejected:
+        return (
+            f"{url} is not an Airwave server: it answered the WebSocket handshake with HTTP "
+            f"{rejected[0].status_code}; check --url"
+        )
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return f"cannot reach the server at {url}: connection refused; is `airwave serve` running at {address}?"
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        return f"cannot reach the server at {url}: no such host {parts.hostname!r}; check --url"
+    if any(isinstance(c, trio_websocket.HandshakeError) for c in causes):
+        return f"{url} did not complete a WebSocket handshake: is it an Airwave server? check --url"
+    return f"cannot reach the server at {url}: {_root_cause(error)}; is `airwave serve` running at {address}?"
+
+
 def _secret(args: argparse.Namespace) -> bytes | None:
     """The server secret: --dev, --secret-file, AIRWAVE_SECRET, or --secret (visible in ps)."""
     from airwave.protocol.tokens import DEV_SECRET
@@ -42,7 +101,10 @@ def _secret(args: argparse.Namespace) -> bytes | None:
     if getattr(args, "dev", False):
         return DEV_SECRET
     if getattr(args, "secret_file", None):
-        secret = Path(args.secret_file).read_bytes().strip()
+        try:
+            secret = Path(args.secret_file).read_bytes().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the secret file {args.secret_file}: {exc.strerror}") from None
         if not secret:
             raise ValueError(f"the secret file {args.secret_file} is empty")
         return secret
@@ -57,16 +119,20 @@ def _token(args: argparse.Namespace) -> int:
     from airwave.protocol import CustomRole
     from airwave.protocol.tokens import mint_token
 
+    indexes = [r.strip() for r in args.role.split(",")]
+    if not all(r in ("0", "1", "2", "3") for r in indexes):
+        print(f"airwave: --role {args.role}: give role indexes 0 (host), 1 (audience), 2 or 3, comma-separated", file=sys.stderr)
+        return 2
     try:
         secret = _secret(args)
-        roles = [CustomRole.from_index(int(r)) for r in args.role.split(",")]
+        if secret is None:
+            raise ValueError("no secret: use --secret-file, AIRWAVE_SECRET, --secret or --dev")
+        roles = [CustomRole.from_index(int(r)) for r in indexes]
+        token = mint_token(secret, channel=args.channel, user_id=args.user, roles=roles, now=time.time(), ttl=args.ttl, pattern=args.pattern)
     except ValueError as exc:
         print(f"airwave: {exc}", file=sys.stderr)
         return 2
-    if secret is None:
-        print("airwave: no secret: use --secret-file, AIRWAVE_SECRET, --secret or --dev", file=sys.stderr)
-        return 2
-    print(mint_token(secret, channel=args.channel, user_id=args.user, roles=roles, now=time.time(), ttl=args.ttl, pattern=args.pattern))
+    print(token)
     return 0
 
 
@@ -212,6 +278,9 @@ def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[in
 
     from airwave.commands import CommandFailed, Quit
 
+    if (problem := _url_problem(args.url)) is not None:
+        print(f"airwave: {problem}", file=sys.stderr)
+        return 2
     quit = Quit()
 
     async def main() -> int:
@@ -232,7 +301,7 @@ def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[in
         failed = _leaf(group)
         failure = (str(failed), failed.exit_code if isinstance(failed, CommandFailed) else 1)
     except* (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as group:
-        failure = (f"cannot reach the server at {args.url}: {_root_cause(_leaf(group))}", 1)
+        failure = (_connect_failure(group, args.url), 1)
     if quit.signal_number is not None:
         print(f"airwave: interrupted by {signal.Signals(quit.signal_number).name}", file=sys.stderr)
         return 128 + quit.signal_number
@@ -246,8 +315,13 @@ def _host(args: argparse.Namespace) -> int:
     from airwave import commands
 
     name = args.name or commands.random_name("host")
+    try:
+        source = commands.source_from(args.input, args.tone, args.mic)
+    except commands.CommandFailed as exc:
+        print(f"airwave: {exc}", file=sys.stderr)
+        return exc.exit_code
     return _run_client(args, lambda quit: commands.host(
-        args.url, args.channel, commands.source_from(args.input, args.tone, args.mic), duration=args.duration,
+        args.url, args.channel, source, duration=args.duration,
         name=name, password=args.password, stop_at_end=args.stop_at_end, token=_client_token(args, name, 0), quit=quit,
     ))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 import attrs
+import av
 import trio
 
 from airwave.audio import AudioDeviceError, AudioSource, FileSource, MicSource, SpeakerOutput, ToneSource, recorder_for
@@ -26,6 +27,7 @@ from airwave.client import (
     MediaDevice,
     Participant,
 )
+from airwave.media import file_frames
 from airwave.protocol import HOST_ROLE, ChannelState, CustomRole, ParticipantChange, Reason, VolumeStatus
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
@@ -137,13 +139,34 @@ async def _until_done(
 
 
 def source_from(input_path: str | None, tone_hz: float | None, mic: bool = False) -> AudioSource:
+    """The host's audio, checked before anything is connected: a file that is not audio is
+    one line now, not a decoder's traceback after the join with a host left in the channel."""
     if mic:
         return MicSource()
     if input_path is not None:
-        if not Path(input_path).exists():
-            raise CommandFailed(f"no such input file: {input_path}")
+        check_input(input_path)
         return FileSource(input_path)
     return ToneSource(tone_hz if tone_hz is not None else 440.0)
+
+
+def check_input(input_path: str) -> None:
+    """Decodes the first frame of ``input_path``; CommandFailed (exit 2) if there is none."""
+    path = Path(input_path)
+    if path.is_dir():
+        raise CommandFailed(f"--input {input_path} is a directory: give an audio file", exit_code=2)
+    if not path.exists():
+        raise CommandFailed(f"no such input file: {input_path}", exit_code=2)
+    frames = file_frames(path)
+    try:
+        next(frames)
+    except StopIteration:
+        raise CommandFailed(f"--input {input_path} holds no audio", exit_code=2) from None
+    except av.FFmpegError as exc:
+        raise CommandFailed(f"cannot read --input {input_path} as audio: {exc.strerror}", exit_code=2) from None
+    except (ValueError, OSError) as exc:  # no audio stream; unreadable
+        raise CommandFailed(f"cannot read --input {input_path} as audio: {exc}", exit_code=2) from None
+    finally:
+        frames.close()
 
 
 async def host(
