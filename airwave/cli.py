@@ -136,15 +136,29 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client_token(args: argparse.Namespace, user_id: str, role_index: int) -> str | None:
-    """--token as given, or with --dev a token this command mints for itself."""
-    if args.token or not args.dev:
-        return args.token  # type: ignore[no-any-return]
+def _identity(args: argparse.Namespace, prefix: str, role_index: int) -> tuple[str, str | None]:
+    """The user id and token a client command joins with. A token is an identity: with
+    --token the user id is the one it was minted for, and a --user that says otherwise is a
+    ValueError now rather than token_invalid from the server. With --dev this command mints
+    its own token, for --user or a random id."""
+    from airwave.client import identity
+    from airwave.commands import random_name
+
+    if args.token:
+        return identity(args.user, args.token), args.token
+    user_id = args.user or random_name(prefix)
+    if not args.dev:
+        return user_id, None
     from airwave.protocol import CustomRole
     from airwave.protocol.tokens import DEV_SECRET, mint_token
 
     role = CustomRole.from_index(role_index)
-    return mint_token(DEV_SECRET, channel=args.channel, user_id=user_id, roles=[role], now=time.time(), ttl=24 * 3600)
+    return user_id, mint_token(DEV_SECRET, channel=args.channel, user_id=user_id, roles=[role], now=time.time(), ttl=24 * 3600)
+
+
+def _failed(message: str, code: int) -> int:
+    print(f"airwave: {message}", file=sys.stderr)
+    return code
 
 
 def _positive_int(text: str) -> int:
@@ -314,15 +328,16 @@ def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[in
 def _host(args: argparse.Namespace) -> int:
     from airwave import commands
 
-    name = args.name or commands.random_name("host")
     try:
         source = commands.source_from(args.input, args.tone, args.mic)
+        user_id, token = _identity(args, "host", 0)
     except commands.CommandFailed as exc:
-        print(f"airwave: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _failed(str(exc), exc.exit_code)
+    except ValueError as exc:
+        return _failed(str(exc), 2)
     return _run_client(args, lambda quit: commands.host(
-        args.url, args.channel, source, duration=args.duration,
-        name=name, password=args.password, stop_at_end=args.stop_at_end, token=_client_token(args, name, 0), quit=quit,
+        args.url, args.channel, source, duration=args.duration, user_id=user_id, display_name=args.name or "",
+        password=args.password, stop_at_end=args.stop_at_end, token=token, quit=quit,
     ))
 
 
@@ -330,22 +345,27 @@ def _listen(args: argparse.Namespace) -> int:
     from airwave import commands
 
     if args.output is None and not args.speaker:
-        print("airwave: listen needs --output FILE or --speaker", file=sys.stderr)
-        return 2
-    name = args.name or commands.random_name("listener")
+        return _failed("listen needs --output FILE or --speaker", 2)
+    try:
+        user_id, token = _identity(args, "listener", 1)
+    except ValueError as exc:
+        return _failed(str(exc), 2)
     return _run_client(args, lambda quit: commands.listen(
-        args.url, args.channel, args.output, speaker=args.speaker, force=args.force, duration=args.duration, name=name,
-        password=args.password,
-        token=_client_token(args, name, 1), quit=quit,
+        args.url, args.channel, args.output, speaker=args.speaker, force=args.force, duration=args.duration,
+        user_id=user_id, display_name=args.name or "", password=args.password, token=token, quit=quit,
     ))
 
 
 def _stop(args: argparse.Namespace) -> int:
     from airwave import commands
 
-    name = args.name or commands.random_name("stopper")
+    try:
+        user_id, token = _identity(args, "stopper", 0)
+    except ValueError as exc:
+        return _failed(str(exc), 2)
     return _run_client(args, lambda quit: commands.stop(
-        args.url, args.channel, name=name, password=args.password, token=_client_token(args, name, 0), quit=quit,
+        args.url, args.channel, user_id=user_id, display_name=args.name or "", password=args.password, token=token,
+        quit=quit,
     ))
 
 
@@ -397,12 +417,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
     replay.set_defaults(run=_replay)
 
-    def client_options(sub: argparse.ArgumentParser, default_name: str) -> None:
+    def client_options(sub: argparse.ArgumentParser, default_user: str) -> None:
         sub.add_argument("channel", help="the channel id")
-        sub.add_argument("--token", help="a join token (airwave token ...), for a server with a secret")
-        sub.add_argument("--dev", action="store_true", help="mint a token with the dev secret (a server run with --dev)")
         sub.add_argument("--url", default="ws://127.0.0.1:8765", help="the server (default ws://127.0.0.1:8765)")
-        sub.add_argument("--name", help=f"your user id (default {default_name}-<random>)")
+        sub.add_argument("--token", help="a join token (airwave token ...), for a server with a secret: it says who you are")
+        sub.add_argument("--dev", action="store_true", help="mint a token with the dev secret (a server run with --dev)")
+        sub.add_argument(
+            "--user", metavar="ID",
+            help=f"your user id (default: the token's user with --token, else {default_user}-<random>)",
+        )
+        sub.add_argument("--name", help="the display name the others see (default: your user id)")
         sub.add_argument("--password", help="the channel's password (visible in ps; fine for local use)")
 
     host = commands.add_parser("host", help="join as host (role 0) and stream audio")

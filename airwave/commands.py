@@ -48,6 +48,14 @@ def random_name(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
 
 
+def _named(user_id: str, display_name: str) -> str:
+    """How the narrator names someone: the display name they chose, and the user id that
+    identifies them (what --user, kick and set_role take) when it says something else."""
+    if not display_name or display_name == user_id:
+        return user_id
+    return f"{display_name} ({user_id})"
+
+
 @attrs.define
 class Quit:
     """Ctrl-C or SIGTERM, asked of a command from outside (the CLI's signal handler).
@@ -83,10 +91,10 @@ class Narrator(MediaChannelCallback):
         self.say(f"left {channel_id!r}: {reason.reason_name} [{int(reason)}]")
 
     def on_participant_join(self, participant: Participant) -> None:
-        self.say(f"+ {participant.user_id} joined (role {participant.custom_role.index})")
+        self.say(f"+ {_named(participant.user_id, participant.display_name)} joined (role {participant.custom_role.index})")
 
     def on_participant_left(self, participant: Participant, reason: Reason) -> None:
-        self.say(f"- {participant.user_id} left ({reason.reason_name})")
+        self.say(f"- {_named(participant.user_id, participant.display_name)} left ({reason.reason_name})")
 
     def on_participant_update(self, participant: Participant, change: ParticipantChange) -> None:
         what = []
@@ -97,7 +105,7 @@ class Narrator(MediaChannelCallback):
             what.append({0: "on the mic", None: "off the mic"}.get(index, f"state {index}"))
         if change & ParticipantChange.AUDIO:
             what.append("uploading audio" if participant.audio else "stopped uploading")
-        self.say(f"* {participant.user_id}: {', '.join(what) or 'updated'}")
+        self.say(f"* {_named(participant.user_id, participant.display_name)}: {', '.join(what) or 'updated'}")
 
     def on_participant_volume_change(self, participant: Participant) -> None:
         if not self.show_speaking:
@@ -107,7 +115,7 @@ class Narrator(MediaChannelCallback):
         self.speaking[participant.user_id] = now
         talking = now >= VolumeStatus.LOW
         if talking != (was >= VolumeStatus.LOW):
-            self.say(f"~ {participant.user_id} {'is speaking' if talking else 'is quiet'}")
+            self.say(f"~ {_named(participant.user_id, participant.display_name)} {'is speaking' if talking else 'is quiet'}")
 
     def on_message_receive(self, type: str, content: str, from_user_id: str) -> None:
         self.say(f"> {from_user_id} [{type}]: {content}")
@@ -175,23 +183,24 @@ async def host(
     source: AudioSource,
     *,
     duration: float | None = None,
-    name: str | None = None,
+    user_id: str | None = None,
+    display_name: str = "",
     password: str | None = None,
     stop_at_end: bool = False,
     token: str | None = None,
     out: TextIO = sys.stdout,
     quit: Quit | None = None,
 ) -> int:
-    name = name or random_name("host")
+    """With a token the user id is the token's (its sub); ``user_id`` may only repeat it."""
     quit = quit or Quit()
     narrator = Narrator(out)
-    async with Client.connect(url, user_id=name) as client:
+    async with Client.connect(url, user_id=user_id or (None if token else random_name("host")), token=token) as client:
         quit.connected = True
         channel = MediaChannel.create(client, MediaDevice.create(source=source), narrator)
         channel.set_custom_role(HOST_ROLE)
         channel.enable_upload_audio_stream(True)
-        await _join(channel, channel_id, JoinParam(password=password, display_name=name, token=token))
-        narrator.say(f"joined {channel_id!r} as {name} (host); streaming")
+        await _join(channel, channel_id, JoinParam(password=password, display_name=display_name))
+        narrator.say(f"joined {channel_id!r} as {_named(client.user_id, display_name)} (host); streaming")
         ended = await _until_done(channel, duration, quit, also=channel.source_finished.is_set)
         if ended is not None:
             narrator.say(f"the channel ended for us: {ended.reason_name} [{int(ended)}]")
@@ -232,14 +241,14 @@ async def listen(
     speaker: bool = False,
     force: bool = False,
     duration: float | None = None,
-    name: str | None = None,
+    user_id: str | None = None,
+    display_name: str = "",
     password: str | None = None,
     token: str | None = None,
     out: TextIO = sys.stdout,
     quit: Quit | None = None,
 ) -> int:
     """Records only once it has joined: a wrong URL or password must not touch ``output``."""
-    name = name or random_name("listener")
     quit = quit or Quit()
     narrator = Narrator(out)
     if output is not None:
@@ -249,18 +258,18 @@ async def listen(
     except AudioDeviceError as exc:
         raise CommandFailed(str(exc)) from None
     try:
-        async with Client.connect(url, user_id=name) as client:
+        async with Client.connect(url, user_id=user_id or (None if token else random_name("listener")), token=token) as client:
             quit.connected = True
             channel = MediaChannel.create(client, device, narrator)
-            await _join(channel, channel_id, JoinParam(password=password, display_name=name, token=token))
+            await _join(channel, channel_id, JoinParam(password=password, display_name=display_name))
             if output is not None:
                 try:
                     device.outputs.append(recorder_for(output))  # the channel's receiver records into device.outputs
                 except OSError as exc:
                     await channel.leave_async()
                     raise CommandFailed(f"cannot write {output}: {exc.strerror}") from None
-            hosts = [p.user_id for p in channel.participants if p.custom_role is CustomRole.ROLE_0]
-            narrator.say(f"joined {channel_id!r} as {name} (audience); hosts: {', '.join(hosts) or 'none'}; playing to {output or 'the speaker'}")
+            hosts = [_named(p.user_id, p.display_name) for p in channel.participants if p.custom_role is CustomRole.ROLE_0]
+            narrator.say(f"joined {channel_id!r} as {_named(client.user_id, display_name)} (audience); hosts: {', '.join(hosts) or 'none'}; playing to {output or 'the speaker'}")
             ended = await _until_done(channel, duration, quit)
             if ended is None:
                 await channel.leave_async()
@@ -275,19 +284,18 @@ async def listen(
 
 
 async def stop(
-    url: str, channel_id: str, *, name: str | None = None, password: str | None = None, token: str | None = None,
-    out: TextIO = sys.stdout, quit: Quit | None = None,
+    url: str, channel_id: str, *, user_id: str | None = None, display_name: str = "", password: str | None = None,
+    token: str | None = None, out: TextIO = sys.stdout, quit: Quit | None = None,
 ) -> int:
     """Joins the existing channel as a host (uri mode: it must exist) and stops it. Once
     connected it carries on through a quit: it is over in a moment, and cut short it could
     leave a host behind in the channel."""
-    name = name or random_name("stopper")
     quit = quit or Quit()
-    async with Client.connect(url, user_id=name) as client:
+    async with Client.connect(url, user_id=user_id or (None if token else random_name("stopper")), token=token) as client:
         quit.connected = True
         channel = MediaChannel.create(client, MediaDevice.create())
         channel.set_custom_role(HOST_ROLE)
-        await _join(channel, channel_id, JoinParam(uri_mode=True, password=password, display_name=name, token=token))
+        await _join(channel, channel_id, JoinParam(uri_mode=True, password=password, display_name=display_name))
         result = await channel.stop_async()
         if not result.result:
             raise CommandFailed(f"cannot stop {channel_id!r}", result.reason)

@@ -7,6 +7,7 @@ everyone hearing them); a role change; a stop; then the event log replayed.
 
 from __future__ import annotations
 
+import secrets
 import sys
 import tempfile
 import time
@@ -16,11 +17,13 @@ from typing import TextIO
 import trio
 
 from airwave.actors.log.replay import event_text, final_state_text, fold_replayed, replay_events
+from airwave.actors.participant import SessionSettings
 from airwave.actors.server import ServerSettings, serve
 from airwave.audio import SpeechSource
 from airwave.client import Client, JoinParam, MediaChannel, MediaDevice
 from airwave.commands import Narrator
 from airwave.protocol import HOST_ROLE, ON_THE_MIC, CustomRole, CustomState, Reason
+from airwave.protocol.tokens import mint_token
 
 CHANNEL = "demo"
 
@@ -34,10 +37,16 @@ async def run_demo(workdir: Path | None = None, *, out: TextIO = sys.stdout, tal
     def step(text: str) -> None:
         print(f"\n==> [{time.monotonic() - started:5.1f}s] {text}", file=out, flush=True)
 
-    step(f"starting a server with its event log in {data_dir}")
+    step(f"starting a server with a secret and its event log in {data_dir}")
+    secret = secrets.token_bytes(32)
+
+    def token(user_id: str, *roles: CustomRole) -> str:
+        """What a backend hands each user: who they are, the channel, the roles they may take."""
+        return mint_token(secret, channel=CHANNEL, user_id=user_id, roles=roles, now=time.time(), ttl=600)
+
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve, ServerSettings(port=0, data_dir=data_dir))
-        print(f"    listening on {server.url}", file=out, flush=True)
+        server = await nursery.start(serve, ServerSettings(port=0, data_dir=data_dir, session=SessionSettings(secret=secret)))
+        print(f"    listening on {server.url}; every client connects with a token (JWT) that says who it is", file=out, flush=True)
         outputs = {
             "alice": [workdir / "alice.wav", workdir / "alice.ogg"],
             "bob": [workdir / "bob.wav"],
@@ -48,9 +57,9 @@ async def run_demo(workdir: Path | None = None, *, out: TextIO = sys.stdout, tal
             "bob": MediaDevice.create(source=SpeechSource(seed=7), outputs=[str(p) for p in outputs["bob"]]),
         }
         try:
-            async with Client.connect(server.url, user_id="host") as h, Client.connect(
-                server.url, user_id="alice"
-            ) as a, Client.connect(server.url, user_id="bob") as b:
+            async with Client.connect(server.url, token=token("host", HOST_ROLE)) as h, Client.connect(
+                server.url, token=token("alice", CustomRole.ROLE_1, CustomRole.ROLE_2)
+            ) as a, Client.connect(server.url, token=token("bob", CustomRole.ROLE_1)) as b:
                 host = MediaChannel.create(h, devices["host"], Narrator(out, "    [host]  ", show_speaking=False))
                 alice = MediaChannel.create(a, devices["alice"], Narrator(out, "    [alice] "))
                 bob = MediaChannel.create(b, devices["bob"], Narrator(out, "    [bob]   ", show_speaking=False))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,7 +15,7 @@ import pytest
 import trio
 
 from airwave.actors.log.replay import fold_replayed, replay_events
-from airwave.actors.server import RunningServer
+from airwave.actors.server import RunningServer, serve
 from airwave.audio import ToneSource
 from airwave.client import (
     ChannelEvent,
@@ -28,8 +29,10 @@ from airwave.client import (
 )
 from airwave.demo import run_demo
 from airwave.protocol import HOST_ROLE, CustomRole, Reason
+from airwave.protocol.tokens import mint_token
 
 from audio_checks import dominant_frequency, read_wav, sounding_span
+from conftest import fast_settings
 
 E = TypeVar("E")
 
@@ -51,11 +54,11 @@ async def test_cli_host_listen_stop_tone_arrives_and_channel_ends(server: Runnin
 
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, "host", "host", "radio", "--tone", "440", "--url", url, "--name", "dj", "--duration", "30")
+            nursery.start_soon(run, "host", "host", "radio", "--tone", "440", "--url", url, "--user", "dj", "--duration", "30")
             with trio.fail_after(15):
                 while server.registry.find("radio") is None:
                     await trio.sleep(0.05)
-            nursery.start_soon(run, "listen", "listen", "radio", "--output", str(output), "--url", url, "--name", "fan")
+            nursery.start_soon(run, "listen", "listen", "radio", "--output", str(output), "--url", url, "--user", "fan")
             await trio.sleep(3.0)  # start-up of the listener's process, then ~2 s of tone
             await run("stop", "stop", "radio", "--url", url)
 
@@ -86,7 +89,7 @@ async def test_demo_runs_the_whole_story_and_leaves_recordings_and_a_log(tmp_pat
     with trio.fail_after(30), open(log, "w") as out:
         assert await run_demo(tmp_path / "demo", out=out, talk_seconds=1.0) == 0
     text = log.read_text()
-    for line in ("bob [raise_hand]: may I say something?", "* bob: on the mic", "on_stop(True, none)", "channel_stopped"):
+    for line in ("bob [raise_hand]: may I say something?", "* Bob (bob): on the mic", "on_stop(True, none)", "channel_stopped"):
         assert line in text
     channels = fold_replayed(list(replay_events(tmp_path / "demo" / "data")))
     (channel,) = channels.values()
@@ -222,3 +225,36 @@ async def test_cli_listen_that_fails_never_touches_the_output(server: RunningSer
     assert not fresh.exists()
     assert runs["forced"].returncode == 0, runs["forced"].stderr
     assert 0.5 < len(read_wav(forced)) / 48_000 < 1.5
+
+
+async def test_cli_token_says_who_you_are_and_name_is_the_display_name(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """`host --token T` joins as the user T was minted for, without repeating it; --name is
+    what the others see; a --user that contradicts the token is one line before connecting."""
+    secret = b"a secret for this test only"
+    server: RunningServer = await nursery.start(serve, fast_settings(tmp_path / "data", secret=secret))
+    host_token = mint_token(secret, channel="radio", user_id="dj", roles=[HOST_ROLE], now=time.time(), ttl=60)
+    fan_token = mint_token(secret, channel="radio", user_id="fan", roles=[CustomRole.ROLE_1], now=time.time(), ttl=60)
+    runs: dict[str, subprocess.CompletedProcess[str]] = {}
+    names: dict[str, str] = {}
+
+    async def run(name: str, *args: str) -> None:
+        runs[name] = await airwave(*args, "--url", server.url)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as clients:
+            clients.start_soon(run, "host", "host", "radio", "--tone", "440", "--token", host_token, "--name", "DJ Night", "--duration", "4")
+            while (channel := server.registry.find("radio")) is None or "dj" not in channel.channel.members:
+                await trio.sleep(0.05)
+            await run("listen", "listen", "radio", "--token", fan_token, "--output", str(tmp_path / "fan.wav"), "--duration", "0.5")
+            names.update({user_id: member.display_name for user_id, member in channel.channel.members.items()})
+            await run("contradiction", "stop", "radio", "--token", host_token, "--user", "mallory")
+    assert names == {"dj": "DJ Night"}
+    assert runs["host"].returncode == 0, runs["host"].stderr
+    assert "joined 'radio' as DJ Night (dj) (host)" in runs["host"].stdout
+    assert runs["listen"].returncode == 0, runs["listen"].stderr
+    assert "joined 'radio' as fan (audience); hosts: DJ Night (dj)" in runs["listen"].stdout
+    assert runs["contradiction"].returncode == 2
+    assert runs["contradiction"].stderr == (
+        "airwave: user id mallory contradicts the token, which was minted for dj: "
+        "leave the user id out (the token says who you are)\n"
+    )
