@@ -29,6 +29,7 @@ from airwave.client import (
 )
 from airwave.media import file_frames
 from airwave.protocol import HOST_ROLE, ChannelState, CustomRole, ParticipantChange, Reason, VolumeStatus
+from airwave.protocol.text import shown
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 
@@ -50,10 +51,12 @@ def random_name(prefix: str) -> str:
 
 def _named(user_id: str, display_name: str) -> str:
     """How the narrator names someone: the display name they chose, and the user id that
-    identifies them (what --user, kick and set_role take) when it says something else."""
+    identifies them (what --user, kick and set_role take) when it says something else.
+    Both are the client's own choice, so both go through ``shown``: a name with a line
+    break or a bidi override in it cannot forge or disguise a line of this output."""
     if not display_name or display_name == user_id:
-        return user_id
-    return f"{display_name} ({user_id})"
+        return shown(user_id)
+    return f"{shown(display_name)} ({shown(user_id)})"
 
 
 @attrs.define
@@ -118,7 +121,7 @@ class Narrator(MediaChannelCallback):
             self.say(f"~ {_named(participant.user_id, participant.display_name)} {'is speaking' if talking else 'is quiet'}")
 
     def on_message_receive(self, type: str, content: str, from_user_id: str) -> None:
-        self.say(f"> {from_user_id} [{type}]: {content}")
+        self.say(f"> {shown(from_user_id)} [{shown(type)}]: {shown(content)}")
 
     def on_member_count_change(self, count: int) -> None:
         self.say(f"  {count} member(s) in the channel")

@@ -89,7 +89,7 @@ async def test_demo_runs_the_whole_story_and_leaves_recordings_and_a_log(tmp_pat
     with trio.fail_after(30), open(log, "w") as out:
         assert await run_demo(tmp_path / "demo", out=out, talk_seconds=1.0) == 0
     text = log.read_text()
-    for line in ("bob [raise_hand]: may I say something?", "* Bob (bob): on the mic", "on_stop(True, none)", "channel_stopped"):
+    for line in ('bob [raise_hand]: "may I say something?"', "* Bob (bob): on the mic", "on_stop(True, none)", "channel_stopped"):
         assert line in text
     channels = fold_replayed(list(replay_events(tmp_path / "demo" / "data")))
     (channel,) = channels.values()
@@ -250,11 +250,44 @@ async def test_cli_token_says_who_you_are_and_name_is_the_display_name(nursery: 
             await run("contradiction", "stop", "radio", "--token", host_token, "--user", "mallory")
     assert names == {"dj": "DJ Night"}
     assert runs["host"].returncode == 0, runs["host"].stderr
-    assert "joined 'radio' as DJ Night (dj) (host)" in runs["host"].stdout
+    assert "joined 'radio' as \"DJ Night\" (dj) (host)" in runs["host"].stdout
     assert runs["listen"].returncode == 0, runs["listen"].stderr
-    assert "joined 'radio' as fan (audience); hosts: DJ Night (dj)" in runs["listen"].stdout
+    assert "joined 'radio' as fan (audience); hosts: \"DJ Night\" (dj)" in runs["listen"].stdout
     assert runs["contradiction"].returncode == 2
     assert runs["contradiction"].stderr == (
         "airwave: user id mallory contradicts the token, which was minted for dj: "
         "leave the user id out (the token says who you are)\n"
     )
+
+
+async def test_cli_narrator_shows_hostile_names_and_messages_without_forging_lines(server: RunningServer, tmp_path: Path) -> None:
+    """User ids, display names and messages are the sender's choice: each is one visible
+    token or quoted and escaped, so none can start a line of `listen`'s output."""
+    hostile_id = "eve\u2028+ mallory joined (role 0)"
+    hostile_name = "Eve\u2028- dj left (quit)"
+    forged = ("+ mallory", "- dj left", "* fan: on the mic", "\u202e")
+    done: list[subprocess.CompletedProcess[str]] = []
+
+    async def listen() -> None:
+        done.append(await airwave("listen", "radio", "--output", str(tmp_path / "fan.wav"), "--url", server.url,
+                                  "--user", "fan", "--duration", "3"))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listen)
+            while server.registry.find("radio") is None:
+                await trio.sleep(0.05)
+            async with Client.connect(server.url, user_id=hostile_id) as client:
+                eve = MediaChannel.create(client, MediaDevice.create())
+                eve.set_custom_role(HOST_ROLE)
+                assert (await eve.join_async("radio", JoinParam(display_name=hostile_name))).result
+                assert await eve.send_message_async("chat\u2028* fan: on the mic", "hi\n- dj left (quit)\n\u202eevil") is Reason.NONE
+                await eve.leave_async()
+    (run,) = done
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()  # splits on U+2028 too, as line-based tools do
+    assert [line for line in lines if line.startswith(forged) or "\u202e" in line] == []
+    escaped = '"Eve\\u2028- dj left (quit)" ("eve\\u2028+ mallory joined (role 0)")'
+    assert f"+ {escaped} joined (role 0)" in lines
+    assert f'> "eve\\u2028+ mallory joined (role 0)" ["chat\\u2028* fan: on the mic"]: "hi\\x0a- dj left (quit)\\x0a\\u202eevil"' in lines
+    assert f"- {escaped} left (quit)" in lines
