@@ -168,6 +168,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _is_origin(text: str) -> bool:
+    """What a browser sends as Origin: scheme://host[:port] and nothing after it (or '*')."""
+    if text == "*":
+        return True
+    parts = urlsplit(text)
+    return bool(parts.scheme and parts.hostname) and parts.path in ("", "/") and not (parts.query or parts.fragment)
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
@@ -179,6 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
     from airwave.actors.log import FsyncMode, LogCorruption, LogFailed, LogLocked, UnusableRecord
     from airwave.actors.server import ServerSettings, serve
 
+    from airwave.actors.net import TransportSettings
     from airwave.actors.participant import SessionSettings
 
     try:
@@ -196,9 +205,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.dev and not _is_loopback(args.host):
         print("airwave: --dev uses a well-known secret and is for loopback only", file=sys.stderr)
         return 2
+    bad_origins = [o for o in args.allow_origin if not _is_origin(o)]
+    if bad_origins:
+        print(f"airwave: --allow-origin {bad_origins[0]!r} is not an origin: give scheme://host[:port], e.g. "
+              "http://localhost:3000, or '*'", file=sys.stderr)
+        return 2
     settings = ServerSettings(
         host=args.host, port=args.port, data_dir=Path(args.data), fsync=FsyncMode(args.fsync),
         session=SessionSettings(secret=secret), stats_interval=args.stats_interval,
+        transport=TransportSettings(allowed_origins=args.allow_origin),
         **({"max_joining": args.max_joining} if args.max_joining else {}),
     )
 
@@ -382,16 +397,44 @@ def add_secret_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--dev", action="store_true", help="the fixed development secret: loopback only, never in production")
 
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from airwave import __version__
+
     parser = argparse.ArgumentParser(prog="airwave", description="Live interactive voice streaming.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--version", action="version", version=f"airwave {__version__}")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help="(default INFO)")
+    # The same option after the subcommand (`airwave serve --log-level DEBUG`), where people
+    # put it; SUPPRESS keeps the value given before the subcommand when it is not repeated.
+    logging_option = argparse.ArgumentParser(add_help=False)
+    logging_option.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS, help="(default INFO)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the channel service")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--data", default="airwave-data", help="event log directory (default ./airwave-data)")
-    serve.add_argument("--fsync", choices=["always", "batch", "never"], default="batch")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, parents=[logging_option])
+
+    serve = command("serve", "run the channel service")
+    serve.add_argument(
+        "--host", default="127.0.0.1",
+        help="the address to listen on; in open mode (no secret) only a loopback one, unless --insecure (default %(default)s)",
+    )
+    serve.add_argument("--port", type=int, default=8765, help="the TCP port; 0 picks a free one (default %(default)s)")
+    serve.add_argument("--data", default="airwave-data", help="the event log's directory (default ./%(default)s)")
+    serve.add_argument(
+        "--fsync", choices=["always", "batch", "never"], default="batch",
+        help="the event log's durability: always and batch both sync every event to disk before acting on it, "
+        "always one write at a time, batch all waiting writes with one sync (faster); never does not sync, so "
+        "events survive a server crash but not a power cut; docs/eventlog.md (default %(default)s)",
+    )
+    serve.add_argument(
+        "--allow-origin", action="append", default=[], metavar="ORIGIN",
+        help="a web page origin (scheme://host[:port]) whose scripts may connect, e.g. http://localhost:3000; "
+        "repeatable; '*' allows any (default: none, a browser's handshake is refused with 403)",
+    )
     serve.add_argument("--insecure", action="store_true", help="allow open mode on a non-loopback address")
     serve.add_argument("--stats-interval", type=float, metavar="S", help="log a statistics line every S seconds")
     serve.add_argument(
@@ -401,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_secret_options(serve)
     serve.set_defaults(run=_serve)
 
-    token = commands.add_parser("token", help="mint a join token (the server needs the same secret)")
+    token = command("token", "mint a join token (the server needs the same secret)")
     token.add_argument("channel", help="the channel id the token opens (a glob pattern with --pattern)")
     token.add_argument("--pattern", action="store_true", help="CHANNEL is a glob (* ? [...]) over channel ids, e.g. 'room-*'")
     token.add_argument("--user", required=True, help="the user id the token is for")
@@ -410,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_secret_options(token)
     token.set_defaults(run=_token)
 
-    replay = commands.add_parser("replay", help="print an event log's timeline and final state")
+    replay = command("replay", "print an event log's timeline and final state")
     replay.add_argument("path", help="the data directory, or one segment file")
     replay.add_argument("--channel", help="only this channel id")
     replay.add_argument("--until", type=int, metavar="SEQ", help="stop after this seq (included)")
@@ -429,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--name", help="the display name the others see (default: your user id)")
         sub.add_argument("--password", help="the channel's password (visible in ps; fine for local use)")
 
-    host = commands.add_parser("host", help="join as host (role 0) and stream audio")
+    host = command("host", "join as host (role 0) and stream audio")
     client_options(host, "host")
     source = host.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="an audio file (any format FFmpeg reads)")
@@ -439,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_argument("--stop-at-end", action="store_true", help="stop the channel for everyone at the end")
     host.set_defaults(run=_host)
 
-    listen = commands.add_parser("listen", help="join as audience (role 1) and record")
+    listen = command("listen", "join as audience (role 1) and record")
     client_options(listen, "listener")
     sink = listen.add_argument_group("where the audio goes (at least one)")
     sink.add_argument("--output", help="a .wav (decoded) or .ogg/.opus (as received) file")
@@ -448,11 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--duration", type=float, metavar="S", help="listen this long (default: until the channel ends)")
     listen.set_defaults(run=_listen)
 
-    stop = commands.add_parser("stop", help="end a channel for everyone")
+    stop = command("stop", "end a channel for everyone")
     client_options(stop, "stopper")
     stop.set_defaults(run=_stop)
 
-    demo = commands.add_parser("demo", help="run a server, a host, two listeners, a co-host and a stop, in one go")
+    demo = command("demo", "run a server, a host, two listeners, a co-host and a stop, in one go")
     demo.add_argument("--dir", help="where to put the recordings and the event log (default: a new temp dir)")
     demo.set_defaults(run=_demo)
     return parser
