@@ -161,3 +161,50 @@ def handshake_status(port: int, origin: str | None) -> int:
             headers.append(f"Origin: {origin}")
         sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
         return int(sock.recv(200).split(b" ", 2)[1])
+
+
+FAKE_PYTHON3 = """#!/usr/bin/env bash
+# Stands in for python3 on a fresh clone: `python3 -m venv .venv` makes a venv whose python
+# logs pip and pytest calls instead of running them (and runs `-c` code for real).
+[ "$1 $2" = "-m venv" ] || exit 9
+mkdir -p "$3/bin"
+cat > "$3/bin/python" <<'PY'
+#!/usr/bin/env bash
+if [ "$1" = "-c" ]; then exec {real} "$@"; fi
+echo "python $* warnings=${{PYTHONWARNINGS:-}}" >> "$SCRIPT_LOG"
+PY
+printf '#!/usr/bin/env bash\\necho "airwave $*" >> "$SCRIPT_LOG"\\n' > "$3/bin/airwave"
+chmod +x "$3/bin/python" "$3/bin/airwave"
+echo "venv $3" >> "$SCRIPT_LOG"
+"""
+
+
+def test_quick_start_scripts_set_up_once_and_reinstall_only_when_pyproject_changes(tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    (clone / "scripts").mkdir(parents=True)
+    for name in ("scripts/demo.sh", "scripts/test.sh", "pyproject.toml"):
+        (clone / name).write_text((ROOT / name).read_text())
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text(FAKE_PYTHON3.format(real=sys.executable))
+    (fake_bin / "python3").chmod(0o755)
+    log = tmp_path / "log"
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "SCRIPT_LOG": str(log), "HOME": str(tmp_path)}
+
+    def run(script: str, *args: str) -> list[str]:
+        log.write_text("")
+        done = subprocess.run(["bash", str(clone / "scripts" / script), *args], env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return log.read_text().splitlines()
+
+    install = "python -m pip install --quiet -e {} warnings=ignore:Editable installation"
+    upgrade = "python -m pip install --quiet --upgrade pip warnings="
+    assert run("demo.sh", "--dir", "x") == [f"venv .venv", upgrade, install.format("."), "airwave demo --dir x"]
+    assert run("demo.sh") == ["airwave demo"]
+    assert run("test.sh", "-q") == [install.format(".[test]"), "python -m pytest -q warnings="]
+    assert run("test.sh") == ["python -m pytest warnings="]
+    assert run("demo.sh") == ["airwave demo"]  # the test install has everything the demo needs
+    with open(clone / "pyproject.toml", "a") as pyproject:
+        pyproject.write("# a new dependency, say\n")
+    assert run("demo.sh") == [install.format("."), "airwave demo"]
+    assert run("test.sh") == [install.format(".[test]"), "python -m pytest warnings="]
