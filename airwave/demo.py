@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+import av
 import trio
 
 from airwave.actors.log.replay import event_text, final_state_text, fold_replayed, replay_events
@@ -22,6 +23,7 @@ from airwave.actors.server import ServerSettings, serve
 from airwave.audio import SpeechSource
 from airwave.client import Client, JoinParam, MediaChannel, MediaDevice
 from airwave.commands import Narrator
+from airwave.media import SAMPLE_RATE
 from airwave.protocol import HOST_ROLE, ON_THE_MIC, CustomRole, CustomState, Reason
 from airwave.protocol.tokens import mint_token
 
@@ -104,12 +106,19 @@ async def run_demo(workdir: Path | None = None, *, out: TextIO = sys.stdout, tal
 
     step("done; everything is here:")
     for name, paths in outputs.items():
-        stats = received[name]
+        packets = received[name].packets
         for path in paths:
-            print(f"    {path}  ({name} heard {stats.packets} packets, {stats.packets * 0.02:.1f} s of speech)", file=out)
+            print(f"    {path}  ({recorded_seconds(path):.1f} s recorded, mixing {packets} packets of 20 ms from every speaker)", file=out)
     print(f"    {data_dir}  (the event log: airwave replay {data_dir} --json)", file=out)
     print(f"    finished in {time.monotonic() - started:.1f} s", file=out, flush=True)
     return 0
+
+
+def recorded_seconds(path: Path) -> float:
+    """The recording's length as a player reads it back. Not packets x 20 ms: while two
+    people talk at once, two packets make one 20 ms of the mix."""
+    with av.open(str(path)) as container:
+        return sum(frame.samples for frame in container.decode(audio=0)) / SAMPLE_RATE
 
 
 async def _joined(channel: MediaChannel, param: JoinParam) -> None:

@@ -3,6 +3,7 @@ the demo end to end."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -98,6 +99,11 @@ async def test_demo_runs_the_whole_story_and_leaves_recordings_and_a_log(tmp_pat
     first, last = sounding_span(alice)
     assert (last - first) * 0.02 > 2.0, "alice heard the host and then bob"
     assert (tmp_path / "demo" / "alice.ogg").stat().st_size > 1000
+    reported = dict(re.findall(r"^    (\S+\.(?:wav|ogg))  \((\d+\.\d) s recorded, mixing \d+ packets", text, re.M))
+    assert sorted(reported) == sorted(str(tmp_path / "demo" / name) for name in ("alice.wav", "alice.ogg", "bob.wav"))
+    for path, seconds in reported.items():
+        assert abs(float(seconds) - recorded_seconds(Path(path))) <= 0.05, path
+    assert abs(float(reported[str(tmp_path / "demo" / "alice.wav")]) - len(alice) / 48_000) <= 0.05
 
 
 def readme_sdk_example(url: str) -> str:
