@@ -11,10 +11,15 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import trio
+
+if TYPE_CHECKING:
+    from airwave.commands import Quit
 
 
 def _leaf(error: BaseException) -> BaseException:
@@ -31,6 +36,64 @@ def _root_cause(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error``, what it was raised from, and what any exception group holds, all of them:
+    a refused connection arrives as an OSError raised from a group of per-address errors."""
+    found: list[BaseException] = []
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+    return found
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with a --url, said so that the fix is plain, or None if it looks usable."""
+    example = "ws://HOST:PORT/, e.g. ws://127.0.0.1:8765/"
+    if "://" not in url:
+        return f"--url {url!r} has no scheme: write it as ws://{url}" if url and " " not in url else f"--url {url!r} is not a URL: use {example}"
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        secure = "s" if parts.scheme == "https" else ""
+        return f"--url {url} is a web address: Airwave speaks WebSocket, use ws{secure}://{parts.netloc}{parts.path or '/'}"
+    if parts.scheme not in ("ws", "wss"):
+        return f"--url {url!r} is not a WebSocket URL: use {example}"
+    try:
+        port = parts.port
+    except ValueError:
+        return f"--url {url!r} has a port that is not a number in 1-65535: use {example}"
+    if not parts.hostname or port == 0 or " " in url:
+        return f"--url {url!r} is not a usable address: use {example}"
+    return None
+
+
+def _connect_failure(error: BaseException, url: str) -> str:
+    """One line for a connection that failed or was refused, with what to check."""
+    import trio_websocket
+
+    parts = urlsplit(url)
+    address = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
+    causes = _causes(error)
+    rejected = [c for c in causes if isinstance(c, trio_websocket.ConnectionRejected)]
+    if rejected:
+        return (
+            f"{url} is not an Airwave server: it answered the WebSocket handshake with HTTP "
+            f"{rejected[0].status_code}; check --url"
+        )
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return f"cannot reach the server at {url}: connection refused; is `airwave serve` running at {address}?"
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        return f"cannot reach the server at {url}: no such host {parts.hostname!r}; check --url"
+    if any(isinstance(c, trio_websocket.HandshakeError) for c in causes):
+        return f"{url} did not complete a WebSocket handshake: is it an Airwave server? check --url"
+    return f"cannot reach the server at {url}: {_root_cause(error)}; is `airwave serve` running at {address}?"
+
+
 def _secret(args: argparse.Namespace) -> bytes | None:
     """The server secret: --dev, --secret-file, AIRWAVE_SECRET, or --secret (visible in ps)."""
     from airwave.protocol.tokens import DEV_SECRET
@@ -38,7 +101,10 @@ def _secret(args: argparse.Namespace) -> bytes | None:
     if getattr(args, "dev", False):
         return DEV_SECRET
     if getattr(args, "secret_file", None):
-        secret = Path(args.secret_file).read_bytes().strip()
+        try:
+            secret = Path(args.secret_file).read_bytes().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the secret file {args.secret_file}: {exc.strerror}") from None
         if not secret:
             raise ValueError(f"the secret file {args.secret_file} is empty")
         return secret
@@ -53,28 +119,46 @@ def _token(args: argparse.Namespace) -> int:
     from airwave.protocol import CustomRole
     from airwave.protocol.tokens import mint_token
 
+    indexes = [r.strip() for r in args.role.split(",")]
+    if not all(r in ("0", "1", "2", "3") for r in indexes):
+        print(f"airwave: --role {args.role}: give role indexes 0 (host), 1 (audience), 2 or 3, comma-separated", file=sys.stderr)
+        return 2
     try:
         secret = _secret(args)
-        roles = [CustomRole.from_index(int(r)) for r in args.role.split(",")]
+        if secret is None:
+            raise ValueError("no secret: use --secret-file, AIRWAVE_SECRET, --secret or --dev")
+        roles = [CustomRole.from_index(int(r)) for r in indexes]
+        token = mint_token(secret, channel=args.channel, user_id=args.user, roles=roles, now=time.time(), ttl=args.ttl, pattern=args.pattern)
     except ValueError as exc:
         print(f"airwave: {exc}", file=sys.stderr)
         return 2
-    if secret is None:
-        print("airwave: no secret: use --secret-file, AIRWAVE_SECRET, --secret or --dev", file=sys.stderr)
-        return 2
-    print(mint_token(secret, channel=args.channel, user_id=args.user, roles=roles, now=time.time(), ttl=args.ttl, pattern=args.pattern))
+    print(token)
     return 0
 
 
-def _client_token(args: argparse.Namespace, user_id: str, role_index: int) -> str | None:
-    """--token as given, or with --dev a token this command mints for itself."""
-    if args.token or not args.dev:
-        return args.token  # type: ignore[no-any-return]
+def _identity(args: argparse.Namespace, prefix: str, role_index: int) -> tuple[str, str | None]:
+    """The user id and token a client command joins with. A token is an identity: with
+    --token the user id is the one it was minted for, and a --user that says otherwise is a
+    ValueError now rather than token_invalid from the server. With --dev this command mints
+    its own token, for --user or a random id."""
+    from airwave.client import identity
+    from airwave.commands import random_name
+
+    if args.token:
+        return identity(args.user, args.token), args.token
+    user_id = args.user or random_name(prefix)
+    if not args.dev:
+        return user_id, None
     from airwave.protocol import CustomRole
     from airwave.protocol.tokens import DEV_SECRET, mint_token
 
     role = CustomRole.from_index(role_index)
-    return mint_token(DEV_SECRET, channel=args.channel, user_id=user_id, roles=[role], now=time.time(), ttl=24 * 3600)
+    return user_id, mint_token(DEV_SECRET, channel=args.channel, user_id=user_id, roles=[role], now=time.time(), ttl=24 * 3600)
+
+
+def _failed(message: str, code: int) -> int:
+    print(f"airwave: {message}", file=sys.stderr)
+    return code
 
 
 def _positive_int(text: str) -> int:
@@ -82,6 +166,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _is_origin(text: str) -> bool:
+    """What a browser sends as Origin: scheme://host[:port] and nothing after it (or '*')."""
+    if text == "*":
+        return True
+    parts = urlsplit(text)
+    return bool(parts.scheme and parts.hostname) and parts.path in ("", "/") and not (parts.query or parts.fragment)
 
 
 def _is_loopback(host: str) -> bool:
@@ -95,6 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
     from airwave.actors.log import FsyncMode, LogCorruption, LogFailed, LogLocked, UnusableRecord
     from airwave.actors.server import ServerSettings, serve
 
+    from airwave.actors.net import TransportSettings
     from airwave.actors.participant import SessionSettings
 
     try:
@@ -112,9 +205,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.dev and not _is_loopback(args.host):
         print("airwave: --dev uses a well-known secret and is for loopback only", file=sys.stderr)
         return 2
+    bad_origins = [o for o in args.allow_origin if not _is_origin(o)]
+    if bad_origins:
+        print(f"airwave: --allow-origin {bad_origins[0]!r} is not an origin: give scheme://host[:port], e.g. "
+              "http://localhost:3000, or '*'", file=sys.stderr)
+        return 2
     settings = ServerSettings(
         host=args.host, port=args.port, data_dir=Path(args.data), fsync=FsyncMode(args.fsync),
         session=SessionSettings(secret=secret), stats_interval=args.stats_interval,
+        transport=TransportSettings(allowed_origins=args.allow_origin),
         **({"max_joining": args.max_joining} if args.max_joining else {}),
     )
 
@@ -185,33 +284,75 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_client(args: argparse.Namespace, command: Callable[[], Awaitable[int]]) -> int:
-    """Runs a client command; any failure is one line with its reason and a non-zero exit."""
+QUIT_GRACE = 5.0  # after Ctrl-C or SIGTERM, seconds a command has to leave and finish its file
+
+
+async def _on_signals(signals: AsyncIterator[int], quit: Quit, command: trio.CancelScope) -> None:
+    """The first signal asks the command to quit, which it does by leaving; it is cancelled
+    outright if it is not connected yet (nothing to leave), on a second signal, or when it
+    takes longer than QUIT_GRACE."""
+    async for number in signals:
+        first = quit.signal_number is None
+        quit.request(number)
+        if not first or not quit.connected:
+            command.cancel()
+        else:
+            command.deadline = trio.current_time() + QUIT_GRACE
+
+
+def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[int]]) -> int:
+    """Runs a client command; any failure is one line with its reason and a non-zero exit,
+    and Ctrl-C or SIGTERM is a clean leave, one line, and 130 or 143 (128 + the signal)."""
     import trio_websocket
 
-    from airwave.commands import CommandFailed
+    from airwave.commands import CommandFailed, Quit
 
-    failure: str | None = None
+    if (problem := _url_problem(args.url)) is not None:
+        print(f"airwave: {problem}", file=sys.stderr)
+        return 2
+    quit = Quit()
+
+    async def main() -> int:
+        code = 1
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                with trio.CancelScope() as scope:
+                    nursery.start_soon(_on_signals, signals, quit, scope)
+                    code = await command(quit)
+                nursery.cancel_scope.cancel()
+        return code
+
+    failure: tuple[str, int] | None = None
     code = 0
     try:
-        code = trio.run(command)
+        code = trio.run(main)
     except* CommandFailed as group:
-        failure = str(_leaf(group))
+        failed = _leaf(group)
+        failure = (str(failed), failed.exit_code if isinstance(failed, CommandFailed) else 1)
     except* (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as group:
-        failure = f"cannot reach the server at {args.url}: {_root_cause(_leaf(group))}"
+        failure = (_connect_failure(group, args.url), 1)
+    if quit.signal_number is not None:
+        print(f"airwave: interrupted by {signal.Signals(quit.signal_number).name}", file=sys.stderr)
+        return 128 + quit.signal_number
     if failure is not None:
-        print(f"airwave: {failure}", file=sys.stderr)
-        return 1
+        print(f"airwave: {failure[0]}", file=sys.stderr)
+        return failure[1]
     return code
 
 
 def _host(args: argparse.Namespace) -> int:
     from airwave import commands
 
-    name = args.name or commands.random_name("host")
-    return _run_client(args, lambda: commands.host(
-        args.url, args.channel, commands.source_from(args.input, args.tone, args.mic), duration=args.duration,
-        name=name, password=args.password, stop_at_end=args.stop_at_end, token=_client_token(args, name, 0),
+    try:
+        source = commands.source_from(args.input, args.tone, args.mic)
+        user_id, token = _identity(args, "host", 0)
+    except commands.CommandFailed as exc:
+        return _failed(str(exc), exc.exit_code)
+    except ValueError as exc:
+        return _failed(str(exc), 2)
+    return _run_client(args, lambda quit: commands.host(
+        args.url, args.channel, source, duration=args.duration, user_id=user_id, display_name=args.name or "",
+        password=args.password, stop_at_end=args.stop_at_end, token=token, quit=quit,
     ))
 
 
@@ -219,22 +360,27 @@ def _listen(args: argparse.Namespace) -> int:
     from airwave import commands
 
     if args.output is None and not args.speaker:
-        print("airwave: listen needs --output FILE or --speaker", file=sys.stderr)
-        return 2
-    name = args.name or commands.random_name("listener")
-    return _run_client(args, lambda: commands.listen(
-        args.url, args.channel, args.output, speaker=args.speaker, duration=args.duration, name=name,
-        password=args.password,
-        token=_client_token(args, name, 1),
+        return _failed("listen needs --output FILE or --speaker", 2)
+    try:
+        user_id, token = _identity(args, "listener", 1)
+    except ValueError as exc:
+        return _failed(str(exc), 2)
+    return _run_client(args, lambda quit: commands.listen(
+        args.url, args.channel, args.output, speaker=args.speaker, force=args.force, duration=args.duration,
+        user_id=user_id, display_name=args.name or "", password=args.password, token=token, quit=quit,
     ))
 
 
 def _stop(args: argparse.Namespace) -> int:
     from airwave import commands
 
-    name = args.name or commands.random_name("stopper")
-    return _run_client(args, lambda: commands.stop(
-        args.url, args.channel, name=name, password=args.password, token=_client_token(args, name, 0)
+    try:
+        user_id, token = _identity(args, "stopper", 0)
+    except ValueError as exc:
+        return _failed(str(exc), 2)
+    return _run_client(args, lambda quit: commands.stop(
+        args.url, args.channel, user_id=user_id, display_name=args.name or "", password=args.password, token=token,
+        quit=quit,
     ))
 
 
@@ -251,16 +397,44 @@ def add_secret_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--dev", action="store_true", help="the fixed development secret: loopback only, never in production")
 
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from airwave import __version__
+
     parser = argparse.ArgumentParser(prog="airwave", description="Live interactive voice streaming.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--version", action="version", version=f"airwave {__version__}")
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help="(default INFO)")
+    # The same option after the subcommand (`airwave serve --log-level DEBUG`), where people
+    # put it; SUPPRESS keeps the value given before the subcommand when it is not repeated.
+    logging_option = argparse.ArgumentParser(add_help=False)
+    logging_option.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS, help="(default INFO)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the channel service")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--data", default="airwave-data", help="event log directory (default ./airwave-data)")
-    serve.add_argument("--fsync", choices=["always", "batch", "never"], default="batch")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, parents=[logging_option])
+
+    serve = command("serve", "run the channel service")
+    serve.add_argument(
+        "--host", default="127.0.0.1",
+        help="the address to listen on; in open mode (no secret) only a loopback one, unless --insecure (default %(default)s)",
+    )
+    serve.add_argument("--port", type=int, default=8765, help="the TCP port; 0 picks a free one (default %(default)s)")
+    serve.add_argument("--data", default="airwave-data", help="the event log's directory (default ./%(default)s)")
+    serve.add_argument(
+        "--fsync", choices=["always", "batch", "never"], default="batch",
+        help="the event log's durability: always and batch both sync every event to disk before acting on it, "
+        "always one write at a time, batch all waiting writes with one sync (faster); never does not sync, so "
+        "events survive a server crash but not a power cut; docs/eventlog.md (default %(default)s)",
+    )
+    serve.add_argument(
+        "--allow-origin", action="append", default=[], metavar="ORIGIN",
+        help="a web page origin (scheme://host[:port]) whose scripts may connect, e.g. http://localhost:3000; "
+        "repeatable; '*' allows any (default: none, a browser's handshake is refused with 403)",
+    )
     serve.add_argument("--insecure", action="store_true", help="allow open mode on a non-loopback address")
     serve.add_argument("--stats-interval", type=float, metavar="S", help="log a statistics line every S seconds")
     serve.add_argument(
@@ -270,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_secret_options(serve)
     serve.set_defaults(run=_serve)
 
-    token = commands.add_parser("token", help="mint a join token (the server needs the same secret)")
+    token = command("token", "mint a join token (the server needs the same secret)")
     token.add_argument("channel", help="the channel id the token opens (a glob pattern with --pattern)")
     token.add_argument("--pattern", action="store_true", help="CHANNEL is a glob (* ? [...]) over channel ids, e.g. 'room-*'")
     token.add_argument("--user", required=True, help="the user id the token is for")
@@ -279,22 +453,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_secret_options(token)
     token.set_defaults(run=_token)
 
-    replay = commands.add_parser("replay", help="print an event log's timeline and final state")
+    replay = command("replay", "print an event log's timeline and final state")
     replay.add_argument("path", help="the data directory, or one segment file")
     replay.add_argument("--channel", help="only this channel id")
     replay.add_argument("--until", type=int, metavar="SEQ", help="stop after this seq (included)")
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
     replay.set_defaults(run=_replay)
 
-    def client_options(sub: argparse.ArgumentParser, default_name: str) -> None:
+    def client_options(sub: argparse.ArgumentParser, default_user: str) -> None:
         sub.add_argument("channel", help="the channel id")
-        sub.add_argument("--token", help="a join token (airwave token ...), for a server with a secret")
-        sub.add_argument("--dev", action="store_true", help="mint a token with the dev secret (a server run with --dev)")
         sub.add_argument("--url", default="ws://127.0.0.1:8765", help="the server (default ws://127.0.0.1:8765)")
-        sub.add_argument("--name", help=f"your user id (default {default_name}-<random>)")
+        sub.add_argument("--token", help="a join token (airwave token ...), for a server with a secret: it says who you are")
+        sub.add_argument("--dev", action="store_true", help="mint a token with the dev secret (a server run with --dev)")
+        sub.add_argument(
+            "--user", metavar="ID",
+            help=f"your user id (default: the token's user with --token, else {default_user}-<random>)",
+        )
+        sub.add_argument("--name", help="the display name the others see (default: your user id)")
         sub.add_argument("--password", help="the channel's password (visible in ps; fine for local use)")
 
-    host = commands.add_parser("host", help="join as host (role 0) and stream audio")
+    host = command("host", "join as host (role 0) and stream audio")
     client_options(host, "host")
     source = host.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="an audio file (any format FFmpeg reads)")
@@ -304,19 +482,20 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_argument("--stop-at-end", action="store_true", help="stop the channel for everyone at the end")
     host.set_defaults(run=_host)
 
-    listen = commands.add_parser("listen", help="join as audience (role 1) and record")
+    listen = command("listen", "join as audience (role 1) and record")
     client_options(listen, "listener")
     sink = listen.add_argument_group("where the audio goes (at least one)")
     sink.add_argument("--output", help="a .wav (decoded) or .ogg/.opus (as received) file")
     sink.add_argument("--speaker", action="store_true", help="play it (needs the 'devices' extra and a sound device)")
+    listen.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     listen.add_argument("--duration", type=float, metavar="S", help="listen this long (default: until the channel ends)")
     listen.set_defaults(run=_listen)
 
-    stop = commands.add_parser("stop", help="end a channel for everyone")
+    stop = command("stop", "end a channel for everyone")
     client_options(stop, "stopper")
     stop.set_defaults(run=_stop)
 
-    demo = commands.add_parser("demo", help="run a server, a host, two listeners, a co-host and a stop, in one go")
+    demo = command("demo", "run a server, a host, two listeners, a co-host and a stop, in one go")
     demo.add_argument("--dir", help="where to put the recordings and the event log (default: a new temp dir)")
     demo.set_defaults(run=_demo)
     return parser
@@ -327,7 +506,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        # Ctrl-C before a command has its own handler in place (while it imports, say).
+        if isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[1] is not None:
+            raise
+        print("airwave: interrupted by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TextIO
 
 import attrs
+import av
 import trio
 
-from airwave.audio import AudioDeviceError, AudioSource, FileSource, MicSource, Recorder, SpeakerOutput, ToneSource
+from airwave.audio import AudioDeviceError, AudioSource, FileSource, MicSource, SpeakerOutput, ToneSource, recorder_for
 from airwave.client import (
     Client,
     JoinParam,
@@ -26,7 +27,9 @@ from airwave.client import (
     MediaDevice,
     Participant,
 )
+from airwave.media import file_frames
 from airwave.protocol import HOST_ROLE, ChannelState, CustomRole, ParticipantChange, Reason, VolumeStatus
+from airwave.protocol.text import shown
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 
@@ -34,15 +37,45 @@ DEFAULT_URL = "ws://127.0.0.1:8765"
 class CommandFailed(Exception):
     """One line for the user, with the reason code when the server gave one."""
 
-    def __init__(self, message: str, reason: Reason | None = None) -> None:
+    def __init__(self, message: str, reason: Reason | None = None, *, exit_code: int = 1) -> None:
         if reason is not None:
             message = f"{message}: {reason.reason_name} [{int(reason)}]"
         super().__init__(message)
         self.reason = reason
+        self.exit_code = exit_code  # 2: the command line asks for something that cannot be done
 
 
 def random_name(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def _named(user_id: str, display_name: str) -> str:
+    """How the narrator names someone: the display name they chose, and the user id that
+    identifies them (what --user, kick and set_role take) when it says something else.
+    Both are the client's own choice, so both go through ``shown``: a name with a line
+    break or a bidi override in it cannot forge or disguise a line of this output."""
+    if not display_name or display_name == user_id:
+        return shown(user_id)
+    return f"{shown(display_name)} ({shown(user_id)})"
+
+
+@attrs.define
+class Quit:
+    """Ctrl-C or SIGTERM, asked of a command from outside (the CLI's signal handler).
+
+    A command that is connected ends the normal way: it leaves, so the others see a quit at
+    once rather than a drop held for a resume, and it finishes its recording. Before it is
+    connected there is nothing to leave, and the CLI cancels it outright.
+    """
+
+    requested: trio.Event = attrs.field(factory=trio.Event)
+    signal_number: int | None = None
+    connected: bool = False
+
+    def request(self, signal_number: int) -> None:
+        if self.signal_number is None:
+            self.signal_number = signal_number
+        self.requested.set()
 
 
 @attrs.define
@@ -61,10 +94,10 @@ class Narrator(MediaChannelCallback):
         self.say(f"left {channel_id!r}: {reason.reason_name} [{int(reason)}]")
 
     def on_participant_join(self, participant: Participant) -> None:
-        self.say(f"+ {participant.user_id} joined (role {participant.custom_role.index})")
+        self.say(f"+ {_named(participant.user_id, participant.display_name)} joined (role {participant.custom_role.index})")
 
     def on_participant_left(self, participant: Participant, reason: Reason) -> None:
-        self.say(f"- {participant.user_id} left ({reason.reason_name})")
+        self.say(f"- {_named(participant.user_id, participant.display_name)} left ({reason.reason_name})")
 
     def on_participant_update(self, participant: Participant, change: ParticipantChange) -> None:
         what = []
@@ -75,7 +108,7 @@ class Narrator(MediaChannelCallback):
             what.append({0: "on the mic", None: "off the mic"}.get(index, f"state {index}"))
         if change & ParticipantChange.AUDIO:
             what.append("uploading audio" if participant.audio else "stopped uploading")
-        self.say(f"* {participant.user_id}: {', '.join(what) or 'updated'}")
+        self.say(f"* {_named(participant.user_id, participant.display_name)}: {', '.join(what) or 'updated'}")
 
     def on_participant_volume_change(self, participant: Participant) -> None:
         if not self.show_speaking:
@@ -85,10 +118,10 @@ class Narrator(MediaChannelCallback):
         self.speaking[participant.user_id] = now
         talking = now >= VolumeStatus.LOW
         if talking != (was >= VolumeStatus.LOW):
-            self.say(f"~ {participant.user_id} {'is speaking' if talking else 'is quiet'}")
+            self.say(f"~ {_named(participant.user_id, participant.display_name)} {'is speaking' if talking else 'is quiet'}")
 
     def on_message_receive(self, type: str, content: str, from_user_id: str) -> None:
-        self.say(f"> {from_user_id} [{type}]: {content}")
+        self.say(f"> {shown(from_user_id)} [{shown(type)}]: {shown(content)}")
 
     def on_member_count_change(self, count: int) -> None:
         self.say(f"  {count} member(s) in the channel")
@@ -100,27 +133,51 @@ async def _join(channel: MediaChannel, channel_id: str, param: JoinParam) -> Non
         raise CommandFailed(f"cannot join {channel_id!r}", result.reason)
 
 
-async def _until_done(channel: MediaChannel, duration: float | None, also: Callable[[], bool] = lambda: False) -> Reason | None:
-    """Waits for ``duration``, the end of the channel, or ``also()``; the leave reason if it ended."""
-    events = channel.events()
+async def _until_done(
+    channel: MediaChannel, duration: float | None, quit: Quit, also: Callable[[], bool] = lambda: False
+) -> Reason | None:
+    """Waits for ``duration``, the end of the channel, a quit, or ``also()``; the leave
+    reason if the channel ended for us."""
     deadline = trio.current_time() + (duration if duration is not None else math.inf)
-    with trio.move_on_at(deadline):
-        while not also():
-            with trio.move_on_after(0.05):
-                event = await events.receive()
-                if isinstance(event, LeaveEvent):
-                    return event.reason
+    async with channel.events() as events:
+        with trio.move_on_at(deadline):
+            while not also() and not quit.requested.is_set():
+                with trio.move_on_after(0.05):
+                    event = await events.receive()
+                    if isinstance(event, LeaveEvent):
+                        return event.reason
     return None if channel.state is ChannelState.JOINED else Reason.NETWORK
 
 
 def source_from(input_path: str | None, tone_hz: float | None, mic: bool = False) -> AudioSource:
+    """The host's audio, checked before anything is connected: a file that is not audio is
+    one line now, not a decoder's traceback after the join with a host left in the channel."""
     if mic:
         return MicSource()
     if input_path is not None:
-        if not Path(input_path).exists():
-            raise CommandFailed(f"no such input file: {input_path}")
+        check_input(input_path)
         return FileSource(input_path)
     return ToneSource(tone_hz if tone_hz is not None else 440.0)
+
+
+def check_input(input_path: str) -> None:
+    """Decodes the first frame of ``input_path``; CommandFailed (exit 2) if there is none."""
+    path = Path(input_path)
+    if path.is_dir():
+        raise CommandFailed(f"--input {input_path} is a directory: give an audio file", exit_code=2)
+    if not path.exists():
+        raise CommandFailed(f"no such input file: {input_path}", exit_code=2)
+    frames = file_frames(path)
+    try:
+        next(frames)
+    except StopIteration:
+        raise CommandFailed(f"--input {input_path} holds no audio", exit_code=2) from None
+    except av.FFmpegError as exc:
+        raise CommandFailed(f"cannot read --input {input_path} as audio: {exc.strerror}", exit_code=2) from None
+    except (ValueError, OSError) as exc:  # no audio stream; unreadable
+        raise CommandFailed(f"cannot read --input {input_path} as audio: {exc}", exit_code=2) from None
+    finally:
+        frames.close()
 
 
 async def host(
@@ -129,26 +186,30 @@ async def host(
     source: AudioSource,
     *,
     duration: float | None = None,
-    name: str | None = None,
+    user_id: str | None = None,
+    display_name: str = "",
     password: str | None = None,
     stop_at_end: bool = False,
     token: str | None = None,
     out: TextIO = sys.stdout,
+    quit: Quit | None = None,
 ) -> int:
-    name = name or random_name("host")
+    """With a token the user id is the token's (its sub); ``user_id`` may only repeat it."""
+    quit = quit or Quit()
     narrator = Narrator(out)
-    async with Client.connect(url, user_id=name) as client:
+    async with Client.connect(url, user_id=user_id or (None if token else random_name("host")), token=token) as client:
+        quit.connected = True
         channel = MediaChannel.create(client, MediaDevice.create(source=source), narrator)
         channel.set_custom_role(HOST_ROLE)
         channel.enable_upload_audio_stream(True)
-        await _join(channel, channel_id, JoinParam(password=password, display_name=name, token=token))
-        narrator.say(f"joined {channel_id!r} as {name} (host); streaming")
-        ended = await _until_done(channel, duration, also=channel.source_finished.is_set)
+        await _join(channel, channel_id, JoinParam(password=password, display_name=display_name))
+        narrator.say(f"joined {channel_id!r} as {_named(client.user_id, display_name)} (host); streaming")
+        ended = await _until_done(channel, duration, quit, also=channel.source_finished.is_set)
         if ended is not None:
             narrator.say(f"the channel ended for us: {ended.reason_name} [{int(ended)}]")
             return 0 if ended is Reason.OVER else 1
         narrator.say(f"sent {channel.media_sent} packets ({channel.media_sent * 0.02:.1f} s)")
-        if stop_at_end:
+        if stop_at_end and not quit.requested.is_set():
             result = await channel.stop_async()
             if not result.result:
                 raise CommandFailed(f"cannot stop {channel_id!r}", result.reason)
@@ -158,34 +219,61 @@ async def host(
     return 0
 
 
+RECORDABLE = (".wav", ".ogg", ".opus", ".oga")  # what audio.recorder_for writes
+
+
+def check_output(output: str, *, force: bool = False) -> None:
+    """Refuses, before anything is connected or written, an output that cannot be written or
+    would overwrite a file without ``force``: a listen that fails leaves no trace."""
+    path = Path(output)
+    if path.suffix.lower() not in RECORDABLE:
+        raise CommandFailed(f"cannot record to {output!r}: use a .wav, .ogg or .opus file", exit_code=2)
+    if path.is_dir():
+        raise CommandFailed(f"--output {output} is a directory: give a file name, e.g. {path / 'heard.wav'}", exit_code=2)
+    if not path.parent.is_dir():
+        raise CommandFailed(f"cannot write {output}: there is no directory {path.parent} (create it first)", exit_code=2)
+    if path.exists() and not force:
+        raise CommandFailed(f"{output} already exists: pass --force to overwrite it, or choose another --output", exit_code=2)
+
+
 async def listen(
     url: str,
     channel_id: str,
     output: str | None,
     *,
     speaker: bool = False,
+    force: bool = False,
     duration: float | None = None,
-    name: str | None = None,
+    user_id: str | None = None,
+    display_name: str = "",
     password: str | None = None,
     token: str | None = None,
     out: TextIO = sys.stdout,
+    quit: Quit | None = None,
 ) -> int:
-    name = name or random_name("listener")
+    """Records only once it has joined: a wrong URL or password must not touch ``output``."""
+    quit = quit or Quit()
     narrator = Narrator(out)
-    outputs: list[str | Recorder] = [] if output is None else [output]
+    if output is not None:
+        check_output(output, force=force)
     try:
-        if speaker:
-            outputs.append(SpeakerOutput())
-        device = MediaDevice.create(outputs=outputs)
-    except (ValueError, AudioDeviceError) as exc:
+        device = MediaDevice.create(outputs=[SpeakerOutput()] if speaker else [])
+    except AudioDeviceError as exc:
         raise CommandFailed(str(exc)) from None
     try:
-        async with Client.connect(url, user_id=name) as client:
+        async with Client.connect(url, user_id=user_id or (None if token else random_name("listener")), token=token) as client:
+            quit.connected = True
             channel = MediaChannel.create(client, device, narrator)
-            await _join(channel, channel_id, JoinParam(password=password, display_name=name, token=token))
-            hosts = [p.user_id for p in channel.participants if p.custom_role is CustomRole.ROLE_0]
-            narrator.say(f"joined {channel_id!r} as {name} (audience); hosts: {', '.join(hosts) or 'none'}; playing to {output or 'the speaker'}")
-            ended = await _until_done(channel, duration)
+            await _join(channel, channel_id, JoinParam(password=password, display_name=display_name))
+            if output is not None:
+                try:
+                    device.outputs.append(recorder_for(output))  # the channel's receiver records into device.outputs
+                except OSError as exc:
+                    await channel.leave_async()
+                    raise CommandFailed(f"cannot write {output}: {exc.strerror}") from None
+            hosts = [_named(p.user_id, p.display_name) for p in channel.participants if p.custom_role is CustomRole.ROLE_0]
+            narrator.say(f"joined {channel_id!r} as {_named(client.user_id, display_name)} (audience); hosts: {', '.join(hosts) or 'none'}; playing to {output or 'the speaker'}")
+            ended = await _until_done(channel, duration, quit)
             if ended is None:
                 await channel.leave_async()
             stats = channel.receiver.stats
@@ -199,15 +287,18 @@ async def listen(
 
 
 async def stop(
-    url: str, channel_id: str, *, name: str | None = None, password: str | None = None, token: str | None = None,
-    out: TextIO = sys.stdout,
+    url: str, channel_id: str, *, user_id: str | None = None, display_name: str = "", password: str | None = None,
+    token: str | None = None, out: TextIO = sys.stdout, quit: Quit | None = None,
 ) -> int:
-    """Joins the existing channel as a host (uri mode: it must exist) and stops it."""
-    name = name or random_name("stopper")
-    async with Client.connect(url, user_id=name) as client:
+    """Joins the existing channel as a host (uri mode: it must exist) and stops it. Once
+    connected it carries on through a quit: it is over in a moment, and cut short it could
+    leave a host behind in the channel."""
+    quit = quit or Quit()
+    async with Client.connect(url, user_id=user_id or (None if token else random_name("stopper")), token=token) as client:
+        quit.connected = True
         channel = MediaChannel.create(client, MediaDevice.create())
         channel.set_custom_role(HOST_ROLE)
-        await _join(channel, channel_id, JoinParam(uri_mode=True, password=password, display_name=name, token=token))
+        await _join(channel, channel_id, JoinParam(uri_mode=True, password=password, display_name=display_name))
         result = await channel.stop_async()
         if not result.result:
             raise CommandFailed(f"cannot stop {channel_id!r}", result.reason)

@@ -7,20 +7,25 @@ everyone hearing them); a role change; a stop; then the event log replayed.
 
 from __future__ import annotations
 
+import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import TextIO
 
+import av
 import trio
 
 from airwave.actors.log.replay import event_text, final_state_text, fold_replayed, replay_events
+from airwave.actors.participant import SessionSettings
 from airwave.actors.server import ServerSettings, serve
 from airwave.audio import SpeechSource
 from airwave.client import Client, JoinParam, MediaChannel, MediaDevice
 from airwave.commands import Narrator
+from airwave.media import SAMPLE_RATE
 from airwave.protocol import HOST_ROLE, ON_THE_MIC, CustomRole, CustomState, Reason
+from airwave.protocol.tokens import mint_token
 
 CHANNEL = "demo"
 
@@ -34,10 +39,16 @@ async def run_demo(workdir: Path | None = None, *, out: TextIO = sys.stdout, tal
     def step(text: str) -> None:
         print(f"\n==> [{time.monotonic() - started:5.1f}s] {text}", file=out, flush=True)
 
-    step(f"starting a server with its event log in {data_dir}")
+    step(f"starting a server with a secret and its event log in {data_dir}")
+    secret = secrets.token_bytes(32)
+
+    def token(user_id: str, *roles: CustomRole) -> str:
+        """What a backend hands each user: who they are, the channel, the roles they may take."""
+        return mint_token(secret, channel=CHANNEL, user_id=user_id, roles=roles, now=time.time(), ttl=600)
+
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve, ServerSettings(port=0, data_dir=data_dir))
-        print(f"    listening on {server.url}", file=out, flush=True)
+        server = await nursery.start(serve, ServerSettings(port=0, data_dir=data_dir, session=SessionSettings(secret=secret)))
+        print(f"    listening on {server.url}; every client connects with a token (JWT) that says who it is", file=out, flush=True)
         outputs = {
             "alice": [workdir / "alice.wav", workdir / "alice.ogg"],
             "bob": [workdir / "bob.wav"],
@@ -48,9 +59,9 @@ async def run_demo(workdir: Path | None = None, *, out: TextIO = sys.stdout, tal
             "bob": MediaDevice.create(source=SpeechSource(seed=7), outputs=[str(p) for p in outputs["bob"]]),
         }
         try:
-            async with Client.connect(server.url, user_id="host") as h, Client.connect(
-                server.url, user_id="alice"
-            ) as a, Client.connect(server.url, user_id="bob") as b:
+            async with Client.connect(server.url, token=token("host", HOST_ROLE)) as h, Client.connect(
+                server.url, token=token("alice", CustomRole.ROLE_1, CustomRole.ROLE_2)
+            ) as a, Client.connect(server.url, token=token("bob", CustomRole.ROLE_1)) as b:
                 host = MediaChannel.create(h, devices["host"], Narrator(out, "    [host]  ", show_speaking=False))
                 alice = MediaChannel.create(a, devices["alice"], Narrator(out, "    [alice] "))
                 bob = MediaChannel.create(b, devices["bob"], Narrator(out, "    [bob]   ", show_speaking=False))
@@ -95,12 +106,19 @@ async def run_demo(workdir: Path | None = None, *, out: TextIO = sys.stdout, tal
 
     step("done; everything is here:")
     for name, paths in outputs.items():
-        stats = received[name]
+        packets = received[name].packets
         for path in paths:
-            print(f"    {path}  ({name} heard {stats.packets} packets, {stats.packets * 0.02:.1f} s of speech)", file=out)
+            print(f"    {path}  ({recorded_seconds(path):.1f} s recorded, mixing {packets} packets of 20 ms from every speaker)", file=out)
     print(f"    {data_dir}  (the event log: airwave replay {data_dir} --json)", file=out)
     print(f"    finished in {time.monotonic() - started:.1f} s", file=out, flush=True)
     return 0
+
+
+def recorded_seconds(path: Path) -> float:
+    """The recording's length as a player reads it back. Not packets x 20 ms: while two
+    people talk at once, two packets make one 20 ms of the mix."""
+    with av.open(str(path)) as container:
+        return sum(frame.samples for frame in container.decode(audio=0)) / SAMPLE_RATE
 
 
 async def _joined(channel: MediaChannel, param: JoinParam) -> None:

@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# Sets up a virtual environment (once) and runs the whole test suite.
+# Sets up a virtual environment with the test extras and runs the whole test suite; extra
+# arguments go to pytest.
+#
+# The venv is created (and its pip upgraded) once. The install is editable, so a change to
+# the code needs no reinstall; a change to pyproject.toml (dependencies, entry points) does:
+# .venv/airwave-installed holds the hash of the pyproject.toml last installed, and the extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
+    .venv/bin/python -m pip install --quiet --upgrade pip
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+wanted="$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')"
+if ! grep -qx "$wanted test" .venv/airwave-installed 2>/dev/null; then
+    # setuptools' "Editable installation" note is noise here: see scripts/demo.sh.
+    PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet -e '.[test]'
+    echo "$wanted test" > .venv/airwave-installed
+fi
 exec .venv/bin/python -m pytest "$@"

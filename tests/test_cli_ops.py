@@ -80,3 +80,131 @@ def test_serve_max_joining_lets_one_connection_join_at_a_time(tmp_path: Path) ->
     joining = [int(m) for m in re.findall(r"stats .*\bjoining=(\d+)", rest)]
     assert server.returncode == 0
     assert max(joining) == 1 and joining.count(1) >= 5, joining  # never 2, and busy for ~1 s
+
+
+def readme_usage() -> dict[str, str]:
+    """The README's usage block: each `airwave X` entry with its continuation lines, the
+    CLIENT OPTIONS line where an entry refers to it, and the note on every command."""
+    text = (ROOT / "README.md").read_text().split("## Using it", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    entries: dict[str, str] = {}
+    common = ""
+    current = None
+    for line in text.splitlines():
+        if line.startswith("airwave "):
+            current = line.split()[1]
+            entries[current] = line
+        elif line.startswith(" ") and current is not None:
+            entries[current] += line
+        else:
+            current = None
+            common += line + "\n"
+    client = re.search(r"^CLIENT OPTIONS:.*$", common, re.M)
+    client_options = client.group(0) if client else ""
+    return {name: entry.replace("[CLIENT OPTIONS]", client_options) + "\n" + common for name, entry in entries.items()}
+
+
+def test_readme_usage_lists_every_flag_of_every_command() -> None:
+    usage = readme_usage()
+    top = airwave("--help").stdout
+    commands = re.search(r"\{([a-z,]+)\}", top)
+    assert commands is not None
+    missing = []
+    for command in commands.group(1).split(","):
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", airwave(command, "--help").stdout))
+        missing += [f"{command} {flag}" for flag in sorted(flags) if flag not in usage.get(command, "")]
+    missing += [f"airwave {flag}" for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", top) if flag not in usage.get("--version", "")]
+    assert missing == []
+
+
+def test_serve_help_explains_host_port_fsync_with_defaults_and_version_prints() -> None:
+    text = " ".join(airwave("serve", "--help").stdout.split())  # argparse wraps lines
+    assert "--host HOST the address to listen on;" in text and "(default 127.0.0.1)" in text
+    assert "--port PORT the TCP port; 0 picks a free one (default 8765)" in text
+    assert "--fsync {always,batch,never} the event log's durability:" in text and "(default batch)" in text
+    from airwave import __version__
+
+    version = airwave("--version")
+    assert (version.returncode, version.stdout) == (0, f"airwave {__version__}\n")
+
+
+def test_serve_allow_origin_lets_that_origin_in_and_log_level_works_after_the_subcommand(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "airwave.cli", "serve", "--log-level", "debug", "--port", "0", "--data", str(tmp_path / "data"),
+         "--allow-origin", "http://good.example", "--allow-origin", "https://also.example:8443/"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if "listening on ws://" in line:
+                port = int(line.rsplit(":", 1)[1].strip(" /\n"))
+                break
+        else:
+            raise AssertionError("the server did not start")
+        answers = {origin: handshake_status(port, origin)
+                   for origin in ("http://good.example", "https://also.example:8443", "http://evil.example", None)}
+    finally:
+        server.terminate()
+        _, rest = server.communicate(timeout=15)
+    assert answers == {"http://good.example": 101, "https://also.example:8443": 101, "http://evil.example": 403, None: 101}
+    assert " DEBUG " in rest
+    refused = airwave("serve", "--allow-origin", "localhost:3000", "--data", str(tmp_path / "x"))
+    assert refused.returncode == 2 and refused.stderr.startswith("airwave: --allow-origin 'localhost:3000' is not an origin")
+
+
+def handshake_status(port: int, origin: str | None) -> int:
+    """The HTTP status a WebSocket upgrade from ``origin`` gets (what a browser would send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        headers = [f"GET / HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
+        if origin is not None:
+            headers.append(f"Origin: {origin}")
+        sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
+        return int(sock.recv(200).split(b" ", 2)[1])
+
+
+FAKE_PYTHON3 = """#!/usr/bin/env bash
+# Stands in for python3 on a fresh clone: `python3 -m venv .venv` makes a venv whose python
+# logs pip and pytest calls instead of running them (and runs `-c` code for real).
+[ "$1 $2" = "-m venv" ] || exit 9
+mkdir -p "$3/bin"
+cat > "$3/bin/python" <<'PY'
+#!/usr/bin/env bash
+if [ "$1" = "-c" ]; then exec {real} "$@"; fi
+echo "python $* warnings=${{PYTHONWARNINGS:-}}" >> "$SCRIPT_LOG"
+PY
+printf '#!/usr/bin/env bash\\necho "airwave $*" >> "$SCRIPT_LOG"\\n' > "$3/bin/airwave"
+chmod +x "$3/bin/python" "$3/bin/airwave"
+echo "venv $3" >> "$SCRIPT_LOG"
+"""
+
+
+def test_quick_start_scripts_set_up_once_and_reinstall_only_when_pyproject_changes(tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    (clone / "scripts").mkdir(parents=True)
+    for name in ("scripts/demo.sh", "scripts/test.sh", "pyproject.toml"):
+        (clone / name).write_text((ROOT / name).read_text())
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text(FAKE_PYTHON3.format(real=sys.executable))
+    (fake_bin / "python3").chmod(0o755)
+    log = tmp_path / "log"
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "SCRIPT_LOG": str(log), "HOME": str(tmp_path)}
+
+    def run(script: str, *args: str) -> list[str]:
+        log.write_text("")
+        done = subprocess.run(["bash", str(clone / "scripts" / script), *args], env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return log.read_text().splitlines()
+
+    install = "python -m pip install --quiet -e {} warnings=ignore:Editable installation"
+    upgrade = "python -m pip install --quiet --upgrade pip warnings="
+    assert run("demo.sh", "--dir", "x") == [f"venv .venv", upgrade, install.format("."), "airwave demo --dir x"]
+    assert run("demo.sh") == ["airwave demo"]
+    assert run("test.sh", "-q") == [install.format(".[test]"), "python -m pytest -q warnings="]
+    assert run("test.sh") == ["python -m pytest warnings="]
+    assert run("demo.sh") == ["airwave demo"]  # the test install has everything the demo needs
+    with open(clone / "pyproject.toml", "a") as pyproject:
+        pyproject.write("# a new dependency, say\n")
+    assert run("demo.sh") == [install.format("."), "airwave demo"]
+    assert run("test.sh") == [install.format(".[test]"), "python -m pytest warnings="]
