@@ -1,4 +1,8 @@
-"""The `airwave` command: serve, replay."""
+"""The `airwave` command: serve, token, replay, host, listen, stop, demo.
+
+Whatever a user gets wrong is one line on stderr that says what to do, and a non-zero exit:
+2 when the command line asks for something that cannot be done, 1 when the run failed.
+"""
 
 from __future__ import annotations
 
@@ -463,29 +467,29 @@ def build_parser() -> argparse.ArgumentParser:
     def client_options(sub: argparse.ArgumentParser, default_user: str) -> None:
         sub.add_argument("channel", help="the channel id")
         sub.add_argument("--url", default="ws://127.0.0.1:8765", help="the server (default ws://127.0.0.1:8765)")
-        sub.add_argument("--token", help="a join token (airwave token ...), for a server with a secret: it says who you are")
+        sub.add_argument("--token", metavar="JWT", help="a join token (airwave token ...), for a server with a secret: it says who you are")
         sub.add_argument("--dev", action="store_true", help="mint a token with the dev secret (a server run with --dev)")
         sub.add_argument(
             "--user", metavar="ID",
             help=f"your user id (default: the token's user with --token, else {default_user}-<random>)",
         )
         sub.add_argument("--name", help="the display name the others see (default: your user id)")
-        sub.add_argument("--password", help="the channel's password (visible in ps; fine for local use)")
+        sub.add_argument("--password", metavar="P", help="the channel's password (visible in ps; fine for local use)")
 
-    host = command("host", "join as host (role 0) and stream audio")
+    host = command("host", "join as host (role 0) and stream audio; Ctrl-C leaves the channel cleanly")
     client_options(host, "host")
     source = host.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="an audio file (any format FFmpeg reads)")
+    source.add_argument("--input", metavar="FILE", help="an audio file (any format FFmpeg reads)")
     source.add_argument("--tone", type=float, metavar="HZ", help="a generated sine tone")
     source.add_argument("--mic", action="store_true", help="the microphone (needs the 'devices' extra and a sound device)")
     host.add_argument("--duration", type=float, metavar="S", help="stream this long (default: until the input ends)")
     host.add_argument("--stop-at-end", action="store_true", help="stop the channel for everyone at the end")
     host.set_defaults(run=_host)
 
-    listen = command("listen", "join as audience (role 1) and record")
+    listen = command("listen", "join as audience (role 1) and record or play; Ctrl-C leaves the channel cleanly")
     client_options(listen, "listener")
     sink = listen.add_argument_group("where the audio goes (at least one)")
-    sink.add_argument("--output", help="a .wav (decoded) or .ogg/.opus (as received) file")
+    sink.add_argument("--output", metavar="FILE", help="a .wav (decoded) or .ogg/.opus (as received) file")
     sink.add_argument("--speaker", action="store_true", help="play it (needs the 'devices' extra and a sound device)")
     listen.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     listen.add_argument("--duration", type=float, metavar="S", help="listen this long (default: until the channel ends)")

@@ -197,7 +197,7 @@ async def host(
     """With a token the user id is the token's (its sub); ``user_id`` may only repeat it."""
     quit = quit or Quit()
     narrator = Narrator(out)
-    async with Client.connect(url, user_id=user_id or (None if token else random_name("host")), token=token) as client:
+    async with Client.connect(url, user_id=user_id, token=token) as client:
         quit.connected = True
         channel = MediaChannel.create(client, MediaDevice.create(source=source), narrator)
         channel.set_custom_role(HOST_ROLE)
@@ -261,7 +261,7 @@ async def listen(
     except AudioDeviceError as exc:
         raise CommandFailed(str(exc)) from None
     try:
-        async with Client.connect(url, user_id=user_id or (None if token else random_name("listener")), token=token) as client:
+        async with Client.connect(url, user_id=user_id, token=token) as client:
             quit.connected = True
             channel = MediaChannel.create(client, device, narrator)
             await _join(channel, channel_id, JoinParam(password=password, display_name=display_name))
@@ -294,7 +294,7 @@ async def stop(
     connected it carries on through a quit: it is over in a moment, and cut short it could
     leave a host behind in the channel."""
     quit = quit or Quit()
-    async with Client.connect(url, user_id=user_id or (None if token else random_name("stopper")), token=token) as client:
+    async with Client.connect(url, user_id=user_id, token=token) as client:
         quit.connected = True
         channel = MediaChannel.create(client, MediaDevice.create())
         channel.set_custom_role(HOST_ROLE)
