@@ -424,8 +424,11 @@ async def test_abuse_flood_listener_audio_clean_server_intact_log_replays(
     caplog.set_level(logging.INFO)
     data = tmp_path / "data"
     recording = tmp_path / "listener.wav"
+    # At most one error reply for refused media per connection for the whole test, however
+    # slowly a loaded machine gets through a flood: each abuser expects exactly one.
+    settings = fault_settings(data, refusal_reply_interval=60.0)
     with trio.fail_after(30):
-        async with running(fault_settings(data)) as server:
+        async with running(settings) as server:
             url = server.url
             async with Client.connect(url, user_id="host") as h, Client.connect(url, user_id="listener") as lc:
                 host = MediaChannel.create(h, MediaDevice.create(source=ToneSource(440.0, seconds=60)))
@@ -466,9 +469,10 @@ async def test_abuse_flood_listener_audio_clean_server_intact_log_replays(
                 by_name = {abuse.name: abuse for abuse in results}
                 assert len(results) == len(by_name) == 20
 
-                # More clean audio after the storm: half a second of it, and 3.3 s in all, so
-                # that the recording holds the 3 s of tone checked below once played out.
-                wanted = max(listener.receiver.stats.packets + 25, 165)
+                # More clean audio after the storm: half a second of it, and 3.5 s in all, so
+                # that the recording holds the 3 s of tone checked below once played out (the
+                # jitter buffer holds back up to 200 ms).
+                wanted = max(listener.receiver.stats.packets + 25, 175)
                 await wait_until(lambda: listener.receiver.stats.packets >= wanted, "audio after the storm", timeout=5)
                 packets_during = listener.receiver.stats.packets
                 assert (await listener.leave_async()).reason is Reason.QUIT
