@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 import os
 import random
@@ -24,8 +26,8 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import attrs
@@ -105,6 +107,20 @@ async def running(settings: ServerSettings) -> AsyncIterator[RunningServer]:
                 await server.stopped.wait()
 
 
+@contextmanager
+def heap_frozen() -> Iterator[None]:
+    """What the test process already holds (every module, every earlier test) is moved out
+    of the collector's sight while the body runs, so a full collection walks this test's
+    objects only. Unfrozen, one takes 20-55 ms here, as long as the listener's jitter buffer
+    covers: the real-time checks (no gap, latency) would measure pytest's heap, not the server."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def replayed_members(directory: Path, channel_id: str) -> set[str] | None:
     """The members of the newest instance of ``channel_id`` in the replayed log (None: ended)."""
     channels = [c for c in fold_replayed(list(replay_events(directory))).values() if c.channel_id == channel_id]
@@ -136,6 +152,13 @@ def raw_media(seq: int, level: int, payload: bytes, *, length_delta: int = 0) ->
 def opus_packets(count: int, bitrate: int = 32_000) -> list[bytes]:
     encoder = OpusEncoder(bitrate)
     return [encoder.encode(pcm) for pcm in tone_frames(440.0, count * 0.02)]
+
+
+@functools.cache
+def opus_packet(bitrate: int) -> bytes:
+    """One encoded frame, made once: an encoder's start-up takes some 30 ms, which inside the
+    storm would hold up the event loop that the test's own host and listener share."""
+    return opus_packets(1, bitrate)[0]
 
 
 # --- abusers ---------------------------------------------------------------------------------
@@ -292,7 +315,7 @@ async def abuse_forbidden(url: str, user_id: str) -> Abuse:
             (Hello, {"version": 1}),
         ]:
             abuse.reasons.append((await wire.request(message_type, **fields)).reason)
-        packet = opus_packets(1)[0]
+        packet = opus_packet(32_000)
         await send_all_frames(wire, [encode_client_media(seq, seq * 960, packet, 50) for seq in range(20)])
         await finish(wire, abuse)
     return abuse
@@ -340,7 +363,7 @@ async def abuse_media_flood(url: str) -> Abuse:
     """An audience member blasting media frames: refused (no_permission), then over the media
     rate, then disconnected."""
     abuse = Abuse("media_flood")
-    packet = opus_packets(1, bitrate=64_000)[0]
+    packet = opus_packet(64_000)
     async with open_wire(url) as wire:
         assert (await wire.request(Join, channel="live", user_id="blaster")).ok
         await send_all_frames(wire, [encode_client_media(seq, seq * 960, packet, 80) for seq in range(600)])
@@ -424,8 +447,11 @@ async def test_abuse_flood_listener_audio_clean_server_intact_log_replays(
     caplog.set_level(logging.INFO)
     data = tmp_path / "data"
     recording = tmp_path / "listener.wav"
-    with trio.fail_after(30):
-        async with running(fault_settings(data)) as server:
+    # At most one error reply for refused media per connection for the whole test, however
+    # slowly a loaded machine gets through a flood: each abuser expects exactly one.
+    settings = fault_settings(data, refusal_reply_interval=60.0)
+    with heap_frozen(), trio.fail_after(30):
+        async with running(settings) as server:
             url = server.url
             async with Client.connect(url, user_id="host") as h, Client.connect(url, user_id="listener") as lc:
                 host = MediaChannel.create(h, MediaDevice.create(source=ToneSource(440.0, seconds=60)))
@@ -435,6 +461,7 @@ async def test_abuse_flood_listener_audio_clean_server_intact_log_replays(
                 host.enable_upload_audio_stream(True)
                 assert (await host.join_async("live")).result
                 assert (await listener.join_async("live")).result
+                opus_packet(32_000), opus_packet(64_000)  # the abusers' media, encoded before the storm
                 await wait_until(lambda: listener.receiver.stats.packets >= 25, "half a second of audio", timeout=3)
                 baseline = server.statistics()
 
@@ -466,9 +493,10 @@ async def test_abuse_flood_listener_audio_clean_server_intact_log_replays(
                 by_name = {abuse.name: abuse for abuse in results}
                 assert len(results) == len(by_name) == 20
 
-                # More clean audio after the storm: half a second of it, and 3.3 s in all, so
-                # that the recording holds the 3 s of tone checked below once played out.
-                wanted = max(listener.receiver.stats.packets + 25, 165)
+                # More clean audio after the storm: half a second of it, and 3.5 s in all, so
+                # that the recording holds the 3 s of tone checked below once played out (the
+                # jitter buffer holds back up to 200 ms).
+                wanted = max(listener.receiver.stats.packets + 25, 175)
                 await wait_until(lambda: listener.receiver.stats.packets >= wanted, "audio after the storm", timeout=5)
                 packets_during = listener.receiver.stats.packets
                 assert (await listener.leave_async()).reason is Reason.QUIT
@@ -618,7 +646,7 @@ async def test_listener_that_never_reads_is_dropped_as_slow_consumer_without_del
         send_buffer_size=4096, max_queued_media_frames=8, max_backlog_seconds=1.0, handshake_timeout_seconds=1.0
     )
     packets = opus_packets(250, bitrate=64_000)
-    with trio.fail_after(20):
+    with heap_frozen(), trio.fail_after(20):
         async with running(fault_settings(data, transport=transport)) as server:
             async with open_wire(server.url) as host, open_wire(server.url) as healthy:
                 joined = await host.request(Join, channel="c", user_id="host", role=HOST, upload=True)
