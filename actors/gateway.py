@@ -163,7 +163,7 @@ class Gateway:
         """Closes every WebSocket with 1001 (going away), so clients see a clean close."""
         async with trio.open_nursery() as nursery:
             for participant in list(self._open):
-                nursery.start_soon(participant.close, 1001, reason)
+                nursery.start_soon(participant.close, 1001, reason, Reason.SERVER_SHUTDOWN)
 
     async def run_heartbeats(self, period: float) -> None:
         """One task for every connection's heartbeat (see ParticipantActor.tick)."""

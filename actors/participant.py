@@ -83,6 +83,7 @@ log = logging.getLogger("airwave.participant")
 # What hello answers; read from the installed package's metadata (pyproject.toml), so the
 # server needs nothing of the client package for it.
 SERVER_NAME = f"airwave/{importlib.metadata.version('airwave')}"
+CLOSE_HANDSHAKE_SECONDS = 1.0  # what a peer gets to answer the server's close frame
 
 class SessionState(enum.Enum):
     """Where a connection is in its lifecycle. JOINING lasts while a join or resume waits for
@@ -158,7 +159,6 @@ class ParticipantActor:
         self._last_sent = -math.inf
         self._frames_offered = 0
         self._kernel_watches = self._watch_acknowledgements(settings.heartbeat_timeout)
-        self._timing_out = False
         self._hello_deadline = trio.current_time() + settings.hello_timeout
         self._nursery = nursery
         self._last_refusal_reply = -math.inf
@@ -173,6 +173,7 @@ class ParticipantActor:
         # Called once the first request after hello is answered: the gateway's join slot.
         self._admitted = admitted
         self.end_reason = Reason.NETWORK  # a drop, unless something else ends the session
+        self._closing: trio.Event | None = None  # set when a close the server began is over
 
     # --- the mailbox: called by the channel actor ---
 
@@ -213,6 +214,8 @@ class ParticipantActor:
             log.exception("session %s (%s) failed", self._peer, shown(self.user_id or "-"))
             self.end_reason = Reason.INTERNAL_ERROR
         await self._leave_on_disconnect()
+        if self._closing is not None:
+            await self._closing.wait()
 
     async def _read_loop(self) -> None:
         ws = self._ws
@@ -528,13 +531,11 @@ class ParticipantActor:
         client's TCP to delayed acknowledgements, which the sender then pays for
         (docs/performance.md section 9.1). An expired token ends its membership.
         """
-        if self._timing_out:
+        if self._closing is not None:  # being closed
             return
         if self.state is SessionState.GREETING and now >= self._hello_deadline:
             log.info("%s: no hello within %g s", self._peer, self._settings.hello_timeout)
-            self._timing_out = True
-            self.end_reason = Reason.TIMEOUT
-            self._nursery.start_soon(self._end, 1008, "no hello in time")
+            self._nursery.start_soon(self.close, 1008, "no hello in time", Reason.TIMEOUT)
             return
         interval, timeout = self._heartbeat
         output = self.output
@@ -543,9 +544,7 @@ class ParticipantActor:
             self._last_sent = now
         if now - max(output.last_received, self._last_sent) >= timeout:
             log.info("%s (%s) timed out", self._peer, shown(self.user_id or "-"))
-            self._timing_out = True
-            self.end_reason = Reason.TIMEOUT
-            self._nursery.start_soon(self._end, 1001, "heartbeat timeout")
+            self._nursery.start_soon(self.close, 1001, "heartbeat timeout", Reason.TIMEOUT)
             return
         if now >= self._token_deadline:
             self._token_deadline = math.inf
@@ -555,13 +554,21 @@ class ParticipantActor:
             output.send_frame_nowait(PING_FRAME, droppable=False)
             self._frames_offered = output.frames_offered  # a ping is not evidence
 
-    async def close(self, code: int, reason: str) -> None:
-        await self._ws.aclose(code=code, reason=reason)
-
-    async def _end(self, code: int, reason: str) -> None:
-        with trio.move_on_after(1.0):  # a vanished peer never answers the close handshake
-            await self._ws.aclose(code=code, reason=reason)
-        await self.output.aclose()
+    async def close(self, code: int, reason: str, end_reason: Reason) -> None:
+        """Ends the connection from the server's side, the session's end told as
+        ``end_reason``. The close handshake needs trio-websocket's reader, which lives in the
+        connection's nursery, so `run` waits for this before that nursery is cancelled; a
+        vanished peer never answers, hence the bound."""
+        if self._closing is not None:
+            return
+        self.end_reason = end_reason
+        done = self._closing = trio.Event()
+        try:
+            with trio.move_on_after(CLOSE_HANDSHAKE_SECONDS):
+                await self._ws.aclose(code=code, reason=reason)
+            await self.output.aclose()
+        finally:
+            done.set()
 
     async def _expire_token(self) -> None:
         channel = self._channel

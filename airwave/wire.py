@@ -9,9 +9,11 @@ control messages.
 from __future__ import annotations
 
 import itertools
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
@@ -30,6 +32,7 @@ from airwave.protocol import (
 
 PUSH_QUEUE = 4096  # control pushes buffered for the application; beyond it the reader waits
 MEDIA_QUEUE = 256  # ~5 s of one speaker; beyond it the oldest frames are dropped
+DISCONNECT_TIMEOUT = 5.0  # for the close handshake when leaving
 
 T = TypeVar("T")
 
@@ -115,16 +118,123 @@ class Wire:
             self._media_send.close()
 
 
+class _EndWatchedStream(trio.abc.Stream):
+    """A client's TCP (or TLS) stream that says when its receiving side has ended.
+
+    trio-websocket's client waits for the handshake's answer until its timeout even after the
+    server has closed the connection; a reconnecting client would sit out the whole timeout
+    for a server that died (or a load balancer with no server behind it) mid-handshake."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.socket = getattr(stream, "socket", None)  # for tests that cut the TCP connection
+        self.ended = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except BaseException:
+            self.ended.set()
+            raise
+        if not data:
+            self.ended.set()
+        return bytes(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def _connect(
+    nursery: trio.Nursery, url: str, *, connect_timeout: float, max_message_size: int
+) -> trio_websocket.WebSocketConnection:
+    """The client's handshake, its reader task started in ``nursery``; over in
+    ``connect_timeout`` at most, and as soon as the server closes the connection.
+    Raises what trio-websocket's own opening raises: HandshakeError (ConnectionTimeout,
+    or from the OSError of a refused connection), ConnectionRejected."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    host_header = parts.hostname if port in (80, 443) else f"{parts.hostname}:{port}"
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    ws: trio_websocket.WebSocketConnection | None = None
+    try:
+        with trio.fail_after(connect_timeout):
+            if secure:
+                context = ssl.create_default_context()
+                tcp: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                    parts.hostname, port, ssl_context=context, https_compatible=True
+                )
+            else:
+                tcp = await trio.open_tcp_stream(parts.hostname, port)
+            stream = _EndWatchedStream(tcp)
+            async with trio.open_nursery() as race:
+
+                async def cancel_when_receive_ends() -> None:
+                    await stream.ended.wait()
+                    race.cancel_scope.cancel()
+
+                race.start_soon(cancel_when_receive_ends)
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, stream, host_header, resource, max_message_size=max_message_size  # type: ignore[arg-type]
+                )
+                race.cancel_scope.cancel()
+    except trio.TooSlowError:
+        raise trio_websocket.ConnectionTimeout from None
+    except OSError as exc:
+        raise trio_websocket.HandshakeError from exc
+    if ws is None:
+        await stream.aclose()
+        raise trio_websocket.HandshakeError(f"{url}: the server closed the connection during the WebSocket handshake")
+    return ws
+
+
+@asynccontextmanager
+async def _websocket(url: str, *, connect_timeout: float, max_message_size: int) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """trio-websocket's ``open_websocket_url``, but a handshake the server cuts short ends at
+    once. An error while connecting is raised as itself, not in an exception group, so a
+    caller can catch it as it would trio-websocket's."""
+    connected = False
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await _connect(nursery, url, connect_timeout=connect_timeout, max_message_size=max_message_size)
+            connected = True
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(DISCONNECT_TIMEOUT):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if connected:
+            raise
+        errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        rejected = [e for e in errors if isinstance(e, trio_websocket.ConnectionRejected)]
+        if not errors:
+            raise
+        error = (rejected or errors)[0]
+        context = error.__context__
+        try:
+            raise error  # its own cause kept (a refused connection's OSError); not the group
+        finally:
+            error.__context__ = context
+
+
 @asynccontextmanager
 async def open_wire(
     url: str, *, hello: bool = True, client: str = "airwave-py", connect_timeout: float = 5.0
 ) -> AsyncIterator[Wire]:
-    """A connected Wire (after the hello exchange unless ``hello`` is False)."""
-    # A bounded handshake: a connection cut mid-handshake (a server dying) must not hold a
-    # reconnecting client for trio-websocket's 60 s default.
-    async with trio_websocket.open_websocket_url(
-        url, max_message_size=limits.MAX_SERVER_MESSAGE_BYTES, connect_timeout=connect_timeout, disconnect_timeout=5.0
-    ) as ws:
+    """A connected Wire (after the hello exchange unless ``hello`` is False). The handshake
+    is bounded by ``connect_timeout`` (trio-websocket's default is 60 s) and ends as soon as
+    the server closes the connection, so a reconnecting client moves on at once."""
+    async with _websocket(url, connect_timeout=connect_timeout, max_message_size=limits.MAX_SERVER_MESSAGE_BYTES) as ws:
         wire = Wire(ws)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wire.run)

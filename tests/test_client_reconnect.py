@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import attrs
+import pytest
 import trio
+import trio_websocket
 
 from airwave.actors.log.replay import replay_events
 from airwave.actors.server import RunningServer, serve
 from airwave.audio import ToneSource
 from airwave.client import Client, ConnectionState, ConnectionStateEvent, JoinResult, MediaChannel, MediaDevice
 from airwave.protocol import ChannelState, CustomRole, Reason
+from airwave.wire import open_wire
 from conftest import fast_settings
 from helpers import wait_until
 
@@ -90,3 +94,35 @@ async def test_sdk_rejoins_by_itself_after_a_server_crash(data_dir: Path) -> Non
     types = [(i.event.TYPE, getattr(i.event, "user_id", None), getattr(i.event, "reason", None)) for i in replay_events(data_dir)]
     assert ("participant_left", "fan", Reason.SERVER_RESTART) in types
     assert [t for t in types if t[0] == "channel_created"].__len__() == 2
+
+
+async def test_a_handshake_the_server_cuts_short_fails_at_once_not_after_the_timeout() -> None:
+    """A server that dies mid-handshake, or a load balancer with nothing behind it, accepts
+    the TCP connection and closes it: the client moves on at once, so a reconnect tries
+    again within its back-off instead of sitting out the whole connect timeout."""
+    async def accept_and_close(stream: trio.SocketStream) -> None:
+        await stream.receive_some(1)  # the upgrade request has arrived
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, accept_and_close, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        started = trio.current_time()
+        with pytest.raises(trio_websocket.HandshakeError, match="closed the connection during the WebSocket handshake"):
+            async with open_wire(f"ws://127.0.0.1:{port}/", connect_timeout=5.0):
+                pass
+        assert trio.current_time() - started < 1.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_server_that_never_answers_the_handshake_times_out_as_trio_websocket_does() -> None:
+    async def accept_and_wait(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, accept_and_wait, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        with pytest.raises(trio_websocket.ConnectionTimeout):
+            async with open_wire(f"ws://127.0.0.1:{port}/", connect_timeout=0.3):
+                pass
+        nursery.cancel_scope.cancel()
