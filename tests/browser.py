@@ -17,7 +17,7 @@ import threading
 import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import trio
@@ -81,21 +81,22 @@ class TrioLoop:
         """``function(*args)`` in the loop's thread (trio objects are not thread-safe)."""
         return trio.from_thread.run_sync(function, *args, trio_token=self._token)
 
-    def start(self, function: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
-        """Runs ``function(*args, **kwargs)`` in the loop's nursery; its result arrives in the future."""
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    def start(self, function: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> Background[T]:
+        """Runs ``function(*args, **kwargs)`` in the loop's nursery, in the background."""
+        background: Background[T] = Background(self)
 
         async def task() -> None:
-            try:
-                future.set_result(await function(*args, **kwargs))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
+            with background.scope:
+                try:
+                    background.future.set_result(await function(*args, **kwargs))
+                except Exception as exc:  # handed to the waiting thread
+                    background.future.set_exception(exc)
+            if background.scope.cancelled_caught:
+                background.future.cancel()
 
         assert self._nursery is not None
         trio.from_thread.run_sync(self._nursery.start_soon, task, trio_token=self._token)
-        return future
+        return background
 
     async def start_in_nursery(self, starter: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``nursery.start(starter, *args)`` in the loop's nursery (a server, say)."""
@@ -108,7 +109,22 @@ class TrioLoop:
         self._thread.join(15)
 
 
-def speech_wav(folder: Path, text: str, *, silence: float = 1.5) -> tuple[Path, np.ndarray]:
+class Background(Generic[T]):
+    """A task started by `TrioLoop.start`: wait for its `result`, or `cancel` it."""
+
+    def __init__(self, loop: TrioLoop) -> None:
+        self._loop = loop
+        self.scope = trio.CancelScope()
+        self.future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def result(self, timeout: float) -> T:
+        return self.future.result(timeout)
+
+    def cancel(self) -> None:
+        self._loop.run_sync(self.scope.cancel)
+
+
+def speech_wav(folder: Path, text: str, *, silence: float = 1.0) -> tuple[Path, np.ndarray]:
     """espeak-ng says ``text``; returns a 48 kHz mono WAV of it followed by ``silence``
     seconds (Chromium's fake microphone loops its file), and the speech alone as int16."""
     assert shutil.which("espeak-ng"), "espeak-ng is needed: apt-get install espeak-ng (scripts/test.sh does it)"
@@ -132,13 +148,21 @@ def _spectrogram_db(pcm: np.ndarray, size: int = 960, hop: int = 480) -> np.ndar
     return 20 * np.log10(spectrum + 1e-3)
 
 
-def align(reference: np.ndarray, recording: np.ndarray) -> np.ndarray:
-    """The stretch of ``recording`` that best matches ``reference`` (cross-correlation)."""
+def align(reference: np.ndarray, recording: np.ndarray, *, candidates: int = 1) -> list[np.ndarray]:
+    """The stretches of ``recording`` that best match ``reference`` (cross-correlation
+    peaks at least one reference length apart), best first: one per repetition heard."""
     n = len(reference) + len(recording)
     size = 1 << (n - 1).bit_length()
     correlation = np.fft.irfft(np.fft.rfft(recording.astype(np.float64), size) * np.conj(np.fft.rfft(reference.astype(np.float64), size)), size)
-    lag = int(np.argmax(correlation[: len(recording) - len(reference) + 1]))
-    return recording[lag : lag + len(reference)]
+    correlation = correlation[: len(recording) - len(reference) + 1]
+    found = []
+    for _ in range(candidates):
+        if not len(correlation) or not np.isfinite(correlation).any():
+            break
+        lag = int(np.nanargmax(correlation))
+        found.append(recording[lag : lag + len(reference)])
+        correlation[max(0, lag - len(reference)) : lag + len(reference)] = np.nan
+    return found
 
 
 def spectral_similarity(reference: np.ndarray, heard: np.ndarray) -> float:

@@ -6,17 +6,21 @@ so the module costs one Chromium start."""
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import trio
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from airwave import commands
 from airwave.actors.participant import SessionSettings
 from airwave.actors.server import RunningServer, ServerSettings, serve
+from airwave.protocol import Join
+from airwave.wire import open_wire
 from audio_checks import dominant_frequency, longest_gap_frames
 from browser import (
     RECORD_JS, TrioLoop, align, chromium_args, chromium_path, decode_recording, read_wav, spectral_similarity, speech_wav,
@@ -116,15 +120,16 @@ def test_browser_page_host_speech_reaches_a_python_listener(new_page, loop: Trio
     path, reference = speech
     recording = tmp_path / "heard.wav"
     # The listener first, so the recording begins before the fake microphone's first word
-    # (it loops 3.4 s of speech and 1.5 s of silence from when the page opens it).
-    listener = loop.start(commands.listen, server.url, "speech", str(recording), duration=6.0, out=io.StringIO())
+    # (it loops 3.4 s of speech and 1 s of silence from when the page opens it), and long
+    # enough for two: Chromium's echo canceller may still be settling during the first.
+    listener = loop.start(commands.listen, server.url, "speech", str(recording), duration=10.0, out=io.StringIO())
     wait_for_channel(loop, server, "speech")
     page = new_page("/c/speech")
     join(page, "Alice", host=True)
     joined(page, "speech")
     assert listener.result(timeout=20) == 0
     heard = read_wav(recording)
-    similarity = spectral_similarity(reference, align(reference, heard))
+    similarity = max(spectral_similarity(reference, heard_once) for heard_once in align(reference, heard, candidates=2))
     assert similarity >= 0.8, similarity
     # The measure tells sounds apart: the same speech heard at the wrong moment is not similar.
     assert spectral_similarity(reference, np.roll(reference, len(reference) // 3)) < 0.5
@@ -145,3 +150,103 @@ def test_browser_python_tone_plays_in_the_page_without_gaps(new_page, loop: Trio
     page.get_by_role("button", name="Leave").click()
     expect(page.get_by_role("heading", name="You left the channel")).to_be_visible()
     assert host.result(timeout=15) == 0
+
+
+def test_browser_audience_raises_a_hand_the_host_puts_it_on_the_mic_and_its_voice_is_heard(
+    new_page, loop: TrioLoop, server: RunningServer, speech, tmp_path: Path
+) -> None:
+    """Case 3, the co-host flow in two pages, and text messages to all and to one."""
+    _, reference = speech
+    host = new_page("/c/cohost")
+    join(host, "Alice", host=True)
+    joined(host, "cohost")
+    host.get_by_role("button", name="Mute microphone").click()  # her fake mic says the same words
+    expect(host.get_by_role("button", name="Unmute microphone")).to_have_attribute("aria-pressed", "true")
+    # And she does not play Bob back: both pages live in one browser, whose echo canceller
+    # would take her playback of his words as the echo of his own microphone.
+    host.get_by_role("button", name="Mute sound").click()
+    expect(host.get_by_role("button", name="Unmute sound")).to_have_attribute("aria-pressed", "true")
+    bob = new_page("/c/cohost")
+    join(bob, "Bob", host=False)
+    joined(bob, "cohost")
+    expect(bob.get_by_role("button", name="Mute microphone")).to_be_hidden()
+
+    host.get_by_label("Message", exact=True).fill("welcome, everyone")
+    host.get_by_role("button", name="Send").click()
+    expect(bob.get_by_role("log")).to_contain_text("Alice: welcome, everyone")
+    bob.get_by_label("Message", exact=True).fill("thanks")
+    bob.get_by_label("to", exact=True).select_option(label="Alice")
+    bob.get_by_role("button", name="Send").click()
+    expect(host.get_by_role("log")).to_contain_text("Bob (to you): thanks")
+
+    bob.get_by_role("button", name="Raise hand").click()
+    expect(bob.get_by_role("button", name="Raise hand")).to_have_attribute("aria-pressed", "true")
+    expect(host.locator("#hands")).to_contain_text("Bob raised a hand")
+    recording = tmp_path / "cohost.wav"
+    listener = loop.start(commands.listen, server.url, "cohost", str(recording), duration=7.0, user_id="ears", out=io.StringIO())
+    expect(host.locator('#participants li[data-user="ears"]')).to_be_visible()  # hosts see audience joins
+    host.get_by_role("button", name="Put Bob on the mic").first.click()
+    expect(bob.locator('#participants li[data-user="bob"]')).to_contain_text("on the mic")
+    expect(bob.get_by_role("button", name="Mute microphone")).to_be_visible()
+    expect(host.locator("#hands")).to_be_hidden()
+    expect(host.locator('#participants li[data-user="bob"].speaking')).to_be_visible()  # his level, through the server
+    assert listener.result(timeout=20) == 0
+    heard = read_wav(recording)
+    assert max(spectral_similarity(reference, once) for once in align(reference, heard, candidates=2)) >= 0.8
+    host.get_by_role("button", name="Take Bob off the mic").click()
+    expect(bob.get_by_role("button", name="Raise hand")).to_be_visible()
+    expect(bob.get_by_role("button", name="Mute microphone")).to_be_hidden()
+
+
+def test_browser_kicked_and_stopped_pages_say_so_with_the_reason(new_page) -> None:
+    """Case 4: a host kicks one page and stops the channel; every page shows that it ended."""
+    host, bob, carol = new_page("/c/ending"), new_page("/c/ending"), new_page("/c/ending")
+    join(host, "Alice", host=True)
+    joined(host, "ending")
+    for page, name in ((bob, "Bob"), (carol, "Carol")):
+        join(page, name, host=False)
+        joined(page, "ending")
+    expect(host.locator("#participants li")).to_have_count(3)
+    expect(bob.locator("#member-count")).to_have_text("3")  # the audience gets the count
+    host.get_by_role("button", name="Kick Carol").click()
+    expect(carol.get_by_role("heading", name="The channel ended for you")).to_be_focused()
+    expect(carol.locator("#ended-reason")).to_have_text("Reason: you were removed by a host (kicked [6])")
+    expect(host.locator("#participants li")).to_have_count(2)
+    host.get_by_role("button", name="Stop the channel").click()
+    expect(host.get_by_role("heading", name="You stopped the channel")).to_be_visible()
+    expect(bob.get_by_role("heading", name="The channel ended for you")).to_be_visible()
+    expect(bob.locator("#ended-reason")).to_have_text("Reason: the channel was stopped by a host (over [9])")
+    bob.get_by_role("button", name="Join again").click()
+    expect(bob.get_by_label("Channel id")).to_be_focused()
+
+
+def test_browser_refusals_are_shown_with_their_reason(new_page, loop: TrioLoop, server: RunningServer) -> None:
+    """Case 6: a wrong password, a full channel, a missing channel in uri mode."""
+    holder = loop.start(hold_full_channel, server.url, "small")
+    owner = new_page("/c/locked")
+    join(owner, "Alice", host=True, password="right one")
+    joined(owner, "locked")
+    page = new_page("/")
+    join(page, "Mallory", host=False, channel="locked", password="wrong")
+    expect(page.get_by_role("alert")).to_have_text(re.compile(r"^Could not join locked: .*\(invalid_password \[11\]\)$"))
+    expect(page.get_by_label("Channel id")).to_be_focused()
+    wait_for_channel(loop, server, "small")
+    page.get_by_label("Channel id").fill("small")
+    page.get_by_label("Password").fill("")
+    page.get_by_role("button", name="Join").click()
+    expect(page.get_by_role("alert")).to_have_text(re.compile(r"^Could not join small: .*\(full \[10\]\)$"))
+    page.get_by_label("Channel id").fill("nowhere")
+    page.get_by_label("Only join a channel that already exists").check()
+    page.get_by_role("button", name="Join").click()
+    expect(page.get_by_role("alert")).to_have_text(re.compile(r"^Could not join nowhere: .*\(not_found \[200\]\)$"))
+    page.get_by_label("Channel id").fill("")
+    page.get_by_role("button", name="Join").click()
+    expect(page.get_by_role("alert")).to_have_text("Give a channel id to join.")
+    holder.cancel()
+
+
+async def hold_full_channel(url: str, channel: str) -> None:
+    """A Python member alone in a channel of capacity 1, for as long as the loop runs."""
+    async with open_wire(url) as wire:
+        assert (await wire.request(Join, channel=channel, user_id="only", capacity=1)).ok
+        await trio.sleep_forever()

@@ -21,6 +21,7 @@ export class AudioEngine {
     this.playback = null;
     this.tap = null;
     this.capture = null; // { stream, source, node, encoder }
+    this.opening = null; // the promise of the capture being opened
     this.speakers = new Map(); // sid -> { decoder, nextSeq }
     this.onFrame = null; // (Uint8Array media frame) => void, set by whoever sends
     this.onPlayed = null; // (marks, contextTime) => void: the delay figure
@@ -62,9 +63,23 @@ export class AudioEngine {
 
   // ------------------------------------------------------------------ sending
 
-  /** Opens the microphone and starts encoding; frames go to `onFrame`. */
-  async startCapture() {
-    if (this.capture) return;
+  /** Opens the microphone and starts encoding; frames go to `onFrame`. Calls while it
+   *  opens share the one opening, so two quick calls never open the microphone twice. */
+  startCapture() {
+    if (!this.opening) {
+      const opening = this._openCapture().then((capture) => {
+        if (this.opening === opening) this.capture = capture;
+        else this._close(capture); // stopped while the microphone was opening
+      });
+      this.opening = opening;
+      opening.catch(() => {
+        if (this.opening === opening) this.opening = null;
+      });
+    }
+    return this.opening;
+  }
+
+  async _openCapture() {
     const stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
     });
@@ -99,13 +114,17 @@ export class AudioEngine {
       data.close();
     };
     source.connect(node);
-    this.capture = { stream, source, node, encoder, encoded: () => encoded };
+    return { stream, source, node, encoder, encoded: () => encoded };
   }
 
   stopCapture() {
     const capture = this.capture;
-    if (!capture) return;
     this.capture = null;
+    this.opening = null;
+    if (capture) this._close(capture);
+  }
+
+  _close(capture) {
     capture.node.port.onmessage = null;
     capture.source.disconnect();
     for (const track of capture.stream.getTracks()) track.stop();
