@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import trio
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from airwave import commands
+from airwave.actors.log.replay import replay_events
 from airwave.actors.participant import SessionSettings
 from airwave.actors.server import RunningServer, ServerSettings, serve
 from airwave.protocol import Join
@@ -38,8 +41,13 @@ def loop() -> Iterator[TrioLoop]:
 
 
 @pytest.fixture(scope="module")
-def server(loop: TrioLoop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    settings = ServerSettings(port=0, data_dir=tmp_path_factory.mktemp("data"), session=SessionSettings(resume_grace=15.0))
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def server(loop: TrioLoop, data_dir: Path) -> Iterator[RunningServer]:
+    settings = ServerSettings(port=0, data_dir=data_dir, session=SessionSettings(resume_grace=15.0))
     running: RunningServer = loop.run(loop.start_in_nursery, serve, settings)
     yield running
     loop.run_sync(running.shutdown)
@@ -183,7 +191,7 @@ def test_browser_audience_raises_a_hand_the_host_puts_it_on_the_mic_and_its_voic
     expect(bob.get_by_role("button", name="Raise hand")).to_have_attribute("aria-pressed", "true")
     expect(host.locator("#hands")).to_contain_text("Bob raised a hand")
     recording = tmp_path / "cohost.wav"
-    listener = loop.start(commands.listen, server.url, "cohost", str(recording), duration=7.0, user_id="ears", out=io.StringIO())
+    listener = loop.start(commands.listen, server.url, "cohost", str(recording), duration=9.5, user_id="ears", out=io.StringIO())
     expect(host.locator('#participants li[data-user="ears"]')).to_be_visible()  # hosts see audience joins
     host.get_by_role("button", name="Put Bob on the mic").first.click()
     expect(bob.locator('#participants li[data-user="bob"]')).to_contain_text("on the mic")
@@ -250,3 +258,78 @@ async def hold_full_channel(url: str, channel: str) -> None:
     async with open_wire(url) as wire:
         assert (await wire.request(Join, channel=channel, user_id="only", capacity=1)).ok
         await trio.sleep_forever()
+
+
+def test_browser_a_cut_socket_and_a_reload_resume_the_session_and_the_sound_goes_on(
+    new_page, loop: TrioLoop, server: RunningServer, data_dir: Path
+) -> None:
+    """Case 5: the server side of the page's TCP connection is destroyed (ss -K: a reset, as
+    a network failure gives), then the page reloads; both times it resumes within the grace
+    period, with the same sid, nothing logged, and the tone plays on."""
+    host = loop.start(commands.host, server.url, "resume", commands.source_from(None, 440.0), duration=30.0, out=io.StringIO())
+    page = new_page("/c/resume")
+    join(page, "Carol", host=False)
+    joined(page, "resume")
+    sid = page.evaluate("() => window.airwave.session.info.self_sid")
+    wait_for(page, "window.airwave.played.length > 10")
+
+    (client_port,) = loop.run_sync(lambda: [p.output.remote_address[1] for p in server.gateway._open if p.user_id == "carol"])
+    cut = subprocess.run(["ss", "-K", "src", "127.0.0.1", "sport", "=", f":{server.port}", "dst", "127.0.0.1", "dport", "=", f":{client_port}"],
+                         capture_output=True, text=True)
+    assert f":{client_port}" in cut.stdout, cut  # the one socket it destroyed
+    expect(page.locator("#connection")).to_have_text("resumed")
+    assert page.evaluate("() => window.airwave.connections.slice(-2)") == ["reconnecting", "resumed"]
+    assert page.evaluate("() => window.airwave.session.info.self_sid") == sid
+    played = page.evaluate("() => window.airwave.played.length")
+    wait_for(page, f"window.airwave.played.length > {played + 10}")
+    assert abs(dominant_frequency(decode_recording(page.evaluate(RECORD_JS, 1.0))) - 440.0) <= 3.0
+
+    page.reload()
+    expect(page.locator("#connection")).to_have_text("resumed")
+    expect(page.get_by_role("heading", name="Channel resume")).to_be_visible()
+    assert page.evaluate("() => window.airwave.session.info.self_sid") == sid
+    wait_for(page, "window.airwave.played.length > 10")
+    assert abs(dominant_frequency(decode_recording(page.evaluate(RECORD_JS, 1.0))) - 440.0) <= 3.0
+
+    carol = [e.event for e in replay_events(data_dir, channel="resume") if getattr(e.event, "user_id", None) == "carol"]
+    assert [type(e).__name__ for e in carol] == ["MemberJoined"]  # no leave, no second join
+    page.get_by_role("button", name="Leave").click()
+    expect(page.get_by_role("heading", name="You left the channel")).to_be_visible()
+    host.cancel()
+
+
+def test_browser_screenshot_of_a_live_channel_is_not_blank(new_page, tmp_path: Path) -> None:
+    """Case 7: two members, one speaking (the host's fake microphone): the listener's page,
+    saved as a picture a person can look at, shows it."""
+    alice = new_page("/c/live")
+    join(alice, "Alice", host=True)
+    joined(alice, "live")
+    bob = new_page("/c/live")
+    join(bob, "Bob", host=False)
+    joined(bob, "live")
+    alice.get_by_label("Message", exact=True).fill("Hello from the studio")
+    alice.get_by_role("button", name="Send").click()
+    expect(bob.get_by_role("log")).to_contain_text("Alice: Hello from the studio")
+    expect(bob.locator('#participants li[data-user="alice"].speaking')).to_be_visible()
+    expect(bob.locator('#participants li[data-user="alice"] .indicator')).to_have_attribute("aria-label", re.compile(r"^sound: (low|mid|high)$"))
+    shot = tmp_path / "live-channel.png"
+    bob.screenshot(path=str(shot), full_page=True)
+    assert not png_is_blank(shot.read_bytes())
+    blank = new_page("/")
+    blank.set_content("<html><body></body></html>")
+    assert png_is_blank(blank.screenshot())  # the check can fail
+
+
+def png_is_blank(png: bytes) -> bool:
+    """Whether a PNG is (almost) one colour: under 0.2% of its decoded bytes differ from the
+    most common one (a blank page: ~0.03%, the rows' filter bytes; the live channel: ~1%).
+    PNG's filters keep a flat image flat, so no image library is needed."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    at, data = 8, b""
+    while at < len(png):
+        length = int.from_bytes(png[at : at + 4], "big")
+        if png[at + 4 : at + 8] == b"IDAT":
+            data += png[at + 8 : at + 8 + length]
+        at += 12 + length
+    pixels = np.frombuffer(zlib.decompress(data), dtype=np.uint8)
+    return float((pixels != np.bincount(pixels).argmax()).mean()) < 0.002

@@ -229,3 +229,23 @@ def test_http_serve_prints_the_page_url_and_serves_the_installed_page(tmp_path: 
         server.terminate()
         server.communicate(timeout=15)
     assert parse_response(received).status == 200 and b"<title>Airwave" in received
+
+
+async def test_http_a_request_with_a_body_is_closed_not_answered_and_nothing_breaks(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a request head the transport meters bytes as WebSocket frames, so a body in
+    the same read ends the connection (docs/protocol.md 1.1); the server goes on."""
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(5):
+        async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
+            await stream.send_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+            received = b""
+            try:
+                while data := await stream.receive_some(65536):
+                    received += data
+            except trio.BrokenResourceError:
+                pass  # a reset is a fine way to be refused
+    assert not received.startswith(b"HTTP/1.1 200")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert (await get(server.port, "/")).status == 200

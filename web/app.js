@@ -18,7 +18,8 @@ const engine = new AudioEngine();
 const hands = new Map(); // user_id -> display name, for hosts
 // For tests and figures: each played packet's arrival and play time (epoch ms).
 const played = [];
-window.airwave = { session, engine, played };
+const connections = []; // every connection state the page went through, in order
+window.airwave = { session, engine, played, connections };
 
 // ------------------------------------------------------------------ what the page shows
 
@@ -153,8 +154,11 @@ async function showPlayback() {
 
 engine.onFrame = (frame) => session.sendMedia(frame);
 session.onMedia = (frame) => engine.receive(frame, { sid: frame.sid, seq: frame.seq, arrival: performance.timeOrigin + performance.now() });
-engine.onPlayed = (marks) => {
-  const now = performance.timeOrigin + performance.now() + (engine.context.outputLatency || 0) * 1000;
+engine.onPlayed = (marks, contextTime) => {
+  // When the quantum that held each packet's first sample reaches the output: the context's
+  // clock mapped to the page's by the context itself (getOutputTimestamp counts the output latency).
+  const stamp = engine.context.getOutputTimestamp();
+  const now = performance.timeOrigin + stamp.performanceTime + (contextTime - stamp.contextTime) * 1000;
   for (const mark of marks) if (mark) played.push({ ...mark, played: now });
   if (played.length > PLAYED_KEPT) played.splice(0, played.length - PLAYED_KEPT);
 };
@@ -177,6 +181,7 @@ async function followUpload() {
 // ------------------------------------------------------------------ session events
 
 session.addEventListener("connection", () => {
+  connections.push(session.connection);
   $("connection").textContent = CONNECTION_WORDS[session.connection];
 });
 session.addEventListener("participants", () => {

@@ -46,6 +46,10 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     const opts = options.processorOptions ?? {};
     this.prefill = opts.prefill ?? 2880;
     this.ceiling = opts.ceiling ?? 9600;
+    // Every `window` samples, a queue that never fell below prefill + `slack` in that time
+    // holds delay it does not need (a burst after a stall): it is cut back to the target.
+    this.window = opts.window ?? sampleRate;
+    this.slack = opts.slack ?? 960;
     this.speakers = new Map();
     this.muted = false;
     this.port.onmessage = (event) => this.onMessage(event.data);
@@ -55,7 +59,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     if (message.samples) {
       let speaker = this.speakers.get(message.sid);
       if (!speaker) {
-        speaker = { chunks: [], offset: 0, buffered: 0, playing: false, underruns: 0, marks: [] };
+        speaker = { chunks: [], offset: 0, buffered: 0, playing: false, underruns: 0, marks: [], low: Infinity, seen: 0, trimmed: 0 };
         this.speakers.set(message.sid, speaker);
       }
       speaker.chunks.push(message.samples);
@@ -68,12 +72,13 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.muted = message.muted;
     } else if (message.stats) {
       const stats = {};
-      for (const [sid, s] of this.speakers) stats[sid] = { buffered: s.buffered, playing: s.playing, underruns: s.underruns };
+      for (const [sid, s] of this.speakers) stats[sid] = { buffered: s.buffered, playing: s.playing, underruns: s.underruns, trimmed: s.trimmed };
       this.port.postMessage({ stats });
     }
   }
 
   trim(speaker, count) {
+    speaker.trimmed += count;
     speaker.buffered -= count;
     for (const m of speaker.marks) m.at -= count;
     speaker.marks = speaker.marks.filter((m) => m.at >= 0);
@@ -118,6 +123,16 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       if (i < out.length) {
         speaker.playing = false;
         speaker.underruns++;
+        speaker.low = Infinity;
+        speaker.seen = 0;
+      } else {
+        speaker.low = Math.min(speaker.low, speaker.buffered);
+        speaker.seen += i;
+        if (speaker.seen >= this.window) {
+          if (speaker.low > this.prefill + this.slack) this.trim(speaker, speaker.low - this.prefill);
+          speaker.low = Infinity;
+          speaker.seen = 0;
+        }
       }
     }
     for (let k = 0; k < out.length; k++) out[k] = this.muted ? 0 : Math.max(-1, Math.min(1, out[k]));
