@@ -12,7 +12,7 @@ import trio
 from airwave.protocol import Error, Reason
 from airwave.protocol.text import shown
 
-from .net import Connection, accept_websocket, frame_of
+from .net import Connection, Site, accept_websocket, frame_of
 from .participant import ParticipantActor, SessionSettings, SessionState
 
 if TYPE_CHECKING:
@@ -92,8 +92,10 @@ class Gateway:
         max_joining: int = 64,
         admission_hold: float = 0.5,
         max_unjoined: int = 1024,
+        site: Site | None = None,
     ) -> None:
         self._registry = registry
+        self._site = site  # the web page, answered on plain HTTP requests (net/http.py)
         self.admission = JoinAdmission(max_joining, admission_hold)
         self._settings = settings
         self._max_per_address = max_per_address
@@ -119,7 +121,7 @@ class Gateway:
         peer = f"{host}:{port}"
         # trio-websocket's reader lives in the connection's own nursery: one per connection.
         nursery = conn.nursery
-        ws = await accept_websocket(conn, nursery, max_message_size=WEBSOCKET_MAX_MESSAGE)
+        ws = await accept_websocket(conn, nursery, max_message_size=WEBSOCKET_MAX_MESSAGE, site=self._site)
         if ws is None:
             return
         limited = self._limit_loopback or not ipaddress.ip_address(host).is_loopback

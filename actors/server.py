@@ -19,7 +19,7 @@ from .clock import now
 from .core.guesses import GuessPolicy, PasswordGuesses
 from .gateway import Gateway
 from .log import EventLog, FsyncMode, LogFailed, RecoveryReport, closing_records
-from .net import TransportSettings, close_listener, open_listener, serve_connections
+from .net import Site, TransportSettings, close_listener, default_web_folder, open_listener, serve_connections
 from .participant import SessionSettings
 from .registry import Registry
 
@@ -49,6 +49,8 @@ class ServerSettings:
     policy: RolePolicy = DEFAULT_POLICY
     # The backoff on wrong channel passwords, per address and per channel (core/guesses.py).
     password_guesses: GuessPolicy = GuessPolicy()
+    # The browser client served on plain HTTP on the same port; None: the page airwave ships.
+    web_folder: Path | None = None
 
 
 class RunningServer:
@@ -66,6 +68,11 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/"
+
+    def page_url(self, host: str = "127.0.0.1") -> str:
+        """Where a browser joins: the web page on the same port (net/http.py)."""
+        shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+        return f"http://{shown}:{self.port}/"
 
     def statistics(self) -> dict[str, int]:
         """What an operator watches for leaks: tasks, connections, channels, memory, the log."""
@@ -86,6 +93,7 @@ class RunningServer:
 
 
 async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
+    site = Site.load(settings.web_folder or default_web_folder())
     event_log, report = EventLog.open(settings.data_dir, settings.fsync)
     if report.truncated_bytes:
         log.warning("event log: dropped a torn tail of %d bytes", report.truncated_bytes)
@@ -105,12 +113,13 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                 gateway = Gateway(
                     registry, settings.session, max_per_address=settings.max_connections_per_address,
                     limit_loopback=settings.limit_loopback, max_joining=settings.max_joining,
-                    admission_hold=settings.admission_hold, max_unjoined=settings.max_unjoined,
+                    admission_hold=settings.admission_hold, max_unjoined=settings.max_unjoined, site=site,
                 )
                 await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))
                 service.start_soon(gateway.run_heartbeats, settings.session.heartbeat_sweep)
                 server = RunningServer(listener.getsockname()[1], registry, gateway, event_log, report)
                 log.info("listening on ws://%s:%d/", settings.host, server.port)
+                log.info("web page: open %s in a browser", server.page_url(settings.host))
                 task_status.started(server)
                 if settings.stats_interval:
                     service.start_soon(_log_statistics, server, settings.stats_interval)

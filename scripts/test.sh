@@ -7,6 +7,11 @@
 # .venv/airwave-installed holds the hash of the pyproject.toml last installed, and the extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The browser tests drive Debian's chromium (never a downloaded one) with a fake microphone
+# playing espeak-ng speech (tests/test_browser*.py); install them once, as root does on CI.
+if ! command -v chromium >/dev/null || ! command -v espeak-ng >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium espeak-ng >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
     .venv/bin/python -m pip install --quiet --upgrade pip
