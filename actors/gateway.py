@@ -13,6 +13,7 @@ from airwave.protocol import Error, Reason
 from airwave.protocol.text import shown
 
 from .net import Connection, Site, accept_websocket, frame_of
+from .counters import ServerMetrics
 from .participant import ParticipantActor, SessionSettings, SessionState
 
 if TYPE_CHECKING:
@@ -93,7 +94,9 @@ class Gateway:
         admission_hold: float = 0.5,
         max_unjoined: int = 1024,
         site: Site | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or ServerMetrics()
         self._registry = registry
         self._site = site  # the web page, answered on plain HTTP requests (net/http.py)
         self.admission = JoinAdmission(max_joining, admission_hold)
@@ -143,12 +146,15 @@ class Gateway:
         self.connections += 1
 
         log.info("connect %s", peer)
-        participant = ParticipantActor(ws, conn, self._registry, self._settings, nursery, peer, admitted=slot.release)
+        participant = ParticipantActor(
+            ws, conn, self._registry, self._settings, nursery, peer, admitted=slot.release, metrics=self.metrics
+        )
         self._open.add(participant)
         try:
             await participant.run()
         finally:
             self._open.discard(participant)
+            self.metrics.ended.add(participant.stats, conn.statistics())
             self.connections -= 1
             self._per_address[host] -= 1
             if not self._per_address[host]:
@@ -160,6 +166,10 @@ class Gateway:
                 (conn.close_reason or participant.end_reason).reason_name,
             )
             nursery.cancel_scope.cancel()
+
+    def sessions(self) -> list[ParticipantActor]:
+        """Every open connection's session (a copy: for the metrics' scrape)."""
+        return list(self._open)
 
     async def close_all(self, reason: str = "server shutting down") -> None:
         """Closes every WebSocket with 1001 (going away), so clients see a clean close."""

@@ -59,6 +59,7 @@ from airwave.protocol.tokens import TokenClaims, verify_token
 
 from .channel import ChannelActor, ChannelReply, Reattach
 from .clock import now
+from .counters import ServerMetrics
 from .core import (
     SALT_BYTES,
     URI_PREFIX,
@@ -142,6 +143,7 @@ class ParticipantActor:
         nursery: trio.Nursery,
         peer: str = "?",
         admitted: Callable[[], None] | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.output = connection
         self.user_id = ""
@@ -150,6 +152,7 @@ class ParticipantActor:
         self._ws = ws
         self._registry = registry
         self._settings = settings
+        self._metrics = metrics or ServerMetrics()
         self._peer = peer
         self._channel: ChannelActor | None = None
         self._sid = 0
@@ -272,7 +275,11 @@ class ParticipantActor:
             self._refuse(ProtocolError(Reason.RATE_LIMITED, "too many requests per second", request.id))
             return
         self.stats.requests += 1
+        started = trio.current_time()
         reply = await self._handle(request)
+        self._metrics.requests[(request.TYPE, reply.reason.reason_name)] += 1
+        if type(request) is Join:
+            self._metrics.join_seconds.observe(trio.current_time() - started)
         held, self._held = self._held or [], None
         self.send(reply)
         for frame in held:
@@ -544,6 +551,7 @@ class ParticipantActor:
             self._last_sent = now
         if now - max(output.last_received, self._last_sent) >= timeout:
             log.info("%s (%s) timed out", self._peer, shown(self.user_id or "-"))
+            self._metrics.heartbeat_timeouts += 1
             self._nursery.start_soon(self.close, 1001, "heartbeat timeout", Reason.TIMEOUT)
             return
         if now >= self._token_deadline:

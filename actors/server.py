@@ -8,7 +8,9 @@ server_restart before the first client is accepted, so replay and the registry a
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -16,6 +18,7 @@ import trio
 from airwave.protocol import DEFAULT_POLICY, Reason, RolePolicy
 
 from .clock import now
+from .counters import ServerMetrics
 from .core.guesses import GuessPolicy, PasswordGuesses
 from .gateway import Gateway
 from .log import EventLog, FsyncMode, LogFailed, RecoveryReport, closing_records
@@ -49,6 +52,8 @@ class ServerSettings:
     policy: RolePolicy = DEFAULT_POLICY
     # The backoff on wrong channel passwords, per address and per channel (core/guesses.py).
     password_guesses: GuessPolicy = GuessPolicy()
+    # Where Prometheus scrapes /metrics (host, port); None: no metrics endpoint.
+    metrics_address: tuple[str, int] | None = None
     # The browser client served on plain HTTP on the same port; None: the page airwave ships.
     web_folder: Path | None = None
 
@@ -62,8 +67,13 @@ class RunningServer:
         self.gateway = gateway
         self.event_log = event_log
         self.recovery = report
+        self.metrics_port: int | None = None  # where /metrics is served, if it is
         self._stop = trio.Event()
         self.stopped = trio.Event()
+
+    @property
+    def metrics(self) -> ServerMetrics:
+        return self.gateway.metrics
 
     @property
     def url(self) -> str:
@@ -106,18 +116,31 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
         listener = open_listener(settings.host, settings.port)
         try:
             async with trio.open_nursery() as service:
+                metrics = ServerMetrics()
+
+                async def append(records: Sequence[Mapping[str, Any]]) -> list[int]:
+                    seqs = await event_log.append(records)
+                    metrics.count_records(records)
+                    return seqs
+
                 registry = Registry(
-                    service, event_log.append, next_number=next_number, policy=settings.policy,
+                    service, append, next_number=next_number, policy=settings.policy,
                     max_channels=settings.max_channels, guesses=PasswordGuesses(settings.password_guesses),
                 )
                 gateway = Gateway(
                     registry, settings.session, max_per_address=settings.max_connections_per_address,
                     limit_loopback=settings.limit_loopback, max_joining=settings.max_joining,
                     admission_hold=settings.admission_hold, max_unjoined=settings.max_unjoined, site=site,
+                    metrics=metrics,
                 )
                 await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))
                 service.start_soon(gateway.run_heartbeats, settings.session.heartbeat_sweep)
                 server = RunningServer(listener.getsockname()[1], registry, gateway, event_log, report)
+                if settings.metrics_address is not None:
+                    from .metrics import registry_for, serve_metrics  # prometheus-client only if asked
+
+                    host, port = settings.metrics_address
+                    server.metrics_port = await service.start(serve_metrics, registry_for(server), host, port)
                 log.info("listening on ws://%s:%d/", settings.host, server.port)
                 log.info("web page: open %s in a browser", server.page_url(settings.host))
                 task_status.started(server)

@@ -214,7 +214,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"airwave: --allow-origin {bad_origins[0]!r} is not an origin: give scheme://host[:port], e.g. "
               "http://localhost:3000, or '*'", file=sys.stderr)
         return 2
+    metrics_address = None
+    if args.metrics:
+        host, _, port = args.metrics.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            print(f"airwave: --metrics {args.metrics!r} is not HOST:PORT, e.g. 127.0.0.1:9464", file=sys.stderr)
+            return 2
+        metrics_address = (host.strip("[]"), int(port))
     settings = ServerSettings(
+        metrics_address=metrics_address,
         host=args.host, port=args.port, data_dir=Path(args.data), fsync=FsyncMode(args.fsync),
         session=SessionSettings(secret=secret), stats_interval=args.stats_interval,
         transport=TransportSettings(allowed_origins=args.allow_origin),
@@ -441,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--insecure", action="store_true", help="allow open mode on a non-loopback address")
     serve.add_argument("--stats-interval", type=float, metavar="S", help="log a statistics line every S seconds")
+    serve.add_argument(
+        "--metrics", metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 (default: off; docs/operations.md)",
+    )
     serve.add_argument(
         "--max-joining", type=_positive_int, metavar="N",
         help="connections between accept and their first answered request at once (default 64; docs/operations.md)",

@@ -208,3 +208,31 @@ def test_quick_start_scripts_set_up_once_and_reinstall_only_when_pyproject_chang
         pyproject.write("# a new dependency, say\n")
     assert run("demo.sh") == [install.format("."), "airwave demo"]
     assert run("test.sh") == [install.format(".[test]"), "python -m pytest warnings="]
+
+
+def test_serve_metrics_serves_prometheus_text_and_refuses_a_bad_address(tmp_path: Path) -> None:
+    assert airwave("serve", "--metrics", "9464", "--data", str(tmp_path / "x")).stderr.startswith(
+        "airwave: --metrics '9464' is not HOST:PORT"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "airwave.cli", "serve", "--port", "0", "--data", str(tmp_path / "data"), "--metrics", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if "metrics on http://" in line:
+                port = int(line.rsplit(":", 1)[1].split("/")[0])
+                break
+        else:
+            raise AssertionError("no metrics line")
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = b""
+            while data := conn.recv(65536):
+                response += data
+    finally:
+        server.terminate()
+        server.communicate(timeout=15)
+    assert response.startswith(b"HTTP/1.1 200") and b"\nairwave_channels 0.0\n" in response
+    assert server.returncode == 0

@@ -697,9 +697,11 @@ async def test_listener_that_never_reads_is_dropped_as_slow_consumer_without_del
                 # The healthy listener: every packet, in time, while the other was stuck.
                 assert sorted(arrived_at) == list(range(len(packets))) and healthy.media_dropped == 0
                 latency = sorted(arrived_at[seq] - sent_at[seq] for seq in sent_at)
-                gaps = [arrived_at[seq + 1] - arrived_at[seq] for seq in range(len(packets) - 1)]
+                # A gap the server made: what arrived further apart than it was sent (the test's
+                # own sender shares this loop, and on a loaded machine sends late at times).
+                gaps = [arrived_at[seq + 1] - arrived_at[seq] - (sent_at[seq + 1] - sent_at[seq]) for seq in range(len(packets) - 1)]
                 assert latency[-1] < 0.05, latency[-5:]
-                assert max(gaps) < 0.06, sorted(gaps)[-5:]
+                assert max(gaps) < 0.04, sorted(gaps)[-5:]
                 assert live_members(server, "c") == {"host", "healthy"}
 
     assert "closing slow consumer" in caplog.text

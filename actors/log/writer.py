@@ -25,6 +25,7 @@ import enum
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, final
@@ -32,6 +33,7 @@ from typing import Any, Final, final
 import attrs
 import trio
 
+from ..core.histogram import LATENCY_BOUNDS, Histogram
 from .format import InvalidRecordBody, pack_event, record_from_packed, segment_path
 from .recovery import RecoveryReport, recover
 
@@ -160,6 +162,8 @@ class EventLog:
         self._thread_limiter = trio.CapacityLimiter(1)
         self._appends = self._records = self._groups = 0
         self._fsyncs = self._directory_fsyncs = self._bytes_written = 0
+        # How long each group's fdatasync took (metrics: a disk that slows shows here first).
+        self.sync_seconds = Histogram(LATENCY_BOUNDS)
 
     # ------------------------------------------------------------------ startup
 
@@ -391,7 +395,7 @@ class EventLog:
                 nbytes += submission.nbytes
             first_seq = self._last_seq + 1
             try:
-                written, dir_fsyncs = await trio.to_thread.run_sync(
+                written, dir_fsyncs, synced = await trio.to_thread.run_sync(
                     self._write_group, group, first_seq, limiter=self._thread_limiter
                 )
             except BaseException as exc:
@@ -412,14 +416,15 @@ class EventLog:
             self._groups += 1
             if self._fsync is not FsyncMode.NEVER:
                 self._fsyncs += 1
+                self.sync_seconds.observe(synced)
             self._directory_fsyncs += dir_fsyncs
             self._bytes_written += written
 
-    def _write_group(self, group: list[_Submission], first_seq: int) -> tuple[int, int]:
+    def _write_group(self, group: list[_Submission], first_seq: int) -> tuple[int, int, float]:
         """In a worker thread: frame, write and (by mode) sync one group.
 
         Only the writer touches the segment fields, and it awaits this call, so no lock.
-        Returns (bytes written, directory fsyncs).
+        Returns (bytes written, directory fsyncs, seconds in fdatasync).
         """
         dir_fsyncs = 0
         if self._fd is None or self._segment_size >= self._segment_bytes:
@@ -435,9 +440,12 @@ class EventLog:
         data = b"".join(parts)
         _write_all(self._fd, data)
         self._segment_size += len(data)
+        synced = 0.0
         if self._fsync is not FsyncMode.NEVER:
+            started = time.perf_counter()
             _fdatasync(self._fd)
-        return len(data), dir_fsyncs
+            synced = time.perf_counter() - started
+        return len(data), dir_fsyncs, synced
 
     def _roll_segment(self) -> int:
         if self._fd is not None:
