@@ -249,6 +249,28 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_cluster_log(url: str, *, channel: str | None, until: int | None) -> list[object]:
+    """The cluster's event stream as replayed events (the same records as a file log's)."""
+    from airwave.actors.cluster import ClusterLogError, open_bridge, read_records
+    from airwave.actors.cluster.servers import parse_servers
+    from airwave.actors.log.replay import replay_records
+
+    servers = parse_servers(url)
+
+    async def read() -> list[dict[str, object]]:
+        with trio.fail_after(30):
+            async with open_bridge(servers, name="airwave-replay") as bridge:
+                return await read_records(bridge, channel=channel, until=until)
+
+    try:
+        records = trio.run(read)
+    except (ConnectionError, ClusterLogError) as exc:
+        raise ValueError(str(exc)) from None
+    except trio.TooSlowError:
+        raise ValueError("NATS did not answer within 30 s") from None
+    return list(replay_records(records, None))
+
+
 def _replay(args: argparse.Namespace) -> int:
     from airwave.actors.log import LogCorruption, UnusableRecord
     from airwave.actors.log.replay import (
@@ -260,13 +282,22 @@ def _replay(args: argparse.Namespace) -> int:
         replay_events,
     )
 
+    from airwave.actors.cluster.servers import is_nats_url
+
     path = Path(args.path)
-    if not path.exists():
+    if not is_nats_url(args.path) and not path.exists():
         print(f"airwave: no event log at {path}", file=sys.stderr)
         return 2
     try:
-        items = list(replay_events(path, channel=args.channel, until=args.until))
-        channels = fold_replayed(items, path)
+        if is_nats_url(args.path):
+            items = _replay_cluster_log(args.path, channel=args.channel, until=args.until)
+            channels = fold_replayed(items, None)
+        else:
+            items = list(replay_events(path, channel=args.channel, until=args.until))
+            channels = fold_replayed(items, path)
+    except ValueError as exc:  # a bad NATS address, or NATS unreachable: the reason says which
+        print(f"airwave: cannot replay {args.path}: {exc}", file=sys.stderr)
+        return 2
     except LogCorruption as exc:
         print(f"airwave: the event log is corrupt: {exc}", file=sys.stderr)
         return 2
@@ -458,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(run=_token)
 
     replay = command("replay", "print an event log's timeline and final state")
-    replay.add_argument("path", help="the data directory, or one segment file")
+    replay.add_argument(
+        "path", metavar="PATH|nats://HOST:PORT",
+        help="the data directory, one segment file, or a cluster's NATS (the JetStream event stream)",
+    )
     replay.add_argument("--channel", help="only this channel id")
     replay.add_argument("--until", type=int, metavar="SEQ", help="stop after this seq (included)")
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
