@@ -10,11 +10,15 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
+import pytest
+
+from airwave.actors.cluster import NatsBridge, ensure_stream, open_bridge
+from airwave.actors.cluster.subjects import EVENT_STREAM, LEASE_BUCKET
 
 
 def free_port() -> int:
@@ -72,3 +76,35 @@ def running_nats(directory: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One real nats-server for the whole test module."""
+    with running_nats(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+# Everything Airwave keeps in JetStream: the event stream and the KV buckets' streams.
+AIRWAVE_STREAMS = (EVENT_STREAM, f"KV_{LEASE_BUCKET}", "KV_airwave_counters")
+
+
+async def reset_jetstream(bridge: NatsBridge) -> None:
+    """Deletes Airwave's streams and buckets, so a test starts from an empty cluster."""
+
+    async def reset() -> None:
+        names = {info.config.name for info in await bridge.js.streams_info()}
+        for name in AIRWAVE_STREAMS:
+            if name in names:
+                await bridge.js.delete_stream(name)
+
+    await bridge.run(reset)
+
+
+@pytest.fixture
+async def bridge(nats_server: NatsServer) -> AsyncIterator[NatsBridge]:
+    """A bridge to the module's NATS, Airwave's streams deleted and the event stream made anew."""
+    async with open_bridge(nats_server.url, name="test") as opened:
+        await reset_jetstream(opened)
+        await ensure_stream(opened)
+        yield opened

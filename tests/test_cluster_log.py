@@ -7,9 +7,6 @@ Everything runs against a real `nats-server -js` on loopback (one per module, se
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
 import hypothesis
 import hypothesis.strategies as st
 import msgpack
@@ -23,7 +20,6 @@ from airwave.actors.cluster import (
     NatsBridge,
     channel_from_token,
     channel_token,
-    ensure_stream,
     open_bridge,
     read_records,
 )
@@ -32,30 +28,8 @@ from airwave.actors.log import InvalidRecordBody, read_events
 from airwave.actors.server import RunningServer
 from airwave.cli import main
 
-from natsserver import NatsServer, running_nats
+from natsserver import NatsServer, bridge, nats_server  # noqa: F401 (fixtures)
 from test_replay_cli import PASSWORD, scripted_session
-
-
-@pytest.fixture(scope="module")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    with running_nats(tmp_path_factory.mktemp("nats")) as server:
-        yield server
-
-
-@pytest.fixture
-async def bridge(nats_server: NatsServer) -> AsyncIterator[NatsBridge]:
-    """A bridge to the module's NATS, with the event stream deleted and made anew."""
-    async with open_bridge(nats_server.url, name="test") as opened:
-
-        async def reset() -> None:
-            try:
-                await opened.js.delete_stream(EVENT_STREAM)
-            except Exception:  # not there yet
-                pass
-
-        await opened.run(reset)
-        await ensure_stream(opened)
-        yield opened
 
 
 def event(channel: str, kind: str = "ping", **fields: object) -> dict[str, object]:
