@@ -221,9 +221,33 @@ def _serve(args: argparse.Namespace) -> int:
         **({"max_joining": args.max_joining} if args.max_joining else {}),
     )
 
+    cluster = None
+    if args.cluster is not None or args.node is not None:
+        from airwave.actors.cluster.jetlog import StreamSettings
+        from airwave.actors.cluster.lease import LeaseSettings
+        from airwave.actors.cluster.placement import ClusterSettings
+        from airwave.actors.cluster.servers import parse_servers
+
+        try:
+            if args.cluster is None or args.node is None:
+                raise ValueError("--cluster and --node go together: every node of a cluster has its own name")
+            cluster = ClusterSettings(
+                servers=tuple(parse_servers(args.cluster)), node=args.node,
+                lease=LeaseSettings(ttl=args.lease_ttl, renew_every=args.lease_ttl / 3, replicas=args.replicas),
+                stream=StreamSettings(replicas=args.replicas),
+            )
+        except ValueError as exc:
+            print(f"airwave: {exc}", file=sys.stderr)
+            return 2
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(serve, settings)
+            if cluster is not None:
+                from airwave.actors.cluster.server import serve_cluster
+
+                server = await nursery.start(serve_cluster, settings, cluster)
+            else:
+                server = await nursery.start(serve, settings)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     server.shutdown()
@@ -241,6 +265,8 @@ def _serve(args: argparse.Namespace) -> int:
         failure = (str(_leaf(group)), 2)
     except* LogFailed as group:
         failure = (f"{_leaf(group)} (disk full or failing?); the server stopped", 1)
+    except* ConnectionError as group:  # cluster mode: no NATS server answered
+        failure = (str(_leaf(group)), 1)
     except* OSError as group:
         failure = (f"cannot serve on {args.host}:{args.port}: {_leaf(group)}", 1)
     if failure is not None:
@@ -475,6 +501,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-joining", type=_positive_int, metavar="N",
         help="connections between accept and their first answered request at once (default 64; docs/operations.md)",
+    )
+    cluster = serve.add_argument_group("cluster mode (docs/operations.md): several nodes share channels over NATS")
+    cluster.add_argument(
+        "--cluster", metavar="nats://HOST:PORT[,...]",
+        help="the NATS servers (with JetStream) of the cluster; the event log is then the JetStream stream, not --data",
+    )
+    cluster.add_argument("--node", metavar="NAME", help="this node's name in the cluster: unique, and the same across its restarts")
+    cluster.add_argument(
+        "--lease-ttl", type=float, default=3.0, metavar="S",
+        help="seconds after a node's last renewal that its channels pass to another node (default %(default)s)",
+    )
+    cluster.add_argument(
+        "--replicas", type=int, choices=range(1, 6), default=1, metavar="R",
+        help="JetStream replicas of the event stream and the lease buckets when this node creates them: "
+        "3 on a 3-server NATS cluster (default %(default)s; existing ones are kept as they are)",
     )
     add_secret_options(serve)
     serve.set_defaults(run=_serve)
