@@ -283,6 +283,11 @@ class NatsBridge:
                     servers=servers, name=name, error_cb=on_error, reconnected_cb=on_reconnect,
                     disconnected_cb=on_disconnect, max_reconnect_attempts=1, reconnect_time_wait=reconnect_wait,
                     connect_timeout=2, allow_reconnect=True,
+                    # Nothing is buffered while disconnected: an append then fails at once
+                    # (its requester is told, the channel steps down) instead of reaching the
+                    # stream after reconnecting, long after it was reported as failed; media
+                    # published meanwhile is dropped and counted (it would be late anyway).
+                    pending_size=0,
                 ),
                 connect_within,
             )
