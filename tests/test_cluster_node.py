@@ -264,3 +264,41 @@ def test_cluster_serve_without_nats_exits_1_saying_so(tmp_path: Path, capsys: py
 
 
 _: Callable[..., object] = main  # (keeps the import used when the CLI tests are deselected)
+
+
+async def test_cluster_join_storm_on_the_owner_is_all_in_the_stream_and_replays_to_the_live_state(
+    nats_server: NatsServer, bridge: NatsBridge, tmp_path: Path
+) -> None:
+    """200 joins at once: the actor appends them in batches (one fenced append per record,
+    each acknowledged before the batch is answered); every one is in the stream, once, in
+    order, and the stream folds to the owner's live channel."""
+    count = 200
+    async with cluster_node(nats_server, "node-a", tmp_path) as a:
+        async with open_wire(a.url) as host:
+            ok(await host.request(Join, channel="storm", user_id="host", role=HOST))
+            async with trio.open_nursery() as nursery:
+                wires: list[Wire] = []
+
+                async def join(n: int) -> None:
+                    wire = await nursery.start(_hold_wire, a.url)
+                    wires.append(wire)
+                    ok(await wire.request(Join, channel="storm", user_id=f"listener-{n}"))
+
+                with trio.fail_after(30):
+                    async with trio.open_nursery() as joining:
+                        for n in range(count):
+                            joining.start_soon(join, n)
+                records = await read_records(bridge, channel="storm")
+                joined = [r["user_id"] for r in records if r["type"] == "participant_joined"]
+                assert sorted(joined) == sorted(["host", *(f"listener-{n}" for n in range(count))])
+                assert [r["seq"] for r in records] == list(range(records[0]["seq"], records[0]["seq"] + len(records)))
+                storm = a.registry.find("storm")
+                assert storm is not None and storm.channel is not None
+                assert fold(item.event for item in replay_records(records, None))[storm.channel.number] == storm.channel
+                nursery.cancel_scope.cancel()
+
+
+async def _hold_wire(url: str, *, task_status: trio.TaskStatus[Wire] = trio.TASK_STATUS_IGNORED) -> None:
+    async with open_wire(url) as wire:
+        task_status.started(wire)
+        await trio.sleep_forever()
