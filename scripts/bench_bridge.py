@@ -7,7 +7,7 @@ NATS to a subscriber in two ways, alternating rounds so both see the same machin
 - **baseline**: plain asyncio nats-py, publisher and subscriber on one asyncio loop: what
   NATS and nats-py cost with no bridge at all;
 - **bridged**: a trio publisher calling ``bridge.publish_nowait`` and a trio task reading
-  ``bridge.subscribe``: the server's real path (trio -> NATS thread -> NATS -> NATS thread
+  ``bridge.subscribe`` in bursts (``receive_batch``): the server's real path (trio -> NATS thread -> NATS -> NATS thread
   -> trio).
 
 For each round it reports CPU time per packet (the process's, every thread) and the
@@ -103,8 +103,8 @@ async def bridged_round(url: str, speakers: int, seconds: float) -> dict[str, fl
 
         async def receive(cancel: trio.CancelScope) -> None:
             while len(latencies) < expected:
-                delivery = await sub.receive()
-                latencies.append(time.perf_counter_ns() - int.from_bytes(delivery.data[:8], "big"))
+                for delivery in await sub.receive_batch():
+                    latencies.append(time.perf_counter_ns() - int.from_bytes(delivery.data[:8], "big"))
             cancel.cancel()
 
         cpu0 = time.process_time()
@@ -127,7 +127,13 @@ def main() -> int:
     parser.add_argument("--speakers", type=int, default=50, help="packets per 20 ms tick (default 50: 2,500/s)")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each round (default 3)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each kind, alternating (default 5)")
+    parser.add_argument(
+        "--switch-interval", type=float, metavar="MS",
+        help="sys.setswitchinterval in ms for this run (Python's default is 5): how long a thread may wait for the GIL",
+    )
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval / 1000)
     binary = shutil.which("nats-server")
     if binary is None:
         print("bench_bridge: nats-server is not installed (apt-get install nats-server)", file=sys.stderr)
@@ -164,7 +170,10 @@ def main() -> int:
             server.terminate()
             server.wait(5)
     rate = args.speakers / TICK
-    print(f"\n{args.speakers} packets per 20 ms ({rate:,.0f}/s), {PAYLOAD} B, {args.rounds} rounds of {args.seconds:g} s; medians:")
+    print(
+        f"\n{args.speakers} packets per 20 ms ({rate:,.0f}/s), {PAYLOAD} B, {args.rounds} rounds of {args.seconds:g} s, "
+        f"GIL switch interval {sys.getswitchinterval() * 1000:g} ms; medians:"
+    )
     medians = {kind: {key: statistics.median(r[key] for r in rounds) for key in rounds[0]} for kind, rounds in results.items()}
     for kind, values in medians.items():
         print(

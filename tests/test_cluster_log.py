@@ -103,6 +103,23 @@ async def test_cluster_bridge_publish_nowait_arrives_in_order(bridge: NatsBridge
     await sub.aclose()
 
 
+async def test_cluster_bridge_receive_batch_takes_a_burst_in_order(bridge: NatsBridge) -> None:
+    sub = await bridge.subscribe("test.batch", buffer=1000)
+    for n in range(300):
+        bridge.publish_nowait("test.batch", n.to_bytes(2, "big"))
+    await bridge.flush()
+    got: list[int] = []
+    calls = 0
+    with trio.fail_after(5):
+        while len(got) < 300:
+            batch = await sub.receive_batch(limit=100)
+            assert 1 <= len(batch) <= 100
+            got += [int.from_bytes(d.data, "big") for d in batch]
+            calls += 1
+    assert got == list(range(300)) and calls < 300
+    await sub.aclose()
+
+
 async def test_cluster_bridge_full_subscriber_drops_newest_and_counts(bridge: NatsBridge) -> None:
     sub = await bridge.subscribe("test.full", buffer=10)
     for n in range(50):
