@@ -218,6 +218,12 @@ class NumberPool:
     def needs_refill(self) -> bool:
         return len(self._numbers) < self._low and not self._refilling
 
+    def add_block(self, first: int) -> None:
+        """Takes the reserved numbers ``first`` .. ``first + block - 1`` into the pool.
+        Concurrent refills may finish out of order: the pool stays ascending, so `consume`
+        (which drops every number up to the one used) never drops a fresh block."""
+        self._numbers = sorted([*self._numbers, *range(first, first + self._block)])
+
     async def refill(self) -> None:
         """Reserves the next block by compare-and-set on the counter (retrying on a race)."""
         self._refilling = True
@@ -240,7 +246,6 @@ class NumberPool:
                     except nats.js.errors.KeyWrongLastSequenceError:
                         continue  # another node reserved meanwhile
 
-            first = await self._bridge.run(reserve)
-            self._numbers.extend(range(first, first + self._block))
+            self.add_block(await self._bridge.run(reserve))
         finally:
             self._refilling = False
