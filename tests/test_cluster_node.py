@@ -302,3 +302,21 @@ async def _hold_wire(url: str, *, task_status: trio.TaskStatus[Wire] = trio.TASK
     async with open_wire(url) as wire:
         task_status.started(wire)
         await trio.sleep_forever()
+
+
+async def test_cluster_channel_ended_and_joined_again_at_once_keeps_its_lease_here(
+    nats_server: NatsServer, bridge: NatsBridge, tmp_path: Path
+) -> None:
+    """Regression: the release of the ended instance's lease, still on its way to NATS, must
+    not delete the lease the next join took at once."""
+    async with cluster_node(nats_server, "node-a", tmp_path) as a, cluster_node(nats_server, "node-b", tmp_path) as b:
+        async with open_wire(a.url) as host, open_wire(b.url) as bob:
+            for _ in range(5):
+                ok(await host.request(Join, channel="show", user_id="host", role=HOST))
+                ok(await host.request(Leave))  # the channel ends: its lease is given back
+            ok(await host.request(Join, channel="show", user_id="host", role=HOST))
+            await trio.sleep(TTL / 2)  # every give-back has reached NATS by now
+            assert a.placement.leases.holds("show")
+            refused = await bob.request(Join, channel="show", user_id="bob")
+            assert refused.reason is Reason.SERVER_ERROR and "'node-a'" in refused.message
+            ok(await host.request(SetCustomProperty, value="still ours"))

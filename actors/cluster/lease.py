@@ -152,20 +152,28 @@ class Leases:
         self._held[channel_id] = attrs.evolve(lease, revision=revision)
         return True
 
-    async def release(self, channel_id: str) -> None:
-        """Gives the lease up at once (the channel ended here), if we still hold it."""
-        lease = self._held.pop(channel_id, None)
-        if lease is None:
-            return
+    def forget(self, channel_id: str) -> Lease | None:
+        """Stops renewing the channel's lease (at once, so that a claim made meanwhile takes it
+        anew); `give_up` then deletes the key, unless it was written again since."""
+        return self._held.pop(channel_id, None)
+
+    async def give_up(self, lease: Lease) -> None:
+        """Deletes the lease's key if it still holds ``lease``'s revision (else: not ours)."""
 
         async def delete() -> None:
             kv = await self._bridge.js.key_value(LEASE_BUCKET)
             try:
-                await kv.delete(channel_token(channel_id), last=lease.revision)
-            except nats.js.errors.APIError:  # someone else's already: nothing of ours to give up
+                await kv.delete(channel_token(lease.channel_id), last=lease.revision)
+            except nats.js.errors.APIError:  # written since (by another node, or by us anew)
                 pass
 
         await self._bridge.run(delete)
+
+    async def release(self, channel_id: str) -> None:
+        """Gives the lease up at once (the channel ended here), if we still hold it."""
+        lease = self.forget(channel_id)
+        if lease is not None:
+            await self.give_up(lease)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Renews every held lease every ``renew_every`` seconds. While NATS is away a

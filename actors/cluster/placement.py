@@ -36,7 +36,7 @@ from ..log.replay import fold_replayed, replay_records
 from ..registry import Registry
 from .bridge import NatsBridge
 from .jetlog import ChannelLog, ClusterLogError, Fenced, StreamSettings, ensure_stream
-from .lease import HeldElsewhere, Leases, LeaseSettings, NumberPool, ensure_buckets
+from .lease import HeldElsewhere, Lease, Leases, LeaseSettings, NumberPool, ensure_buckets
 
 log = logging.getLogger("airwave.cluster.placement")
 
@@ -138,7 +138,9 @@ class ClusterPlacement:
 
     def released(self, channel_id: str) -> None:
         self._logs.pop(channel_id, None)
-        self._nursery.start_soon(self._release, channel_id)
+        lease = self.leases.forget(channel_id)  # now: a claim that comes next takes it anew
+        if lease is not None:
+            self._nursery.start_soon(self._give_up, lease)
 
     # --- background ---
 
@@ -148,11 +150,11 @@ class ClusterPlacement:
         except Exception as exc:
             log.warning("cannot reserve channel numbers: %s", exc)
 
-    async def _release(self, channel_id: str) -> None:
+    async def _give_up(self, lease: Lease) -> None:
         try:
-            await self.leases.release(channel_id)
+            await self.leases.give_up(lease)
         except Exception as exc:  # it expires after its TTL anyway
-            log.warning("cannot release the lease on %s: %s", shown(channel_id), exc)
+            log.warning("cannot release the lease on %s: %s", shown(lease.channel_id), exc)
 
     def _lease_lost(self, channel_id: str) -> None:
         """Another node decides for the channel now: end ours without logging anything (the

@@ -18,7 +18,7 @@ from ..core.guesses import PasswordGuesses
 from ..gateway import Gateway
 from ..net import close_listener, open_listener, serve_connections
 from ..registry import Registry
-from ..server import RunningServer, ServerSettings, count_tasks, rss_kb
+from ..server import RunningServer, ServerSettings, _log_statistics, count_tasks, rss_kb
 from .bridge import NatsBridge, open_bridge
 from .placement import ClusterPlacement, ClusterSettings
 
@@ -81,6 +81,8 @@ async def serve_cluster(
                     server = ClusterServer(listener.getsockname()[1], registry, gateway, bridge, placement)
                     log.info("node %s listening on ws://%s:%d/ (cluster %s)", cluster.node, settings.host, server.port, ",".join(cluster.servers))
                     task_status.started(server)
+                    if settings.stats_interval:
+                        service.start_soon(_log_statistics, server, settings.stats_interval)
                     await server._stop.wait()
                     log.info("node %s shutting down", cluster.node)
                     close_listener(listener)
