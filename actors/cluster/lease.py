@@ -84,7 +84,14 @@ class Leases:
         self.settings = settings
         self._on_lost = on_lost
         self._held: dict[str, Lease] = {}
+        self._bucket: nats.js.kv.KeyValue | None = None
         self.lost = 0
+
+    async def _kv(self) -> nats.js.kv.KeyValue:  # NATS thread
+        """The lease bucket's handle, looked up once (each lookup is a round trip)."""
+        if self._bucket is None:
+            self._bucket = await self._bridge.js.key_value(LEASE_BUCKET)
+        return self._bucket
 
     def holds(self, channel_id: str) -> bool:
         return channel_id in self._held
@@ -100,7 +107,7 @@ class Leases:
         node = self.node.encode()
 
         async def take() -> Lease | HeldElsewhere:
-            kv = await self._bridge.js.key_value(LEASE_BUCKET)
+            kv = await self._kv()
             try:
                 revision = await kv.create(key, node)
                 return Lease(channel_id, self.node, revision)
@@ -137,7 +144,7 @@ class Leases:
             return False
 
         async def update() -> int | None:
-            kv = await self._bridge.js.key_value(LEASE_BUCKET)
+            kv = await self._kv()
             try:
                 return await kv.update(channel_token(channel_id), self.node.encode(), last=lease.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
@@ -161,7 +168,7 @@ class Leases:
         """Deletes the lease's key if it still holds ``lease``'s revision (else: not ours)."""
 
         async def delete() -> None:
-            kv = await self._bridge.js.key_value(LEASE_BUCKET)
+            kv = await self._kv()
             try:
                 await kv.delete(channel_token(lease.channel_id), last=lease.revision)
             except nats.js.errors.APIError:  # written since (by another node, or by us anew)
