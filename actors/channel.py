@@ -104,6 +104,16 @@ class OneShot:
         return self._value
 
 
+class LogRefused(Exception):
+    """The log will not take this channel's events here, and says why to the requesters
+    (cluster mode: the channel's authority moved to another node). The actor ends."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(reason, message)
+        self.reason = reason
+        self.message = message
+
+
 @attrs.frozen
 class ChannelReply:
     reason: Reason
@@ -240,11 +250,12 @@ class ChannelActor:
             # Answer only once the records are as durable as the fsync mode promises.
             try:
                 await self._log_append(records)  # type: ignore[misc]
-            except Exception:
+            except Exception as exc:
                 # Nothing was acted on; the requesters learn it, then the supervisor logs it.
+                refused = exc if isinstance(exc, LogRefused) else LogRefused(Reason.INTERNAL_ERROR, "the event log failed")
                 for envelope, _, _ in outcomes:
                     if envelope.reply is not None:
-                        envelope.reply.set(ChannelReply(Reason.INTERNAL_ERROR, "the event log failed"))
+                        envelope.reply.set(ChannelReply(refused.reason, refused.message))
                 raise
         for envelope, decision, applied in outcomes:
             for event, before, after in applied:

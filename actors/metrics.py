@@ -109,10 +109,11 @@ class ServerCollector(Collector):
         )
         yield CounterMetricFamily("airwave_heartbeat_timeouts", "Connections ended by the heartbeat", value=metrics.heartbeat_timeouts)
 
-        log_stats = server.event_log.statistics()
-        yield CounterMetricFamily("airwave_log_appends", "Appends to the event log", value=log_stats.appends)
-        yield CounterMetricFamily("airwave_log_records", "Records written to the event log", value=log_stats.records)
-        yield _histogram("airwave_log_fsync_seconds", "Time in fdatasync per group commit", server.event_log.sync_seconds)
+        if server.event_log is not None:  # a cluster node's log is JetStream's (not counted here yet)
+            log_stats = server.event_log.statistics()
+            yield CounterMetricFamily("airwave_log_appends", "Appends to the event log", value=log_stats.appends)
+            yield CounterMetricFamily("airwave_log_records", "Records written to the event log", value=log_stats.records)
+            yield _histogram("airwave_log_fsync_seconds", "Time in fdatasync per group commit", server.event_log.sync_seconds)
         yield _histogram("airwave_join_seconds", "From a join request to its reply", metrics.join_seconds)
 
 

@@ -1,13 +1,16 @@
 """The registry: the one place that knows where each live channel's actor is.
 
 It starts a channel actor on the first command for a channel id and forgets it when the
-channel ends. A relay to other server processes would stand behind this same interface.
+channel ends. In cluster mode a `Placement` (`actors/cluster/placement.py`) stands behind it:
+before starting an actor the registry asks it to claim the channel for this node (its lease,
+its fenced log in JetStream); the file-log server has none, and nothing changes there.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import attrs
 import trio
@@ -15,13 +18,29 @@ import trio
 from airwave.protocol import DEFAULT_POLICY, Reason, RolePolicy
 from airwave.protocol.text import shown
 
-from .channel import ChannelActor, ChannelReply, Envelope, OneShot
+from .channel import ChannelActor, ChannelReply, Envelope, LogRefused, OneShot
 from .core import Command, EndChannel, LeaveChannel
 from .core.guesses import PasswordGuesses
 
 log = logging.getLogger("airwave.registry")
 
 LogAppend = Callable[[list[dict[str, object]]], Awaitable[object]]
+
+
+class Placement(Protocol):
+    """Where channels live when several server processes share them (cluster mode)."""
+
+    async def claim(self, channel_id: str) -> LogAppend | ChannelReply:
+        """This node's log for the channel once it decides for it, or the refusal to answer."""
+
+    def allocate_number(self) -> int:
+        """The number a channel created now would get (unique over the shared log)."""
+
+    def claim_number(self, number: int) -> None:
+        """``number`` is in the log now."""
+
+    def released(self, channel_id: str) -> None:
+        """The channel's actor here ended: another node may decide for it."""
 
 
 class Registry:
@@ -34,6 +53,7 @@ class Registry:
         policy: RolePolicy = DEFAULT_POLICY,
         max_channels: int = 10_000,
         guesses: PasswordGuesses | None = None,
+        placement: Placement | None = None,
     ) -> None:
         # Wrong channel passwords, per address and channel: the server-wide backoff.
         self.guesses = guesses or PasswordGuesses()
@@ -45,6 +65,8 @@ class Registry:
         self._policy = policy
         self._actors: dict[str, ChannelActor] = {}
         self._suspended: dict[str, Suspension] = {}
+        self._placement = placement
+        self._claims: dict[str, trio.Event] = {}  # channels being claimed (cluster mode)
 
     def find(self, channel_id: str) -> ChannelActor | None:
         actor = self._actors.get(channel_id)
@@ -53,14 +75,15 @@ class Registry:
     def channel_ids(self) -> list[str]:
         return [cid for cid, actor in self._actors.items() if actor.live]
 
-    def _actor_for(self, channel_id: str) -> ChannelActor:
+    def _actor_for(self, channel_id: str, log_append: LogAppend | None = None) -> ChannelActor:
         actor = self._actors.get(channel_id)
         if actor is None:
+            placement = self._placement
             actor = ChannelActor(
                 channel_id,
-                log_append=self._log_append,
-                allocate_number=lambda: self._next_number,
-                claim_number=self._claim_number,
+                log_append=log_append or self._log_append,
+                allocate_number=placement.allocate_number if placement else lambda: self._next_number,
+                claim_number=placement.claim_number if placement else self._claim_number,
                 on_idle=self._forget,
                 policy=self._policy,
             )
@@ -74,16 +97,24 @@ class Registry:
     def _forget(self, actor: ChannelActor) -> None:
         if self._actors.get(actor.channel_id) is actor:
             del self._actors[actor.channel_id]
+            if self._placement is not None:
+                self._placement.released(actor.channel_id)
 
     async def _supervise(self, actor: ChannelActor) -> None:
         """An actor that crashes is logged and forgotten; the server and other channels go on."""
         try:
             await actor.run()
-        except Exception:
-            log.exception("channel actor %s crashed", shown(actor.channel_id))
+        except Exception as exc:
+            refused = _log_refusal(exc)
+            if refused is not None:
+                # Cluster mode: the channel's authority moved (another node's lease, a fenced
+                # append). Nothing unlogged was acted on; the members rejoin wherever it lives.
+                log.warning("channel actor %s stepped down: %s", shown(actor.channel_id), refused.message)
+            else:
+                log.exception("channel actor %s crashed", shown(actor.channel_id))
             self._forget(actor)
             for session in actor.sessions():
-                session.removed(actor.channel_id, Reason.INTERNAL_ERROR)
+                session.removed(actor.channel_id, refused.reason if refused is not None else Reason.INTERNAL_ERROR)
 
     async def submit(self, channel_id: str, command: Command, session: object | None) -> ChannelReply:
         """Sends ``command`` to the channel's actor (starting one if needed) and awaits its answer."""
@@ -91,7 +122,22 @@ class Registry:
             if channel_id not in self._actors and len(self._actors) >= self._max_channels:
                 self.refused_channels += 1
                 return ChannelReply(Reason.FULL, f"this server already has its maximum of {self._max_channels} channels")
-            actor = self._actor_for(channel_id)
+            log_append = None
+            if self._placement is not None and channel_id not in self._actors:
+                claiming = self._claims.get(channel_id)
+                if claiming is not None:  # another request is claiming it: wait, then look again
+                    await claiming.wait()
+                    continue
+                self._claims[channel_id] = claiming = trio.Event()
+                try:
+                    claim = await self._placement.claim(channel_id)
+                finally:
+                    del self._claims[channel_id]
+                    claiming.set()
+                if isinstance(claim, ChannelReply):
+                    return claim
+                log_append = claim
+            actor = self._actor_for(channel_id, log_append)
             reply = OneShot()
             try:
                 await actor.mailbox.send(Envelope(command, session, reply))  # type: ignore[arg-type]
@@ -129,6 +175,13 @@ class Registry:
         async with trio.open_nursery() as nursery:
             for channel_id in self.channel_ids():
                 nursery.start_soon(self.submit, channel_id, EndChannel(now, reason), None)
+
+
+def _log_refusal(exc: BaseException) -> LogRefused | None:
+    """The `LogRefused` that ended an actor, alone (inside the nurseries' groups), if it was one."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, LogRefused) else None
 
 
 @attrs.frozen(eq=False)

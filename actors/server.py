@@ -102,6 +102,25 @@ class RunningServer:
         self._stop.set()
 
 
+def gateway_for(registry: Registry, settings: ServerSettings, site: Site, metrics: ServerMetrics) -> Gateway:
+    return Gateway(
+        registry, settings.session, max_per_address=settings.max_connections_per_address,
+        limit_loopback=settings.limit_loopback, max_joining=settings.max_joining,
+        admission_hold=settings.admission_hold, max_unjoined=settings.max_unjoined, site=site,
+        metrics=metrics,
+    )
+
+
+async def start_metrics(service: trio.Nursery, server: RunningServer, settings: ServerSettings) -> None:
+    """The /metrics endpoint in ``service``, if the settings ask for one."""
+    if settings.metrics_address is None:
+        return
+    from .metrics import registry_for, serve_metrics  # prometheus-client only if asked
+
+    host, port = settings.metrics_address
+    server.metrics_port = await service.start(serve_metrics, registry_for(server), host, port)
+
+
 async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
     site = Site.load(settings.web_folder or default_web_folder())
     event_log, report = EventLog.open(settings.data_dir, settings.fsync)
@@ -127,20 +146,11 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                     service, append, next_number=next_number, policy=settings.policy,
                     max_channels=settings.max_channels, guesses=PasswordGuesses(settings.password_guesses),
                 )
-                gateway = Gateway(
-                    registry, settings.session, max_per_address=settings.max_connections_per_address,
-                    limit_loopback=settings.limit_loopback, max_joining=settings.max_joining,
-                    admission_hold=settings.admission_hold, max_unjoined=settings.max_unjoined, site=site,
-                    metrics=metrics,
-                )
+                gateway = gateway_for(registry, settings, site, metrics)
                 await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))
                 service.start_soon(gateway.run_heartbeats, settings.session.heartbeat_sweep)
                 server = RunningServer(listener.getsockname()[1], registry, gateway, event_log, report)
-                if settings.metrics_address is not None:
-                    from .metrics import registry_for, serve_metrics  # prometheus-client only if asked
-
-                    host, port = settings.metrics_address
-                    server.metrics_port = await service.start(serve_metrics, registry_for(server), host, port)
+                await start_metrics(service, server, settings)
                 log.info("listening on ws://%s:%d/", settings.host, server.port)
                 log.info("web page: open %s in a browser", server.page_url(settings.host))
                 task_status.started(server)

@@ -229,9 +229,33 @@ def _serve(args: argparse.Namespace) -> int:
         **({"max_joining": args.max_joining} if args.max_joining else {}),
     )
 
+    cluster = None
+    if args.cluster is not None or args.node is not None:
+        from airwave.actors.cluster.jetlog import StreamSettings
+        from airwave.actors.cluster.lease import LeaseSettings
+        from airwave.actors.cluster.placement import ClusterSettings
+        from airwave.actors.cluster.servers import parse_servers
+
+        try:
+            if args.cluster is None or args.node is None:
+                raise ValueError("--cluster and --node go together: every node of a cluster has its own name")
+            cluster = ClusterSettings(
+                servers=tuple(parse_servers(args.cluster)), node=args.node,
+                lease=LeaseSettings(ttl=args.lease_ttl, renew_every=args.lease_ttl / 3, replicas=args.replicas),
+                stream=StreamSettings(replicas=args.replicas),
+            )
+        except ValueError as exc:
+            print(f"airwave: {exc}", file=sys.stderr)
+            return 2
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(serve, settings)
+            if cluster is not None:
+                from airwave.actors.cluster.server import serve_cluster
+
+                server = await nursery.start(serve_cluster, settings, cluster)
+            else:
+                server = await nursery.start(serve, settings)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     server.shutdown()
@@ -249,12 +273,36 @@ def _serve(args: argparse.Namespace) -> int:
         failure = (str(_leaf(group)), 2)
     except* LogFailed as group:
         failure = (f"{_leaf(group)} (disk full or failing?); the server stopped", 1)
+    except* ConnectionError as group:  # cluster mode: no NATS server answered
+        failure = (str(_leaf(group)), 1)
     except* OSError as group:
         failure = (f"cannot serve on {args.host}:{args.port}: {_leaf(group)}", 1)
     if failure is not None:
         print(f"airwave: {failure[0]}", file=sys.stderr)
         return failure[1]
     return 0
+
+
+def _replay_cluster_log(url: str, *, channel: str | None, until: int | None) -> list[object]:
+    """The cluster's event stream as replayed events (the same records as a file log's)."""
+    from airwave.actors.cluster import ClusterLogError, open_bridge, read_records
+    from airwave.actors.cluster.servers import parse_servers
+    from airwave.actors.log.replay import replay_records
+
+    servers = parse_servers(url)
+
+    async def read() -> list[dict[str, object]]:
+        with trio.fail_after(30):
+            async with open_bridge(servers, name="airwave-replay") as bridge:
+                return await read_records(bridge, channel=channel, until=until)
+
+    try:
+        records = trio.run(read)
+    except (ConnectionError, ClusterLogError) as exc:
+        raise ValueError(str(exc)) from None
+    except trio.TooSlowError:
+        raise ValueError("NATS did not answer within 30 s") from None
+    return list(replay_records(records, None))
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -268,13 +316,22 @@ def _replay(args: argparse.Namespace) -> int:
         replay_events,
     )
 
+    from airwave.actors.cluster.servers import is_nats_url
+
     path = Path(args.path)
-    if not path.exists():
+    if not is_nats_url(args.path) and not path.exists():
         print(f"airwave: no event log at {path}", file=sys.stderr)
         return 2
     try:
-        items = list(replay_events(path, channel=args.channel, until=args.until))
-        channels = fold_replayed(items, path)
+        if is_nats_url(args.path):
+            items = _replay_cluster_log(args.path, channel=args.channel, until=args.until)
+            channels = fold_replayed(items, None)
+        else:
+            items = list(replay_events(path, channel=args.channel, until=args.until))
+            channels = fold_replayed(items, path)
+    except ValueError as exc:  # a bad NATS address, or NATS unreachable: the reason says which
+        print(f"airwave: cannot replay {args.path}: {exc}", file=sys.stderr)
+        return 2
     except LogCorruption as exc:
         print(f"airwave: the event log is corrupt: {exc}", file=sys.stderr)
         return 2
@@ -457,6 +514,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-joining", type=_positive_int, metavar="N",
         help="connections between accept and their first answered request at once (default 64; docs/operations.md)",
     )
+    cluster = serve.add_argument_group("cluster mode (docs/operations.md): several nodes share channels over NATS")
+    cluster.add_argument(
+        "--cluster", metavar="nats://HOST:PORT[,...]",
+        help="the NATS servers (with JetStream) of the cluster; the event log is then the JetStream stream, not --data",
+    )
+    cluster.add_argument("--node", metavar="NAME", help="this node's name in the cluster: unique, and the same across its restarts")
+    cluster.add_argument(
+        "--lease-ttl", type=float, default=3.0, metavar="S",
+        help="seconds after a node's last renewal that its channels pass to another node (default %(default)s)",
+    )
+    cluster.add_argument(
+        "--replicas", type=int, choices=range(1, 6), default=1, metavar="R",
+        help="JetStream replicas of the event stream and the lease buckets when this node creates them: "
+        "3 on a 3-server NATS cluster (default %(default)s; existing ones are kept as they are)",
+    )
     add_secret_options(serve)
     serve.set_defaults(run=_serve)
 
@@ -470,7 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(run=_token)
 
     replay = command("replay", "print an event log's timeline and final state")
-    replay.add_argument("path", help="the data directory, or one segment file")
+    replay.add_argument(
+        "path", metavar="PATH|nats://HOST:PORT",
+        help="the data directory, one segment file, or a cluster's NATS (the JetStream event stream)",
+    )
     replay.add_argument("--channel", help="only this channel id")
     replay.add_argument("--until", type=int, metavar="SEQ", help="stop after this seq (included)")
     replay.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Sets up a virtual environment with the test extras and runs the whole test suite; extra
-# arguments go to pytest.
+# Sets up a virtual environment with the test extras (and nats-server, for the cluster tests)
+# and runs the whole test suite; extra arguments go to pytest.
 #
 # The venv is created (and its pip upgraded) once. The install is editable, so a change to
 # the code needs no reinstall; a change to pyproject.toml (dependencies, entry points) does:
 # .venv/airwave-installed holds the hash of the pyproject.toml last installed, and the extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The browser tests drive Debian's chromium (never a downloaded one) with a fake microphone
-# playing espeak-ng speech (tests/test_browser*.py); install them once, as root does on CI.
-if ! command -v chromium >/dev/null || ! command -v espeak-ng >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium espeak-ng >/dev/null
+# Debian packages the tests need, installed once (CI's machine is fresh): chromium and
+# espeak-ng for the browser tests (Debian's chromium, never a downloaded one: a fake
+# microphone plays espeak-ng speech), nats-server (with JetStream) for the cluster tests.
+missing=""
+for tool in chromium espeak-ng nats-server; do
+    command -v "$tool" >/dev/null || missing="$missing $tool"
+done
+if [ -n "$missing" ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

@@ -6,6 +6,9 @@ import counts too), and what importing the server actually loads.
     actors/log/     format, recovery and replay are synchronous: no trio (writer may)
     actors/         never imports airwave's client modules (airwave/*.py)
     media/          never imports the server
+    actors/cluster/ only bridge.py touches asyncio; nothing outside the package imports
+                    nats; subjects.py and servers.py are pure; importing the server does
+                    not load nats (cluster mode loads it on demand)
     airwave/*.py    the SDK keeps no copy of the server's role policy (the server says what
                     follows from it: participant_updated.in_view, replies)
 """
@@ -23,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Folder on disk -> the package it installs as (pyproject.toml's package-dir).
 PACKAGES = {"protocol": "airwave.protocol", "actors": "airwave.actors", "media": "airwave.media", "airwave": "airwave"}
 CLIENT_MODULES = {f"airwave.{p.stem}" for p in (ROOT / "airwave").glob("*.py") if p.stem != "__init__"}
-IO_MODULES = {"trio", "trio_websocket", "socket", "av", "sounddevice", "subprocess", "asyncio"}
+IO_MODULES = {"trio", "trio_websocket", "socket", "av", "sounddevice", "subprocess", "asyncio", "nats"}
 
 
 def module_name(path: Path) -> str:
@@ -100,6 +103,28 @@ def test_layers_media_never_imports_the_server() -> None:
     assert violations("media", forbidden=("airwave.actors", *CLIENT_MODULES)) == []
 
 
+def test_layers_asyncio_stays_behind_the_cluster_bridge() -> None:
+    """nats-py is asyncio-only; one small module is the bridge, and only the cluster package
+    speaks nats at all."""
+    users = {
+        path.relative_to(ROOT).as_posix()
+        for folder in PACKAGES
+        for path in modules_under(folder)
+        if any(m.split(".")[0] == "asyncio" for m in imports_of(path))
+    }
+    assert users == {"actors/cluster/bridge.py"}
+    outside = violations("actors", forbidden=("nats",))
+    assert outside and all(v.startswith("actors/cluster/") for v in outside)
+    for folder in ("protocol", "media", "airwave"):
+        assert violations(folder, forbidden=("nats",)) == []
+
+
+@pytest.mark.parametrize("module", ["subjects", "servers"])
+def test_layers_cluster_names_are_pure(module: str) -> None:
+    path = ROOT / "actors" / "cluster" / f"{module}.py"
+    assert not {m for m in imports_of(path) if m.split(".")[0] in IO_MODULES}
+
+
 def test_layers_sdk_holds_no_copy_of_the_role_policy() -> None:
     policy = ("airwave.protocol.DEFAULT_POLICY", "airwave.protocol.RolePolicy", "airwave.protocol.roles")
     client = [path.relative_to(ROOT).as_posix() for path in (ROOT / "airwave").glob("*.py")]
@@ -115,6 +140,6 @@ def test_layers_checker_finds_real_imports() -> None:
 
 
 def test_importing_the_server_loads_neither_pyav_nor_the_client() -> None:
-    script = "import sys, airwave.actors; print(sorted(m for m in sys.modules if m in {'av', 'numpy', 'sounddevice'} or m in %r))"
+    script = "import sys, airwave.actors; print(sorted(m for m in sys.modules if m in {'av', 'numpy', 'sounddevice', 'nats'} or m in %r))"
     out = subprocess.run([sys.executable, "-c", script % sorted(CLIENT_MODULES)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

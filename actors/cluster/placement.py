@@ -1,0 +1,175 @@
+"""Cluster mode's answer to "where does this channel live?", behind `registry.Placement`.
+
+To decide for a channel a node must hold its lease (`lease.Leases`). Claiming a channel:
+
+1. take the lease (compare-and-set in KV); held by another node: refuse with a reason;
+2. read the channel's records from the stream and fence the log on the last of them
+   (`jetlog.ChannelLog.take`);
+3. if the stream says an instance is still live there (its owner died, or stepped down,
+   with members), end it as a crash restart does: its members leave with server_restart
+   and the channel stops (decision 7); the SDK rejoins by itself. Those records are also
+   what fences a paused old owner, should it wake and try to append;
+4. hand the registry an append function that refuses (`LogRefused`) once the lease is
+   lost or the log is fenced, so the actor steps down without acting on anything unlogged.
+
+This first layer serves a channel only on the node that holds its lease: a join that
+reaches another node is refused with server_error naming the owner. Forwarding commands to
+the owner and relaying media between nodes are the next layers (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from airwave.protocol import Reason
+from airwave.protocol.text import shown
+
+from ..channel import ChannelReply, Envelope, LogRefused
+from ..clock import now
+from ..core import Accepted, EndChannel, decide, event_to_record
+from ..log.replay import fold_replayed, replay_records
+from ..registry import Registry
+from .bridge import NatsBridge
+from .jetlog import ChannelLog, ClusterLogError, Fenced, StreamSettings, ensure_stream
+from .lease import HeldElsewhere, Lease, Leases, LeaseSettings, NumberPool, ensure_buckets
+
+log = logging.getLogger("airwave.cluster.placement")
+
+LogAppend = Callable[[list[dict[str, object]]], Awaitable[object]]
+
+
+@attrs.frozen
+class ClusterSettings:
+    servers: tuple[str, ...]  # NATS URLs (any server of the NATS cluster)
+    node: str  # this server's name in the cluster: unique, stable across its restarts
+    lease: LeaseSettings = LeaseSettings()
+    stream: StreamSettings = StreamSettings()
+
+    def __attrs_post_init__(self) -> None:
+        if not self.servers:
+            raise ValueError("give at least one NATS URL")
+        if not self.node or len(self.node) > 64 or not self.node.isprintable():
+            raise ValueError("a node name has 1-64 printable characters")
+
+
+def closing_records(records: Sequence[Mapping[str, Any]], time: float) -> list[dict[str, Any]]:
+    """The records that end an instance a previous owner left live in the stream."""
+    channels = fold_replayed(list(replay_records(records, None)))
+    closing: list[dict[str, Any]] = []
+    for channel in channels.values():
+        decision = decide(channel, EndChannel(time, Reason.SERVER_RESTART))
+        if isinstance(decision, Accepted):
+            closing.extend(event_to_record(event) for event in decision.events)
+    return closing
+
+
+class ClusterPlacement:
+    """`registry.Placement` over NATS: leases, the fenced JetStream log, channel numbers."""
+
+    def __init__(self, bridge: NatsBridge, settings: ClusterSettings, nursery: trio.Nursery) -> None:
+        self._bridge = bridge
+        self.settings = settings
+        self._nursery = nursery
+        self.leases = Leases(bridge, settings.node, settings.lease, self._lease_lost)
+        self.numbers = NumberPool(bridge)
+        self._logs: dict[str, ChannelLog] = {}
+        self._registry: Registry | None = None
+        self.refused = 0
+        self.takeovers = 0
+
+    async def start(self, registry: Registry) -> None:
+        """Makes the stream and buckets if missing, reserves channel numbers, starts renewing."""
+        self._registry = registry
+        await ensure_stream(self._bridge, self.settings.stream)
+        await ensure_buckets(self._bridge, self.settings.lease)
+        await self.numbers.refill()
+        await self._nursery.start(self.leases.run)
+
+    # --- registry.Placement ---
+
+    async def claim(self, channel_id: str) -> LogAppend | ChannelReply:
+        try:
+            lease = await self.leases.acquire(channel_id)
+        except Exception as exc:  # NATS away or failing: an answer, not a crash of the requester
+            log.warning("cannot claim %s: %s", shown(channel_id), exc)
+            return ChannelReply(Reason.SERVER_ERROR, "the cluster's NATS does not answer; try again")
+        if isinstance(lease, HeldElsewhere):
+            self.refused += 1
+            return ChannelReply(
+                Reason.SERVER_ERROR, f"channel {channel_id!r} is served by node {lease.holder!r}; connect there"
+            )
+        try:
+            channel_log, records = await ChannelLog.take(self._bridge, channel_id)
+            closing = closing_records(records, now())
+            if closing:
+                self.takeovers += 1
+                await channel_log.append(closing)
+                log.info("took over %s from a previous owner: ended its live instance (%d records)", shown(channel_id), len(closing))
+        except Exception as exc:
+            log.warning("cannot take the log of %s: %s", shown(channel_id), exc)
+            await self.leases.release(channel_id)
+            return ChannelReply(Reason.SERVER_ERROR, "the cluster's event log could not be read; try again")
+        self._logs[channel_id] = channel_log
+
+        async def append(records: list[dict[str, object]]) -> object:
+            if not self.leases.holds(channel_id) or self._logs.get(channel_id) is not channel_log:
+                raise LogRefused(Reason.SERVER_RESTART, "this node no longer holds the channel's lease")
+            try:
+                return await channel_log.append(records)
+            except Fenced as exc:
+                raise LogRefused(Reason.SERVER_RESTART, str(exc)) from None
+            except ClusterLogError as exc:
+                raise LogRefused(Reason.SERVER_ERROR, f"the cluster's event log failed: {exc}") from None
+
+        return append
+
+    def allocate_number(self) -> int:
+        return self.numbers.peek()
+
+    def claim_number(self, number: int) -> None:
+        self.numbers.consume(number)
+        if self.numbers.needs_refill():
+            self._nursery.start_soon(self._refill)
+
+    def released(self, channel_id: str) -> None:
+        self._logs.pop(channel_id, None)
+        lease = self.leases.forget(channel_id)  # now: a claim that comes next takes it anew
+        if lease is not None:
+            self._nursery.start_soon(self._give_up, lease)
+
+    # --- background ---
+
+    async def _refill(self) -> None:
+        try:
+            await self.numbers.refill()
+        except Exception as exc:
+            log.warning("cannot reserve channel numbers: %s", exc)
+
+    async def _give_up(self, lease: Lease) -> None:
+        try:
+            await self.leases.give_up(lease)
+        except Exception as exc:  # it expires after its TTL anyway
+            log.warning("cannot release the lease on %s: %s", shown(lease.channel_id), exc)
+
+    def _lease_lost(self, channel_id: str) -> None:
+        """Another node decides for the channel now: end ours without logging anything (the
+        append is refused, so the actor steps down and tells its members server_restart)."""
+        self._logs.pop(channel_id, None)
+        registry = self._registry
+        actor = registry.find(channel_id) if registry is not None else None
+        if actor is not None:
+            self._nursery.start_soon(self._step_down, channel_id)
+
+    async def _step_down(self, channel_id: str) -> None:
+        assert self._registry is not None
+        actor = self._registry.find(channel_id)
+        if actor is not None:
+            try:
+                await actor.mailbox.send(Envelope(EndChannel(now(), Reason.SERVER_RESTART), None, None))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
