@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,7 +55,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "fanout_loadgen.py"
 BASELINES = HERE / "fanout_baselines.py"
-SYSTEMS = ("airwave", "naive", "floor")
+# "metrics" is Airwave with --metrics, scraped every second while it runs (issue 17: the hot
+# path must not pay for metrics); it is measured only when --systems names it.
+SYSTEMS = ("airwave", "metrics", "naive", "floor")
+DEFAULT_SYSTEMS = ("airwave", "naive", "floor")
 
 TARGET_P99_MS = 20.0
 TARGET_FLOOR_RATIO = 1.25
@@ -109,6 +113,37 @@ def stop(proc: subprocess.Popen | None, grace: float = 3.0) -> None:
 def stop_all() -> None:
     for proc in list(_children):
         stop(proc, grace=1.0)
+
+
+class Scraper:
+    """Fetches the server's /metrics once a second on its own thread, as Prometheus would
+    (every 15 s by default): what a scrape costs the server shows in its CPU per delivery."""
+
+    def __init__(self, port: int, interval: float = 1.0) -> None:
+        self.port, self.interval = port, interval
+        self.scrapes = self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+                    conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    response = b""
+                    while data := conn.recv(65536):
+                        response += data
+                ok = response.startswith(b"HTTP/1.1 200")
+            except OSError:
+                ok = False
+            self.scrapes += ok
+            self.failures += not ok
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return {"scrapes": self.scrapes, "failures": self.failures}
 
 
 def free_port() -> int:
@@ -271,9 +306,11 @@ def mem_growth(log_path: Path, listeners: int) -> dict[str, Any] | None:
 
 
 def server_argv(system: str, port: int, data: Path, log_level: str, gc_trace: bool = False,
-                mem_trace: bool = False) -> list[str]:
-    if system == "airwave":
+                mem_trace: bool = False, metrics_port: int | None = None) -> list[str]:
+    if system in ("airwave", "metrics"):
         rest = ["--log-level", log_level, "serve", "--port", str(port), "--data", str(data)]
+        if metrics_port is not None:
+            rest += ["--metrics", f"127.0.0.1:{metrics_port}"]
         if mem_trace:
             return [sys.executable, "-c", MEM_TRACE, *rest]
         if gc_trace:
@@ -322,12 +359,16 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
     port = free_port()
     server_log = tmp / "server.log"
     server = loadgen = profiler = None
+    scraper: Scraper | None = None
     try:
         with open(server_log, "wb") as log_file:
+            metrics_port = free_port() if system == "metrics" else None
             server = spawn(server_argv(system, port, tmp / "data", args.server_log_level, args.gc_trace,
-                                       args.mem_trace), args.server_cpu,
+                                       args.mem_trace, metrics_port), args.server_cpu,
                            stdout=subprocess.DEVNULL, stderr=log_file)
         wait_listening(server, server_log)
+        if metrics_port is not None:
+            scraper = Scraper(metrics_port)
         cfg = dict(scenario, port=port, server_pid=server.pid, server_cpu=args.server_cpu, loadgen_cpu=args.loadgen_cpu)
         if args.mem_trace and system == "airwave":
             cfg["snapshot_pause"] = 8.0  # the load generator idles while the server snapshots its heap
@@ -389,8 +430,12 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
         if profiler is not None:
             profiler.wait(timeout=args.profile + 30)
         server_alive = server.poll() is None
+        scrapes = scraper.stop() if scraper is not None else None
+        scraper = None
         stop(server)
         figures = figures_of(system, scenario, result, snapshots)
+        if scrapes is not None:
+            figures["metrics_scrapes"] = scrapes
         figures["server_alive_at_end"] = server_alive
         figures["server_log"] = scan_server_log(server_log)
         if args.mem_trace and system == "airwave":
@@ -401,6 +446,8 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
             figures["profile"] = summarize_profile(tmp / "profile.txt", args)
         return figures
     finally:
+        if scraper is not None:
+            scraper.stop()
         stop(profiler)
         stop(loadgen)
         stop(server)
@@ -641,9 +688,12 @@ def run_systems(systems: list[str], scenario: dict[str, Any], args: argparse.Nam
             other = out.get(base, {}).get("median", {}).get(key)
             if air and other:
                 ratios[f"airwave_over_{base}{suffix}"] = round(air / other, 3)
+    with_metrics = out.get("metrics", {}).get("median", {}).get("server_us_per_delivery")
+    air = out.get("airwave", {}).get("median", {}).get("server_us_per_delivery")
+    if with_metrics and air:
+        ratios["metrics_over_airwave"] = round(with_metrics / air, 3)
     if ratios:
         out["ratios"] = ratios
-    air = out.get("airwave", {}).get("median", {}).get("server_us_per_delivery")
     floor = out.get("floor", {}).get("median", {}).get("server_us_per_delivery")
     if air and floor:
         # Which part moved when a machine differs: the kernel's cost (the floor's send) or
@@ -893,7 +943,9 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
         ratios = report["results"].get("ratios", {})
         if ratios:
             print("\nairwave CPU per delivery (server utime+stime / deliveries): "
-                  + ", ".join(f"{v}x {k.split('_over_')[1]}" for k, v in ratios.items() if "softirq" not in k))
+                  + ", ".join(f"{v}x {k.split('_over_')[1]}" for k, v in ratios.items() if k.startswith("airwave_over_")))
+        if "metrics_over_airwave" in ratios:
+            print(f"with --metrics, scraped every second: {ratios['metrics_over_airwave']}x airwave's CPU per delivery")
         split = report["results"].get("floor_split")
         if split:
             print(f"the floor's send costs {split['floor_us_per_send']} us here (kernel + one Python call); "
@@ -999,7 +1051,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=2.0, help="server CPU measured this long with listeners idle")
     p.add_argument("--grace", type=float, default=1.0, help="late frames of window packets still count this long")
     p.add_argument("--runs", type=int, default=1, help="repeat each system K times and report medians")
-    p.add_argument("--systems", default=None, help="comma list of airwave,naive,floor (default all three; sweep: airwave)")
+    p.add_argument("--systems", default=None, help="comma list of airwave,metrics,naive,floor (default airwave,naive,floor; sweep: airwave; metrics: airwave with --metrics scraped every second)")
     p.add_argument("--sweep", action="store_true", help="find the largest N with zero loss and p99 <= 20 ms")
     p.add_argument("--sweep-start", type=int, default=250)
     p.add_argument("--sweep-max", type=int, default=4000)
@@ -1036,7 +1088,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
     args.systems_given = args.systems is not None
-    args.systems = (args.systems or ",".join(SYSTEMS)).split(",")
+    args.systems = (args.systems or ",".join(DEFAULT_SYSTEMS)).split(",")
     for s in args.systems:
         if s not in SYSTEMS:
             p.error(f"unknown system {s!r}")
