@@ -25,6 +25,7 @@ from .log import EventLog, FsyncMode, LogFailed, RecoveryReport, closing_records
 from .net import Site, TransportSettings, close_listener, default_web_folder, open_listener, serve_connections
 from .participant import SessionSettings
 from .registry import Registry
+from .webhooks import WebhookDelivery, WebhookSettings
 
 log = logging.getLogger("airwave.server")
 
@@ -54,6 +55,8 @@ class ServerSettings:
     password_guesses: GuessPolicy = GuessPolicy()
     # Where Prometheus scrapes /metrics (host, port); None: no metrics endpoint.
     metrics_address: tuple[str, int] | None = None
+    # POST every log event to a URL, in order, at least once (actors/webhooks.py).
+    webhook: WebhookSettings | None = None
     # The browser client served on plain HTTP on the same port; None: the page airwave ships.
     web_folder: Path | None = None
 
@@ -68,6 +71,7 @@ class RunningServer:
         self.event_log = event_log
         self.recovery = report
         self.metrics_port: int | None = None  # where /metrics is served, if it is
+        self.webhook: WebhookDelivery | None = None
         self._stop = trio.Event()
         self.stopped = trio.Event()
 
@@ -136,10 +140,13 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
         try:
             async with trio.open_nursery() as service:
                 metrics = ServerMetrics()
+                webhook = WebhookDelivery(settings.webhook, settings.data_dir, lambda: event_log.last_seq) if settings.webhook else None
 
                 async def append(records: Sequence[Mapping[str, Any]]) -> list[int]:
                     seqs = await event_log.append(records)
                     metrics.count_records(records)
+                    if webhook is not None:
+                        webhook.offer(seqs, records)
                     return seqs
 
                 registry = Registry(
@@ -151,6 +158,10 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                 service.start_soon(gateway.run_heartbeats, settings.session.heartbeat_sweep)
                 server = RunningServer(listener.getsockname()[1], registry, gateway, event_log, report)
                 await start_metrics(service, server, settings)
+                if webhook is not None:
+                    server.webhook = webhook
+                    service.start_soon(webhook.run)
+                    log.info("webhook: POSTing every event to %s from seq %d", settings.webhook.url, webhook.acknowledged + 1)  # type: ignore[union-attr]
                 log.info("listening on ws://%s:%d/", settings.host, server.port)
                 log.info("web page: open %s in a browser", server.page_url(settings.host))
                 task_status.started(server)

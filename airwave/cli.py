@@ -221,8 +221,21 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"airwave: --metrics {args.metrics!r} is not HOST:PORT, e.g. 127.0.0.1:9464", file=sys.stderr)
             return 2
         metrics_address = (host.strip("[]"), int(port))
+    webhook = None
+    if args.webhook:
+        from airwave.actors.webhooks import WebhookSettings
+
+        try:
+            hook_secret = Path(args.webhook_secret_file).read_bytes().strip() if args.webhook_secret_file else None
+            webhook = WebhookSettings(args.webhook, secret=hook_secret)
+        except (OSError, ValueError) as exc:
+            print(f"airwave: --webhook: {exc}", file=sys.stderr)
+            return 2
+    elif args.webhook_secret_file:
+        print("airwave: --webhook-secret-file needs --webhook URL", file=sys.stderr)
+        return 2
     settings = ServerSettings(
-        metrics_address=metrics_address,
+        metrics_address=metrics_address, webhook=webhook,
         host=args.host, port=args.port, data_dir=Path(args.data), fsync=FsyncMode(args.fsync),
         session=SessionSettings(secret=secret), stats_interval=args.stats_interval,
         transport=TransportSettings(allowed_origins=args.allow_origin),
@@ -239,6 +252,8 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             if args.cluster is None or args.node is None:
                 raise ValueError("--cluster and --node go together: every node of a cluster has its own name")
+            if args.webhook:
+                raise ValueError("--webhook follows the file log; a cluster's log is in JetStream (not yet supported there)")
             cluster = ClusterSettings(
                 servers=tuple(parse_servers(args.cluster)), node=args.node,
                 lease=LeaseSettings(ttl=args.lease_ttl, renew_every=args.lease_ttl / 3, replicas=args.replicas),
@@ -506,6 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--insecure", action="store_true", help="allow open mode on a non-loopback address")
     serve.add_argument("--stats-interval", type=float, metavar="S", help="log a statistics line every S seconds")
+    serve.add_argument(
+        "--webhook", metavar="URL",
+        help="POST every event of the log to URL as JSON, in order, at least once, retrying until answered with 2xx; "
+        "the cursor is kept in DATA/webhook.cursor (docs/operations.md)",
+    )
+    serve.add_argument(
+        "--webhook-secret-file", metavar="FILE",
+        help="sign each webhook POST with HMAC-SHA256 of this file's key: X-Airwave-Signature: sha256=HEX",
+    )
     serve.add_argument(
         "--metrics", metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 (default: off; docs/operations.md)",
