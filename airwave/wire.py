@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
+import wsproto.utilities
 
 from airwave.protocol import (
     Hello,
@@ -196,6 +197,10 @@ async def _connect(
     return ws
 
 
+def _pong_while_closing(error: BaseException) -> bool:
+    return isinstance(error, wsproto.utilities.LocalProtocolError) and str(error).startswith("Event Pong(") and "LOCAL_CLOSING" in str(error)
+
+
 @asynccontextmanager
 async def _websocket(url: str, *, connect_timeout: float, max_message_size: int) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     """trio-websocket's ``open_websocket_url``, but a handshake the server cuts short ends at
@@ -214,7 +219,12 @@ async def _websocket(url: str, *, connect_timeout: float, max_message_size: int)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         if connected:
-            raise
+            # trio-websocket answers a ping that arrives after our close frame with a pong
+            # wsproto refuses (trio-websocket#184, open): the close is under way, nothing lost.
+            _, rest = group.split(_pong_while_closing)
+            if rest is None:
+                return
+            raise rest
         errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
         rejected = [e for e in errors if isinstance(e, trio_websocket.ConnectionRejected)]
         if not errors:

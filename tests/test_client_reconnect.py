@@ -126,3 +126,36 @@ async def test_a_server_that_never_answers_the_handshake_times_out_as_trio_webso
             async with open_wire(f"ws://127.0.0.1:{port}/", connect_timeout=0.3):
                 pass
         nursery.cancel_scope.cancel()
+
+
+async def test_a_ping_that_crosses_the_clients_close_frame_ends_the_connection_cleanly() -> None:
+    """trio-websocket answers such a ping with a pong wsproto refuses (its issue 184); the
+    client's exit must not turn that into an error."""
+    import wsproto
+    from wsproto.events import AcceptConnection, CloseConnection, Request
+
+    async def server(stream: trio.SocketStream) -> None:
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        async with stream:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, Request):
+                        await stream.send_all(ws.send(AcceptConnection()))
+                    elif isinstance(event, CloseConnection):
+                        await stream.send_all(b"\x89\x00")  # a ping, sent as if before the close arrived
+                        await trio.sleep(0.05)
+                        await stream.send_all(ws.send(event.response()))
+                        return
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, server, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        with trio.fail_after(5):
+            async with open_wire(f"ws://127.0.0.1:{port}/", hello=False) as wire:
+                pass
+        assert wire.ws.closed is not None
+        nursery.cancel_scope.cancel()
