@@ -98,7 +98,7 @@ class RunningServer:
             "channels": len(self.registry.channel_ids()),
             "members": sum(len(a.channel.members) for a in map(self.registry.find, self.registry.channel_ids()) if a and a.channel),
             "rss_kb": rss_kb(),
-            "log_seq": self.event_log.last_seq,
+            **({"log_seq": self.event_log.last_seq} if self.event_log is not None else {}),  # a cluster's is JetStream's
         }
 
     def shutdown(self) -> None:

@@ -19,7 +19,7 @@ from ..counters import ServerMetrics
 from ..gateway import Gateway
 from ..net import Site, close_listener, default_web_folder, open_listener, serve_connections
 from ..registry import Registry
-from ..server import RunningServer, ServerSettings, _log_statistics, count_tasks, gateway_for, rss_kb, start_metrics
+from ..server import RunningServer, ServerSettings, _log_statistics, gateway_for, start_metrics
 from .bridge import NatsBridge, open_bridge
 from .placement import ClusterPlacement, ClusterSettings
 
@@ -40,13 +40,7 @@ class ClusterServer(RunningServer):
 
     def statistics(self) -> dict[str, int]:
         return {
-            "tasks": count_tasks(),
-            "connections": self.gateway.connections,
-            "joining": self.gateway.admission.joining,
-            "refused_connections": self.gateway.refused_connections,
-            "channels": len(self.registry.channel_ids()),
-            "members": sum(len(a.channel.members) for a in map(self.registry.find, self.registry.channel_ids()) if a and a.channel),
-            "rss_kb": rss_kb(),
+            **super().statistics(),
             "leases": len(self.placement.leases.held()),
             "leases_lost": self.placement.leases.lost,
             "refused_elsewhere": self.placement.refused,
