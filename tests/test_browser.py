@@ -26,7 +26,7 @@ from airwave.protocol import Join
 from airwave.wire import open_wire
 from audio_checks import dominant_frequency, longest_gap_frames
 from browser import (
-    RECORD_JS, TrioLoop, align, chromium_args, chromium_path, decode_recording, read_wav, spectral_similarity, speech_wav,
+    RECORD_JS, TrioLoop, chromium_args, chromium_path, decode_recording, heard_similarity, read_wav, spectral_similarity, speech_wav,
 )
 
 SPEECH = "Airwave carries voices from a web page to every listener in the channel."
@@ -114,7 +114,7 @@ def new_page(browser: Browser, server: RunningServer) -> Iterator:
     assert errors == [], errors  # no uncaught exception in any page
 
 
-def join(page: Page, name: str, *, host: bool, channel: str | None = None, password: str = "", uri_mode: bool = False) -> None:
+def join(page: Page, name: str, *, host: bool, channel: str | None = None, password: str = "", uri_mode: bool = False, echo_cancel: bool = True) -> None:
     """Fills the join form and clicks Join, as a person does."""
     if channel is not None:
         page.get_by_label("Channel id").fill(channel)
@@ -125,6 +125,8 @@ def join(page: Page, name: str, *, host: bool, channel: str | None = None, passw
         page.get_by_label("Password").fill(password)
     if uri_mode:
         page.get_by_label("Only join a channel that already exists").check()
+    if not echo_cancel:
+        page.get_by_label("Cancel echo").uncheck()
     page.get_by_role("button", name="Join").click()
 
 
@@ -175,10 +177,10 @@ def test_browser_page_host_speech_reaches_a_python_listener(new_page, loop: Trio
     joined(page, "speech")
     finish(listener, timeout=25)
     heard = read_wav(recording)
-    similarity = max(spectral_similarity(reference, heard_once) for heard_once in align(reference, heard, candidates=2))
+    similarity = heard_similarity(reference, heard)
     assert similarity >= 0.8, similarity
-    # The measure tells sounds apart: the same speech heard at the wrong moment is not similar.
-    assert spectral_similarity(reference, np.roll(reference, len(reference) // 3)) < 0.5
+    # The measure tells sounds apart: the same words reversed are not similar.
+    assert heard_similarity(reference, reference[::-1].copy()) < 0.5
 
 
 def test_browser_python_tone_plays_in_the_page_without_gaps(new_page, loop: TrioLoop, server: RunningServer) -> None:
@@ -208,12 +210,15 @@ def test_browser_audience_raises_a_hand_the_host_puts_it_on_the_mic_and_its_voic
     joined(host, "cohost")
     host.get_by_role("button", name="Mute microphone").click()  # her fake mic says the same words
     expect(host.get_by_role("button", name="Unmute microphone")).to_have_attribute("aria-pressed", "true")
-    # And she does not play Bob back: both pages live in one browser, whose echo canceller
-    # would take her playback of his words as the echo of his own microphone.
+    # And she does not play Bob back: both pages live in one browser, and its echo canceller
+    # takes one page's playback as the echo of the other's microphone.
     host.get_by_role("button", name="Mute sound").click()
     expect(host.get_by_role("button", name="Unmute sound")).to_have_attribute("aria-pressed", "true")
     bob = new_page("/c/cohost")
-    join(bob, "Bob", host=False)
+    # Even so, in one browser the echo canceller still degrades Bob's start (measured: a
+    # similarity of 0.3-0.8 in one run in five); a real Bob has no second page in his
+    # browser. He joins as with headphones.
+    join(bob, "Bob", host=False, echo_cancel=False)
     joined(bob, "cohost")
     expect(bob.get_by_role("button", name="Mute microphone")).to_be_hidden()
 
@@ -236,9 +241,9 @@ def test_browser_audience_raises_a_hand_the_host_puts_it_on_the_mic_and_its_voic
     expect(bob.get_by_role("button", name="Mute microphone")).to_be_visible()
     expect(host.locator("#hands")).to_be_hidden()
     expect(host.locator('#participants li[data-user="bob"].speaking')).to_be_visible()  # his level, through the server
-    finish(listener, timeout=25)
+    said = finish(listener, timeout=25)
     heard = read_wav(recording)
-    assert max(spectral_similarity(reference, once) for once in align(reference, heard, candidates=2)) >= 0.8
+    assert heard_similarity(reference, heard) >= 0.8, said
     host.get_by_role("button", name="Take Bob off the mic").click()
     expect(bob.get_by_role("button", name="Raise hand")).to_be_visible()
     expect(bob.get_by_role("button", name="Mute microphone")).to_be_hidden()

@@ -26,6 +26,7 @@ export class AudioEngine {
     this.onFrame = null; // (Uint8Array media frame) => void, set by whoever sends
     this.onPlayed = null; // (marks, contextTime) => void: the delay figure
     this.micMuted = false;
+    this.echoCancellation = true; // the browser's echo canceller on the microphone
     this.decodeErrors = 0;
   }
 
@@ -81,7 +82,7 @@ export class AudioEngine {
 
   async _openCapture() {
     const stream = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+      audio: { channelCount: 1, echoCancellation: this.echoCancellation, noiseSuppression: false, autoGainControl: false },
     });
     const source = this.context.createMediaStreamSource(stream);
     const node = new AudioWorkletNode(this.context, "airwave-capture", { numberOfOutputs: 0 });
