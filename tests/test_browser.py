@@ -5,9 +5,10 @@ so the module costs one Chromium start."""
 
 from __future__ import annotations
 
-import io
+import gc
 import re
 import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -16,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from airwave import commands
 from airwave.actors.log.replay import replay_events
 from airwave.actors.participant import SessionSettings
 from airwave.actors.server import RunningServer, ServerSettings, serve
@@ -26,7 +26,7 @@ from airwave.protocol import Join
 from airwave.wire import open_wire
 from audio_checks import dominant_frequency, longest_gap_frames
 from browser import (
-    RECORD_JS, TrioLoop, align, chromium_args, chromium_path, decode_recording, read_wav, spectral_similarity, speech_wav,
+    RECORD_JS, TrioLoop, chromium_args, chromium_path, decode_recording, heard_similarity, read_wav, spectral_similarity, speech_wav,
 )
 
 SPEECH = "Airwave carries voices from a web page to every listener in the channel."
@@ -46,7 +46,19 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(loop: TrioLoop, data_dir: Path) -> Iterator[RunningServer]:
+def heap_frozen() -> Iterator[None]:
+    """The server shares this process with pytest: what the process holds before the module
+    (every module, every earlier test) is kept out of the collector's sight, so a full
+    collection cannot stall the server for longer than the page's jitter buffer (as in
+    test_faults.py's heap_frozen)."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+@pytest.fixture(scope="module")
+def server(loop: TrioLoop, data_dir: Path, heap_frozen: None) -> Iterator[RunningServer]:
     settings = ServerSettings(port=0, data_dir=data_dir, session=SessionSettings(resume_grace=15.0))
     running: RunningServer = loop.run(loop.start_in_nursery, serve, settings)
     yield running
@@ -60,11 +72,25 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def browser(speech: tuple[Path, np.ndarray]) -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=chromium_args(speech[0]))
-        yield chromium
-        chromium.close()
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as running:  # one per thread: both browsers come from it
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright, speech: tuple[Path, np.ndarray]) -> Iterator[Browser]:
+    chromium = playwright.chromium.launch(executable_path=chromium_path(), args=chromium_args(speech[0]))
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture(scope="module")
+def quiet_browser(playwright: Playwright, speech: tuple[Path, np.ndarray]) -> Iterator[Browser]:
+    """A second Chromium, without the autoplay flag: sound needs a click, as for a person."""
+    args = [arg for arg in chromium_args(speech[0]) if not arg.startswith("--autoplay-policy")]
+    chromium = playwright.chromium.launch(executable_path=chromium_path(), args=args)
+    yield chromium
+    chromium.close()
 
 
 @pytest.fixture
@@ -88,7 +114,7 @@ def new_page(browser: Browser, server: RunningServer) -> Iterator:
     assert errors == [], errors  # no uncaught exception in any page
 
 
-def join(page: Page, name: str, *, host: bool, channel: str | None = None, password: str = "", uri_mode: bool = False) -> None:
+def join(page: Page, name: str, *, host: bool, channel: str | None = None, password: str = "", uri_mode: bool = False, echo_cancel: bool = True) -> None:
     """Fills the join form and clicks Join, as a person does."""
     if channel is not None:
         page.get_by_label("Channel id").fill(channel)
@@ -99,6 +125,8 @@ def join(page: Page, name: str, *, host: bool, channel: str | None = None, passw
         page.get_by_label("Password").fill(password)
     if uri_mode:
         page.get_by_label("Only join a channel that already exists").check()
+    if not echo_cancel:
+        page.get_by_label("Cancel echo").uncheck()
     page.get_by_role("button", name="Join").click()
 
 
@@ -108,6 +136,18 @@ def wait_for(page: Page, condition: str, timeout: float = TIMEOUT_MS / 1000) -> 
     while not page.evaluate(f"() => Boolean({condition})"):
         assert time.monotonic() < deadline, f"timed out waiting for {condition}"
         page.wait_for_timeout(50)
+
+
+def airwave_cli(*args: str) -> subprocess.Popen[str]:
+    """A Python peer as a person runs it, in its own process: the server's loop and this
+    test's browser driver then share no interpreter with it."""
+    return subprocess.Popen([sys.executable, "-m", "airwave.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen[str], timeout: float) -> str:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err
+    return out
 
 
 def wait_for_channel(loop: TrioLoop, server: RunningServer, channel: str) -> None:
@@ -130,23 +170,23 @@ def test_browser_page_host_speech_reaches_a_python_listener(new_page, loop: Trio
     # The listener first, so the recording begins before the fake microphone's first word
     # (it loops 3.4 s of speech and 1 s of silence from when the page opens it), and long
     # enough for two: Chromium's echo canceller may still be settling during the first.
-    listener = loop.start(commands.listen, server.url, "speech", str(recording), duration=10.0, out=io.StringIO())
+    listener = airwave_cli("listen", "speech", "--output", str(recording), "--duration", "10", "--url", server.url)
     wait_for_channel(loop, server, "speech")
     page = new_page("/c/speech")
     join(page, "Alice", host=True)
     joined(page, "speech")
-    assert listener.result(timeout=20) == 0
+    finish(listener, timeout=25)
     heard = read_wav(recording)
-    similarity = max(spectral_similarity(reference, heard_once) for heard_once in align(reference, heard, candidates=2))
+    similarity = heard_similarity(reference, heard)
     assert similarity >= 0.8, similarity
-    # The measure tells sounds apart: the same speech heard at the wrong moment is not similar.
-    assert spectral_similarity(reference, np.roll(reference, len(reference) // 3)) < 0.5
+    # The measure tells sounds apart: the same words reversed are not similar.
+    assert heard_similarity(reference, reference[::-1].copy()) < 0.5
 
 
 def test_browser_python_tone_plays_in_the_page_without_gaps(new_page, loop: TrioLoop, server: RunningServer) -> None:
     """Case 2: a Python host's 440 Hz tone -> the page's decoders, jitter buffer and mixer,
     measured by the tap before the output: 440 Hz within 3 Hz, no gap over 60 ms."""
-    host = loop.start(commands.host, server.url, "tone", commands.source_from(None, 440.0), duration=9.0, out=io.StringIO())
+    host = airwave_cli("host", "tone", "--tone", "440", "--duration", "9", "--url", server.url)
     page = new_page("/c/tone")
     join(page, "Bob", host=False)
     joined(page, "tone")
@@ -157,7 +197,7 @@ def test_browser_python_tone_plays_in_the_page_without_gaps(new_page, loop: Trio
     assert longest_gap_frames(heard) <= 3  # 3 frames of 20 ms
     page.get_by_role("button", name="Leave").click()
     expect(page.get_by_role("heading", name="You left the channel")).to_be_visible()
-    assert host.result(timeout=15) == 0
+    finish(host, timeout=20)
 
 
 def test_browser_audience_raises_a_hand_the_host_puts_it_on_the_mic_and_its_voice_is_heard(
@@ -170,12 +210,15 @@ def test_browser_audience_raises_a_hand_the_host_puts_it_on_the_mic_and_its_voic
     joined(host, "cohost")
     host.get_by_role("button", name="Mute microphone").click()  # her fake mic says the same words
     expect(host.get_by_role("button", name="Unmute microphone")).to_have_attribute("aria-pressed", "true")
-    # And she does not play Bob back: both pages live in one browser, whose echo canceller
-    # would take her playback of his words as the echo of his own microphone.
+    # And she does not play Bob back: both pages live in one browser, and its echo canceller
+    # takes one page's playback as the echo of the other's microphone.
     host.get_by_role("button", name="Mute sound").click()
     expect(host.get_by_role("button", name="Unmute sound")).to_have_attribute("aria-pressed", "true")
     bob = new_page("/c/cohost")
-    join(bob, "Bob", host=False)
+    # Even so, in one browser the echo canceller still degrades Bob's start (measured: a
+    # similarity of 0.3-0.8 in one run in five); a real Bob has no second page in his
+    # browser. He joins as with headphones.
+    join(bob, "Bob", host=False, echo_cancel=False)
     joined(bob, "cohost")
     expect(bob.get_by_role("button", name="Mute microphone")).to_be_hidden()
 
@@ -191,16 +234,16 @@ def test_browser_audience_raises_a_hand_the_host_puts_it_on_the_mic_and_its_voic
     expect(bob.get_by_role("button", name="Raise hand")).to_have_attribute("aria-pressed", "true")
     expect(host.locator("#hands")).to_contain_text("Bob raised a hand")
     recording = tmp_path / "cohost.wav"
-    listener = loop.start(commands.listen, server.url, "cohost", str(recording), duration=9.5, user_id="ears", out=io.StringIO())
+    listener = airwave_cli("listen", "cohost", "--output", str(recording), "--duration", "9.5", "--user", "ears", "--url", server.url)
     expect(host.locator('#participants li[data-user="ears"]')).to_be_visible()  # hosts see audience joins
     host.get_by_role("button", name="Put Bob on the mic").first.click()
     expect(bob.locator('#participants li[data-user="bob"]')).to_contain_text("on the mic")
     expect(bob.get_by_role("button", name="Mute microphone")).to_be_visible()
     expect(host.locator("#hands")).to_be_hidden()
     expect(host.locator('#participants li[data-user="bob"].speaking')).to_be_visible()  # his level, through the server
-    assert listener.result(timeout=20) == 0
+    said = finish(listener, timeout=25)
     heard = read_wav(recording)
-    assert max(spectral_similarity(reference, once) for once in align(reference, heard, candidates=2)) >= 0.8
+    assert heard_similarity(reference, heard) >= 0.8, said
     host.get_by_role("button", name="Take Bob off the mic").click()
     expect(bob.get_by_role("button", name="Raise hand")).to_be_visible()
     expect(bob.get_by_role("button", name="Mute microphone")).to_be_hidden()
@@ -266,7 +309,7 @@ def test_browser_a_cut_socket_and_a_reload_resume_the_session_and_the_sound_goes
     """Case 5: the server side of the page's TCP connection is destroyed (ss -K: a reset, as
     a network failure gives), then the page reloads; both times it resumes within the grace
     period, with the same sid, nothing logged, and the tone plays on."""
-    host = loop.start(commands.host, server.url, "resume", commands.source_from(None, 440.0), duration=30.0, out=io.StringIO())
+    host = airwave_cli("host", "resume", "--tone", "440", "--duration", "60", "--url", server.url)
     page = new_page("/c/resume")
     join(page, "Carol", host=False)
     joined(page, "resume")
@@ -295,7 +338,8 @@ def test_browser_a_cut_socket_and_a_reload_resume_the_session_and_the_sound_goes
     assert [type(e).__name__ for e in carol] == ["MemberJoined"]  # no leave, no second join
     page.get_by_role("button", name="Leave").click()
     expect(page.get_by_role("heading", name="You left the channel")).to_be_visible()
-    host.cancel()
+    host.terminate()  # SIGTERM: a clean leave
+    host.wait(15)
 
 
 def test_browser_screenshot_of_a_live_channel_is_not_blank(new_page, tmp_path: Path) -> None:
@@ -333,3 +377,26 @@ def png_is_blank(png: bytes) -> bool:
         at += 12 + length
     pixels = np.frombuffer(zlib.decompress(data), dtype=np.uint8)
     return float((pixels != np.bincount(pixels).argmax()).mean()) < 0.002
+
+
+def test_browser_blocked_playback_is_said_and_one_click_starts_it(quiet_browser: Browser, server: RunningServer) -> None:
+    """Autoplay and consent: the join click starts the page's one AudioContext; after a
+    reload, which no click started, the page says sound is blocked and one click starts it."""
+    context = quiet_browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{server.page_url()}c/quiet")
+        join(page, "Dora", host=False)
+        joined(page, "quiet")
+        expect(page.get_by_role("button", name="Click to listen")).to_be_hidden()  # the join click counted
+        assert page.evaluate("() => window.airwave.engine.context.state") == "running"
+        page.reload()
+        expect(page.locator("#connection")).to_have_text("resumed")
+        expect(page.get_by_text("The browser has not let this page play sound yet.")).to_be_visible()
+        assert page.evaluate("() => window.airwave.engine.context.state") == "suspended"
+        page.get_by_role("button", name="Click to listen").click()
+        expect(page.get_by_role("button", name="Click to listen")).to_be_hidden()
+        assert page.evaluate("() => window.airwave.engine.context.state") == "running"
+    finally:
+        context.close()

@@ -245,6 +245,7 @@ $("join-form").addEventListener("submit", async (event) => {
   alertText("");
   const host = form.elements.role.value === "host";
   const started = engine.start(); // in the click, so the browser lets it play
+  engine.echoCancellation = $("echo-cancel").checked;
   $("join").disabled = true;
   const reply = await session.join({
     channel, user_id: $("user-id").value.trim() || `web-${crypto.randomUUID().slice(0, 8)}`,

@@ -26,6 +26,7 @@ export class AudioEngine {
     this.onFrame = null; // (Uint8Array media frame) => void, set by whoever sends
     this.onPlayed = null; // (marks, contextTime) => void: the delay figure
     this.micMuted = false;
+    this.echoCancellation = true; // the browser's echo canceller on the microphone
     this.decodeErrors = 0;
   }
 
@@ -81,7 +82,7 @@ export class AudioEngine {
 
   async _openCapture() {
     const stream = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+      audio: { channelCount: 1, echoCancellation: this.echoCancellation, noiseSuppression: false, autoGainControl: false },
     });
     const source = this.context.createMediaStreamSource(stream);
     const node = new AudioWorkletNode(this.context, "airwave-capture", { numberOfOutputs: 0 });
@@ -104,6 +105,7 @@ export class AudioEngine {
     encoder.configure(OPUS);
     let frames = 0;
     node.port.onmessage = (event) => {
+      if (encoder.state !== "configured") return; // closed by stopCapture, a frame still in flight
       const samples = event.data;
       levels.push(audioLevel(samples));
       const data = new AudioData({
@@ -135,7 +137,7 @@ export class AudioEngine {
 
   /** One server media frame (parsed). `mark` travels with its samples to the output. */
   receive(frame, mark) {
-    if (!this.context) return;
+    if (!this.playback) return; // the worklets are still loading: nothing could play it yet
     let speaker = this.speakers.get(frame.sid);
     if (!speaker) {
       speaker = this._speaker(frame.sid);
@@ -143,6 +145,7 @@ export class AudioEngine {
     }
     // TCP keeps order; a gap means the server dropped frames for us, an old seq a repeat.
     if (speaker.nextSeq !== null && ((frame.seq - speaker.nextSeq) & 0xffff) >= 0x8000) return;
+    if (speaker.decoder.state !== "configured") return;
     speaker.nextSeq = (frame.seq + 1) & 0xffff;
     speaker.marks.push(mark);
     speaker.decoder.decode(new EncodedAudioChunk({

@@ -35,10 +35,13 @@ class CaptureProcessor extends AudioWorkletProcessor {
 
 /**
  * One queue of decoded samples per speaker (sid). A speaker starts playing once its queue
- * holds `prefill` samples (the jitter buffer's target delay, 60 ms by default), and stops
- * to refill after an underrun, so late packets become one short pause instead of clicks.
- * A queue grown past `ceiling` (a burst after a stall) is cut back to the target, keeping
- * the delay bounded. Queues are lists of chunks, so nothing is copied on arrival.
+ * holds its target (the jitter buffer's delay: 60 ms to start with), and stops to refill
+ * after an underrun, so late packets become one short pause instead of clicks. Each
+ * underrun raises that speaker's target by 20 ms (up to 160 ms), and every `window` with
+ * no underrun lowers it by 20 ms (down to the start): the delay follows the network's (and
+ * the machine's) jitter, as design decision 14 asks. A queue grown past `ceiling` (a burst
+ * after a stall) is cut back to the target, keeping the delay bounded. Queues are lists of
+ * chunks, so nothing is copied on arrival.
  */
 class PlaybackProcessor extends AudioWorkletProcessor {
   constructor(options) {
@@ -46,10 +49,12 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     const opts = options.processorOptions ?? {};
     this.prefill = opts.prefill ?? 2880;
     this.ceiling = opts.ceiling ?? 9600;
-    // Every `window` samples, a queue that never fell below prefill + `slack` in that time
+    // Every `window` samples, a queue that never fell below its target + `slack` in that time
     // holds delay it does not need (a burst after a stall): it is cut back to the target.
     this.window = opts.window ?? sampleRate;
     this.slack = opts.slack ?? 960;
+    this.step = 960; // 20 ms: one frame
+    this.most = opts.most ?? 7680; // 160 ms, below the ceiling
     this.speakers = new Map();
     this.muted = false;
     this.port.onmessage = (event) => this.onMessage(event.data);
@@ -59,20 +64,20 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     if (message.samples) {
       let speaker = this.speakers.get(message.sid);
       if (!speaker) {
-        speaker = { chunks: [], offset: 0, buffered: 0, playing: false, underruns: 0, marks: [], low: Infinity, seen: 0, trimmed: 0 };
+        speaker = { chunks: [], offset: 0, buffered: 0, playing: false, underruns: 0, marks: [], low: Infinity, seen: 0, trimmed: 0, target: this.prefill, calm: 0 };
         this.speakers.set(message.sid, speaker);
       }
       speaker.chunks.push(message.samples);
       speaker.buffered += message.samples.length;
       if (message.mark !== undefined) speaker.marks.push({ at: speaker.buffered - message.samples.length, mark: message.mark });
-      if (speaker.buffered > this.ceiling) this.trim(speaker, speaker.buffered - this.prefill);
+      if (speaker.buffered > this.ceiling) this.trim(speaker, speaker.buffered - speaker.target);
     } else if (message.remove !== undefined) {
       this.speakers.delete(message.remove);
     } else if (message.muted !== undefined) {
       this.muted = message.muted;
     } else if (message.stats) {
       const stats = {};
-      for (const [sid, s] of this.speakers) stats[sid] = { buffered: s.buffered, playing: s.playing, underruns: s.underruns, trimmed: s.trimmed };
+      for (const [sid, s] of this.speakers) stats[sid] = { buffered: s.buffered, playing: s.playing, underruns: s.underruns, trimmed: s.trimmed, target: s.target };
       this.port.postMessage({ stats });
     }
   }
@@ -101,7 +106,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     const played = [];
     for (const speaker of this.speakers.values()) {
       if (!speaker.playing) {
-        if (speaker.buffered < this.prefill) continue;
+        if (speaker.buffered < speaker.target) continue;
         speaker.playing = true;
       }
       let i = 0;
@@ -123,13 +128,19 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       if (i < out.length) {
         speaker.playing = false;
         speaker.underruns++;
+        speaker.target = Math.min(this.most, speaker.target + this.step);
         speaker.low = Infinity;
         speaker.seen = 0;
+        speaker.calm = 0;
       } else {
         speaker.low = Math.min(speaker.low, speaker.buffered);
         speaker.seen += i;
         if (speaker.seen >= this.window) {
-          if (speaker.low > this.prefill + this.slack) this.trim(speaker, speaker.low - this.prefill);
+          if (++speaker.calm >= 10 && speaker.target > this.prefill) {
+            speaker.target -= this.step; // ten windows without an underrun
+            speaker.calm = 0;
+          }
+          if (speaker.low > speaker.target + this.slack) this.trim(speaker, speaker.low - speaker.target);
           speaker.low = Infinity;
           speaker.seen = 0;
         }
