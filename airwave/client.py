@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -187,10 +187,16 @@ class Client:
     """
 
     def __init__(
-        self, nursery: trio.Nursery, url: str, user_id: str, policy: ReconnectPolicy | None, token: str | None = None
+        self, nursery: trio.Nursery, url: str | Sequence[str], user_id: str, policy: ReconnectPolicy | None, token: str | None = None
     ) -> None:
         self.nursery = nursery
-        self.url = url
+        # One service's addresses (the nodes of a cluster, say): tried in turn, the next one
+        # after each failed attempt; `url` is the one in use.
+        self.urls: tuple[str, ...] = (url,) if isinstance(url, str) else tuple(url)
+        if not self.urls or not all(isinstance(u, str) and u for u in self.urls):
+            raise ValueError("Client.connect needs a URL, or a list of them")
+        self._url_index = 0
+        self.url = self.urls[0]
         self.user_id = user_id
         self.token = token  # the join token when JoinParam names none; refresh_token replaces it
         self.channel: MediaChannel | None = None
@@ -215,7 +221,7 @@ class Client:
     @asynccontextmanager
     async def connect(
         cls,
-        url: str,
+        url: str | Sequence[str],
         *,
         user_id: str | None = None,
         token: str | None = None,
@@ -226,6 +232,11 @@ class Client:
         A token is an identity: with ``token`` the user id is the one it was minted for (its
         ``sub``), and it is sent with every join. A ``user_id`` that says otherwise is a
         ValueError here, before connecting, not a token_invalid from the server later.
+
+        ``url`` may be a list of the same service's addresses: the first connection tries
+        them in order until one answers (the last error is raised if none does), and after a
+        drop each failed attempt moves on to the next one, so a client whose node died
+        resumes on another.
         """
         user_id = identity(user_id, token)
         async with trio.open_nursery() as nursery:
@@ -273,8 +284,12 @@ class Client:
                         await wire.closed.wait()
                     break
                 except (OSError, ConnectionError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
-                    if first:
+                    if first and self._url_index == len(self.urls) - 1:
                         raise
+                    self._url_index = (self._url_index + 1) % len(self.urls)
+                    self.url = self.urls[self._url_index]
+                    if first:
+                        continue  # the next address at once: nothing is connected yet
                 if self._policy is None or trio.current_time() - failed_since > self._policy.give_up_after:
                     self._install(None, ConnectionState.DISCONNECTED)
                     return

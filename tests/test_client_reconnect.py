@@ -13,7 +13,7 @@ import trio_websocket
 from airwave.actors.log.replay import replay_events
 from airwave.actors.server import RunningServer, serve
 from airwave.audio import ToneSource
-from airwave.client import Client, ConnectionState, ConnectionStateEvent, JoinResult, MediaChannel, MediaDevice
+from airwave.client import Client, ConnectionState, ConnectionStateEvent, JoinResult, MediaChannel, MediaDevice, ReconnectPolicy
 from airwave.protocol import ChannelState, CustomRole, Reason
 from airwave.wire import open_wire
 from conftest import fast_settings
@@ -159,3 +159,50 @@ async def test_a_ping_that_crosses_the_clients_close_frame_ends_the_connection_c
                 pass
         assert wire.ws.closed is not None
         nursery.cancel_scope.cancel()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_sdk_given_several_urls_connects_to_the_first_that_answers_and_moves_on_when_it_dies(tmp_path: Path) -> None:
+    nowhere = f"ws://127.0.0.1:{closed_port()}/"
+    with pytest.raises(BaseExceptionGroup) as none_answers:  # as for one URL: the last attempt's error
+        async with Client.connect([nowhere, nowhere], user_id="fan"):
+            pass
+    assert none_answers.group_contains(trio_websocket.HandshakeError)
+    with pytest.raises(BaseExceptionGroup) as no_url:
+        async with Client.connect([], user_id="fan"):
+            pass
+    assert no_url.group_contains(ValueError, match="needs a URL")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as outer:
+            crash_a = trio.CancelScope()
+
+            async def run_a(task_status: trio.TaskStatus[RunningServer]) -> None:
+                with crash_a:
+                    await serve(fast_settings(tmp_path / "a"), task_status=task_status)
+
+            a: RunningServer = await outer.start(run_a)
+            b: RunningServer = await outer.start(serve, fast_settings(tmp_path / "b"))
+            async with Client.connect([nowhere, a.url, b.url], user_id="fan", reconnect=ReconnectPolicy(0.05, 0.2, 10.0)) as f:
+                assert f.url == a.url  # the first address refused the connection: the next one at once
+                fan = MediaChannel.create(f, MediaDevice.create())
+                assert (await fan.join_async("live")).result
+                events = fan.events()
+                crash_a.cancel()  # a's node dies; b never heard of this session, so it rejoins there
+                rejoined = None
+                with trio.fail_after(8):
+                    async for event in events:
+                        if isinstance(event, JoinResult):
+                            rejoined = event
+                            break
+                assert rejoined == JoinResult(True, Reason.NONE, "live")
+                assert f.url == b.url and fan.state is ChannelState.JOINED
+                assert {m.user_id for m in b.registry.find("live").channel.members.values()} == {"fan"}  # type: ignore[union-attr]
+                b.shutdown()
