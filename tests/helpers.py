@@ -12,6 +12,7 @@ import trio.testing
 
 from airwave.actors.core import events as ev
 from airwave.actors.log.replay import replay_events
+from airwave.client import JoinResult
 from airwave.protocol import CustomRole, MediaPacket, Ping, Reply, encode_client_media
 from airwave.wire import Wire
 
@@ -167,3 +168,12 @@ async def steady_media(
         packets = from_sender(listener)
         assert [p.seq for p in packets] == list(range(flow.sent)), "media to another member was disturbed"
         assert [p.payload for p in packets] == [b"\xf8" + seq.to_bytes(4, "big") for seq in range(flow.sent)]
+
+
+async def next_join_result(events: trio.MemoryReceiveChannel, timeout: float) -> JoinResult:
+    """The next `JoinResult` among a channel's events (a rejoin's, say), within ``timeout``."""
+    with trio.fail_after(timeout):
+        async for event in events:
+            if isinstance(event, JoinResult):
+                return event
+    raise AssertionError("no JoinResult")

@@ -17,7 +17,7 @@ from airwave.client import Client, ConnectionState, ConnectionStateEvent, JoinRe
 from airwave.protocol import ChannelState, CustomRole, Reason
 from airwave.wire import open_wire
 from conftest import fast_settings
-from helpers import wait_until
+from helpers import next_join_result, wait_until
 
 
 async def packets_flowing(channel: MediaChannel, more_than: int, timeout: float = 3.0) -> None:
@@ -82,13 +82,7 @@ async def test_sdk_rejoins_by_itself_after_a_server_crash(data_dir: Path) -> Non
                             break
                 assert reconnecting is ConnectionState.RECONNECTING
                 second: RunningServer = await outer.start(serve, attrs.evolve(settings, port=port))
-                rejoined = None
-                with trio.fail_after(8):
-                    async for event in events:
-                        if isinstance(event, JoinResult):
-                            rejoined = event
-                            break
-                assert rejoined == JoinResult(True, Reason.NONE, "live")
+                assert await next_join_result(events, 8) == JoinResult(True, Reason.NONE, "live")
                 assert fan.state is ChannelState.JOINED
                 second.shutdown()
     types = [(i.event.TYPE, getattr(i.event, "user_id", None), getattr(i.event, "reason", None)) for i in replay_events(data_dir)]
@@ -196,13 +190,7 @@ async def test_sdk_given_several_urls_connects_to_the_first_that_answers_and_mov
                 assert (await fan.join_async("live")).result
                 events = fan.events()
                 crash_a.cancel()  # a's node dies; b never heard of this session, so it rejoins there
-                rejoined = None
-                with trio.fail_after(8):
-                    async for event in events:
-                        if isinstance(event, JoinResult):
-                            rejoined = event
-                            break
-                assert rejoined == JoinResult(True, Reason.NONE, "live")
+                assert await next_join_result(events, 8) == JoinResult(True, Reason.NONE, "live")
                 assert f.url == b.url and fan.state is ChannelState.JOINED
                 assert {m.user_id for m in b.registry.find("live").channel.members.values()} == {"fan"}  # type: ignore[union-attr]
                 b.shutdown()

@@ -74,7 +74,7 @@ from airwave.protocol import (
 from airwave.wire import Wire, open_wire
 
 from audio_checks import dominant_frequency, longest_gap_frames, read_wav, sounding_span
-from helpers import wait_until
+from helpers import next_join_result, wait_until
 
 HOST = CustomRole.ROLE_0
 AUDIENCE = CustomRole.ROLE_1
@@ -761,14 +761,6 @@ async def airwave_serve(data: Path, port: int = 0, *extra: str) -> AsyncIterator
             process.kill()
         with trio.CancelScope(shield=True):
             await process.wait()
-
-
-async def next_join_result(events: trio.MemoryReceiveChannel, timeout: float) -> JoinResult:
-    with trio.fail_after(timeout):
-        async for event in events:
-            if isinstance(event, JoinResult):
-                return event
-    raise AssertionError("no JoinResult")
 
 
 async def test_sigkill_mid_session_restart_same_port_log_recovered_sdk_rejoins_audio_flows(tmp_path: Path) -> None:
