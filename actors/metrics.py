@@ -7,8 +7,9 @@ Nothing on the media path touches a Prometheus object: the router, the connectio
 sessions keep the integer counters they always kept (`Connection.statistics`,
 `SessionStatistics`, `RouterStatistics`), and `ServerCollector.collect` adds them up when
 someone fetches /metrics. Counters of connections that ended are folded into
-`ServerMetrics.ended` (`actors/counters.py`) as they end, so totals never go backwards. Labels are bounded (request
-types, reasons, session states, roles); no user or channel id becomes a label.
+`ServerMetrics.ended` (`actors/counters.py`) as they end, and an open one's by the same
+`EndedConnections.add` at scrape time, so totals never go backwards. Labels are bounded
+(request types, reasons, session states, roles); no user or channel id becomes a label.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import attrs
 import h11
 import trio
 from prometheus_client import CollectorRegistry
@@ -84,25 +86,19 @@ class ServerCollector(Collector):
                 leaves.add_metric([reason], count)
         yield leaves
 
-        ended = metrics.ended
-        media_in, refused, rate_limited = ended.media_in, ended.media_refused, ended.rate_limited
-        sent, dropped, slow, peak = ended.frames_sent, ended.frames_dropped, ended.slow_consumers, 0
+        totals = attrs.evolve(metrics.ended)  # the ended connections', plus the open ones'
+        peak = 0
         for session in sessions:
-            stats = session.stats
-            media_in += stats.media_in
-            refused += stats.media_refused
-            rate_limited += stats.rate_limited
             transport = session.output.statistics()
-            sent += transport.frames_sent_directly + transport.frames_queued - transport.frames_dropped
-            dropped += transport.frames_dropped
+            totals.add(session.stats, transport)
             peak = max(peak, transport.peak_bytes_queued)
-        yield CounterMetricFamily("airwave_media_packets_in", "Media frames received from speakers", value=media_in)
-        yield CounterMetricFamily("airwave_frames_out", "Frames handed to the kernel or queued for it (media and control)", value=sent)
+        yield CounterMetricFamily("airwave_media_packets_in", "Media frames received from speakers", value=totals.media_in)
+        yield CounterMetricFamily("airwave_frames_out", "Frames handed to the kernel or queued for it (media and control)", value=totals.frames_sent)
         drops = CounterMetricFamily("airwave_drops", "What was refused or dropped, by cause", labels=["cause"])
-        drops.add_metric(["no_permission"], refused)
-        drops.add_metric(["rate_limited"], rate_limited)
-        drops.add_metric(["backlog"], dropped)  # oldest media of a backlogged connection
-        drops.add_metric(["slow_consumer"], slow)  # connections closed for it
+        drops.add_metric(["no_permission"], totals.media_refused)
+        drops.add_metric(["rate_limited"], totals.rate_limited)
+        drops.add_metric(["backlog"], totals.frames_dropped)  # oldest media of a backlogged connection
+        drops.add_metric(["slow_consumer"], totals.slow_consumers)  # connections closed for it
         yield drops
         yield GaugeMetricFamily(
             "airwave_connection_backlog_peak_bytes", "The largest send backlog any open connection has had", value=peak
