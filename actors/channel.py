@@ -50,6 +50,8 @@ from .core import (
     Member,
     MemberJoined,
     MemberLeft,
+    RecordingStarted,
+    RecordingStopped,
     Rejected,
     RoleChanged,
     StateChanged,
@@ -315,6 +317,7 @@ class ChannelActor:
             heartbeat_timeout=channel.heartbeat_timeout,
             self_sid=viewer.sid,
             participants=[participant_info(m, self._volumes.get(m.sid, VolumeStatus.ZERO)) for m in visible],
+            record_state=channel.record_state,
         )
 
     def _is_announced(self, member: Member) -> bool:
@@ -399,7 +402,13 @@ class ChannelActor:
                 volume = self._volumes.get(member.sid, VolumeStatus.ZERO)
                 self._broadcast_update(member, ParticipantUpdated(participant_info(member, volume), int(changes)))
             case CustomPropertyChanged():
-                self._broadcast(PropertyChanged(int(PropertyChange.CUSTOM_PROPERTY), after.custom_property, after.title))
+                self._broadcast(self._property_changed(PropertyChange.CUSTOM_PROPERTY, after))
+            case RecordingStarted() | RecordingStopped():
+                self._broadcast(self._property_changed(PropertyChange.RECORD_STATE, after))
+                log.info(
+                    "recording %s %s #%d %s reason=%s", "started" if isinstance(event, RecordingStarted) else "stopped",
+                    shown(event.channel), event.number, shown(event.directory), getattr(event, "reason", Reason.NONE).reason_name,
+                )
             case ChannelStopped():
                 for user_id, session in self._sessions.items():
                     if user_id != event.by:
@@ -411,6 +420,10 @@ class ChannelActor:
                 self._volumes.clear()
                 self._announced.clear()
                 log.info("stop %s #%d by=%s reason=%s", shown(event.channel), event.number, shown(event.by or ""), event.reason.reason_name)
+
+    @staticmethod
+    def _property_changed(change: PropertyChange, channel: Channel) -> PropertyChanged:
+        return PropertyChanged(int(change), channel.custom_property, channel.title, channel.record_state)
 
     # --- periodic presence: volume changes and the audience's member count ---
 

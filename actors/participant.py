@@ -27,6 +27,7 @@ from airwave.protocol import (
     Hello,
     Join,
     Kick,
+    EnableRecord,
     Leave,
     Left,
     MessageReceived,
@@ -53,6 +54,7 @@ from airwave.protocol import (
     to_wire,
 )
 
+from airwave.protocol.messages import record_params
 from airwave.protocol.ratelimit import TokenBucket
 from airwave.protocol.text import shown
 from airwave.protocol.tokens import TokenClaims, verify_token
@@ -64,6 +66,7 @@ from .core import (
     SALT_BYTES,
     URI_PREFIX,
     ChangeCustomProperty,
+    ChangeRecording,
     ChangeRole,
     ChangeState,
     ChangeUpload,
@@ -373,6 +376,9 @@ class ParticipantActor:
                 return KickMember(at, me, request.user_id)
             case SetCustomProperty():
                 return ChangeCustomProperty(at, me, request.value)
+            case EnableRecord():
+                options = record_params(request.params)  # checked when the request was decoded
+                return ChangeRecording(at, me, request.enabled, mix=options["mix"], tracks=options["tracks"])
         raise TypeError(f"{request.TYPE} is not a channel command")  # pragma: no cover - LIFECYCLE
 
     async def _ping(self, request: Ping) -> Reply:
@@ -641,6 +647,7 @@ LIFECYCLE: dict[SessionState, dict[type[Request], Step]] = {
         EnableUpload: _in_channel(ParticipantActor._submit),
         Kick: _in_channel(ParticipantActor._submit),
         SetCustomProperty: _in_channel(ParticipantActor._submit),
+        EnableRecord: _in_channel(ParticipantActor._submit),
         SendMessage: _in_channel(ParticipantActor._send_text),
         SubscribeAudio: _in_channel(ParticipantActor._subscribe),
         RefreshToken: _in_channel(ParticipantActor._refresh),

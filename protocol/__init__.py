@@ -36,6 +36,7 @@ from .model import (
     ParticipantChange,
     ParticipantType,
     PropertyChange,
+    RecordState,
     VolumeStatus,
     volume_status_for_level,
 )

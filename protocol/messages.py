@@ -9,6 +9,7 @@ messages are pushed.
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 import attrs
 
 from . import limits
-from .model import CustomRole, CustomState, NetStatus, ParticipantType, VolumeStatus
+from .model import CustomRole, CustomState, NetStatus, ParticipantType, RecordState, VolumeStatus
 from .reasons import Reason
 
 # What ``from .messages import *`` re-exports from airwave.protocol: the messages and the values
@@ -25,6 +26,7 @@ __all__ = [
     "REQUEST_TYPES",
     "SERVER_MESSAGE_TYPES",
     "ChannelInfo",
+    "EnableRecord",
     "EnableUpload",
     "Error",
     "Hello",
@@ -241,6 +243,10 @@ class ChannelInfo:
     participants: tuple[ParticipantInfo, ...] = attrs.field(converter=tuple)
     # Presented by `resume` on a new connection within the grace period after a drop.
     session_token: str = attrs.field(default="", validator=_text(64))
+    # Whether the server is recording the channel (a joiner learns it before saying a word).
+    record_state: RecordState = attrs.field(
+        default=RecordState.IDLE, converter=_to_enum(RecordState), validator=_enum_of(RecordState)
+    )
 
     @participants.validator
     def _check_participants(self, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
@@ -352,6 +358,47 @@ class EnableUpload:
     enabled: bool = attrs.field(validator=_boolean)
 
 
+RECORD_PARAMS = {"mix": True, "tracks": True}  # what enable_record's params may say, and the defaults
+
+
+def record_params(text: str) -> dict[str, bool]:
+    """The recording options in an enable_record ``params`` text: a JSON object whose keys are
+    those of RECORD_PARAMS with boolean values ("" means the defaults). Raises ValueError."""
+    if text == "":
+        return dict(RECORD_PARAMS)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ValueError("params must be a JSON object, e.g. {\"mix\": true, \"tracks\": false}") from None
+    if type(value) is not dict:
+        raise ValueError("params must be a JSON object")
+    unknown = sorted(set(value) - set(RECORD_PARAMS))
+    if unknown:
+        raise ValueError(f"unknown recording parameter {unknown[0]!r}: known are {', '.join(RECORD_PARAMS)}")
+    if any(type(v) is not bool for v in value.values()):
+        raise ValueError("recording parameters are true or false")
+    options = {**RECORD_PARAMS, **value}
+    if not any(options.values()):
+        raise ValueError("params turn off both the mix and the tracks: nothing would be recorded")
+    return options
+
+
+def _record_params_text(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _utf8_bytes(limits.MAX_PROPERTY_BYTES)(_, attribute, value)
+    record_params(value)
+
+
+@attrs.frozen
+class EnableRecord:
+    """The vendor's enableRecord(enable, params): start or stop the server's recording of the
+    channel. ``params`` is a JSON object text (see `record_params`), used when starting."""
+
+    TYPE: ClassVar[str] = "enable_record"
+    id: int = attrs.field(validator=_request_id)
+    enabled: bool = attrs.field(validator=_boolean)
+    params: str = attrs.field(default="", validator=_record_params_text)
+
+
 @attrs.frozen
 class Kick:
     TYPE: ClassVar[str] = "kick"
@@ -421,7 +468,7 @@ class Resume:
 
 Request = (
     Hello | Join | Leave | Stop | SetRole | SetState | EnableUpload | Kick | Query | SendMessage
-    | SetCustomProperty | SubscribeAudio | Ping | RefreshToken | Resume
+    | SetCustomProperty | SubscribeAudio | Ping | RefreshToken | Resume | EnableRecord
 )
 
 # --- server to client -----------------------------------------------------------------------
@@ -491,6 +538,9 @@ class PropertyChanged:
     changes: int = attrs.field(converter=_flags_to_int, validator=_int_in(0, 2**16))
     custom_property: str = attrs.field(validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
     title: str = attrs.field(default="", validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
+    record_state: RecordState = attrs.field(
+        default=RecordState.IDLE, converter=_to_enum(RecordState), validator=_enum_of(RecordState)
+    )
 
 
 @attrs.frozen
@@ -538,7 +588,7 @@ ServerMessage = (
 
 REQUEST_TYPES: tuple[type, ...] = (
     Hello, Join, Leave, Stop, SetRole, SetState, EnableUpload, Kick, Query, SendMessage,
-    SetCustomProperty, SubscribeAudio, Ping, RefreshToken, Resume,
+    SetCustomProperty, SubscribeAudio, Ping, RefreshToken, Resume, EnableRecord,
 )
 SERVER_MESSAGE_TYPES: tuple[type, ...] = (
     Reply, ParticipantJoined, ParticipantLeft, ParticipantUpdated, VolumeChanged, PropertyChanged,

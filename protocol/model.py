@@ -105,6 +105,13 @@ class PropertyChange(enum.IntFlag):
     CDN_STATE = 1 << 5
 
 
+class RecordState(enum.IntEnum):
+    """Whether the server records the channel (ChannelInfo.record_state, property_changed)."""
+
+    IDLE = 0
+    RECORDING = 1
+
+
 def volume_status_for_level(level: int) -> VolumeStatus:
     """The vendor's buckets: 0 -> zero, 1-30 low, 31-60 mid, 61-100 high."""
     if level <= 0:

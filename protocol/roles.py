@@ -16,10 +16,11 @@ class Permission(enum.IntFlag):
     MANAGE = 1 << 1  # change other participants' roles and states
     KICK = 1 << 2
     STOP = 1 << 3
+    RECORD = 1 << 4  # start and stop the server's recording of the channel
 
     @classmethod
     def host(cls) -> Permission:
-        return cls.PUBLISH | cls.MANAGE | cls.KICK | cls.STOP
+        return cls.PUBLISH | cls.MANAGE | cls.KICK | cls.STOP | cls.RECORD
 
 
 def _default_roles() -> dict[CustomRole, Permission]:

@@ -10,7 +10,9 @@ quoted, with every character that is not printable escaped.
 
 from __future__ import annotations
 
-__all__ = ["shown"]
+__all__ = ["file_slug", "shown"]
+
+import hashlib
 
 _SEPARATORS = frozenset(" =\"'\\")
 
@@ -31,3 +33,19 @@ def shown(text: str) -> str:
     if text and text.isprintable() and not _SEPARATORS.intersection(text):
         return text
     return '"' + "".join(map(_escaped, text)) + '"'
+
+
+_SLUG_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_SLUG_MAX = 100
+
+
+def file_slug(text: str) -> str:
+    """``text`` as one file-name component: letters, digits, ``_`` and ``-`` kept, every other
+    character as ``%XX`` of its UTF-8 bytes (so two ids never share a slug, and no ``.``,
+    ``/`` or control character reaches a path). Longer than 100 characters, it is cut and
+    ends in ``~`` and 12 hex digits of the text's SHA-256, still one name per id."""
+    slug = "".join(c if c in _SLUG_SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")) for c in text)
+    if len(slug) <= _SLUG_MAX:
+        return slug or "%"
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return slug[: _SLUG_MAX - 13] + "~" + digest

@@ -21,6 +21,7 @@ from airwave.actors.core import (
     LeaveChannel,
     Rejected,
     ChangeCustomProperty,
+    ChangeRecording,
     ChangeRole,
     ChangeState,
     StopChannel,
@@ -38,6 +39,8 @@ from airwave.actors.core.events import (
     CustomPropertyChanged,
     MemberJoined,
     MemberLeft,
+    RecordingStarted,
+    RecordingStopped,
     RoleChanged,
     StateChanged,
     event_to_record,
@@ -48,6 +51,7 @@ from airwave.protocol import (
     CustomState,
     Permission,
     Reason,
+    RecordState,
     RolePolicy,
     limits,
 )
@@ -824,3 +828,79 @@ def test_same_value_role_change_of_someone_else_by_audience_is_refused_not_a_no_
     channel = hosted("alice")
     refused(decide(channel, ChangeRole(2.0, "alice", "host", HOST)), Reason.NO_PERMISSION)
     refused(decide(channel, ChangeState(2.0, "alice", "host", CustomState.NONE)), Reason.NO_PERMISSION)
+
+
+# --- recording (issue 18): enable_record, and a channel's end stops it ----------------------
+
+
+def test_enable_record_by_host_starts_a_recording_named_by_channel_number_and_time() -> None:
+    channel = hosted("bob")
+
+    events = accepted(decide(channel, ChangeRecording(1_700_000_000.25, "host", True)))
+
+    assert [type(e) for e in events] == [RecordingStarted]
+    started = events[0]
+    assert started.directory == "recordings/222/1-20231114T221320.250Z"
+    assert (started.mix, started.tracks, started.by) == ("mix.opus", True, "host")
+    recording = applied(channel, Accepted(events)).recording
+    assert recording is not None and recording.directory == started.directory
+    assert applied(channel, Accepted(events)).record_state is RecordState.RECORDING
+
+
+def test_enable_record_by_audience_is_refused_no_permission() -> None:
+    channel = hosted("bob")
+
+    refused(decide(channel, ChangeRecording(2.0, "bob", True)), Reason.NO_PERMISSION)
+
+
+def test_enable_record_permission_comes_from_the_role_policy() -> None:
+    policy = RolePolicy(roles={**DEFAULT_POLICY.roles, AUDIENCE: Permission.RECORD})
+    channel = hosted("bob")
+
+    assert isinstance(decide(channel, ChangeRecording(2.0, "bob", True), policy), Accepted)
+    host_without = RolePolicy(roles={**DEFAULT_POLICY.roles, HOST: Permission.host() & ~Permission.RECORD})
+    refused(decide(channel, ChangeRecording(2.0, "host", True), host_without), Reason.NO_PERMISSION)
+
+
+def test_enable_record_twice_or_disable_when_idle_changes_nothing() -> None:
+    channel = hosted()
+    assert accepted(decide(channel, ChangeRecording(2.0, "host", False))) == ()
+    channel = applied(channel, decide(channel, ChangeRecording(2.0, "host", True)))
+
+    assert accepted(decide(channel, ChangeRecording(3.0, "host", True))) == ()
+
+
+def test_enable_record_with_neither_mix_nor_tracks_is_invalid_param() -> None:
+    refused(decide(hosted(), ChangeRecording(2.0, "host", True, mix=False, tracks=False)), Reason.INVALID_PARAM)
+
+
+def test_disable_record_stops_it_with_reason_none_by_the_host() -> None:
+    channel = hosted()
+    channel = applied(channel, decide(channel, ChangeRecording(2.0, "host", True)))
+
+    events = accepted(decide(channel, ChangeRecording(3.0, "host", False)))
+
+    assert [type(e) for e in events] == [RecordingStopped]
+    assert (events[0].reason, events[0].by, events[0].directory) == (Reason.NONE, "host", channel.recording.directory)
+    assert applied(channel, Accepted(events)).record_state is RecordState.IDLE
+
+
+@pytest.mark.parametrize(
+    ("ending", "reason"),
+    [
+        (lambda: StopChannel(5.0, "host"), Reason.OVER),
+        (lambda: LeaveChannel(5.0, "host"), Reason.OVER),
+        (lambda: EndChannel(5.0, Reason.SERVER_SHUTDOWN), Reason.SERVER_SHUTDOWN),
+        (lambda: EndChannel(5.0, Reason.SERVER_RESTART), Reason.SERVER_RESTART),
+    ],
+)
+def test_a_channel_that_ends_stops_its_recording_first(ending: object, reason: Reason) -> None:
+    channel = hosted()
+    channel = applied(channel, decide(channel, ChangeRecording(2.0, "host", True)))
+
+    events = accepted(decide(channel, ending()))  # type: ignore[operator]
+
+    stops = [e for e in events if isinstance(e, RecordingStopped)]
+    assert [s.reason for s in stops] == [reason]
+    assert isinstance(events[-1], ChannelStopped) and events.index(stops[0]) == len(events) - 2
+    assert applied(channel, Accepted(events)).recording is None

@@ -24,6 +24,7 @@ from airwave.protocol import (
     ChannelInfo,
     CustomRole,
     CustomState,
+    EnableRecord,
     EnableUpload,
     Error,
     Hello,
@@ -47,6 +48,7 @@ from airwave.protocol import (
     Query,
     QueryInfo,
     Reason,
+    RecordState,
     Reply,
     SendMessage,
     SetCustomProperty,
@@ -302,6 +304,16 @@ REQUEST_GOLDEN: list[tuple[Any, bytes]] = [
             "ad73657373696f6e5f746f6b656e a85a73342d526b4d30",  # session_token
         ),
     ),
+    (
+        EnableRecord(id=19, enabled=True, params='{"tracks": false}'),
+        _h(
+            "84",  # map, 4 entries
+            "a474797065 ad656e61626c655f7265636f7264",  # type
+            "a26964 13",  # id
+            "a7656e61626c6564 c3",  # enabled
+            "a6706172616d73 b17b22747261636b73223a2066616c73657d",  # params
+        ),
+    ),
 ]
 
 SERVER_GOLDEN: list[tuple[Any, bytes]] = [
@@ -400,11 +412,12 @@ SERVER_GOLDEN: list[tuple[Any, bytes]] = [
     (
         PropertyChanged(changes=8, custom_property="{}"),
         _h(
-            "84",  # map, 4 entries
+            "85",  # map, 5 entries
             "a474797065 b070726f70657274795f6368616e676564",  # type
             "a76368616e676573 08",  # changes
             "af637573746f6d5f70726f7065727479 a27b7d",  # custom_property
             "a57469746c65 a0",  # title
+            "ac7265636f72645f7374617465 00",  # record_state
         ),
     ),
     (
@@ -609,7 +622,7 @@ DOC_FRAMES: dict[str, bytes] = {
         "ab6d61785f73656e64657273c0a5746f6b656ec0"
     ),
     "join_reply": _h(
-        "85a474797065a57265706c79a2696402a6726561736f6e00a76d657373616765a0a6726573756c748daa6368"
+        "85a474797065a57265706c79a2696402a6726561736f6e00a76d657373616765a0a6726573756c748eaa6368"
         "616e6e656c5f6964a5726164696fab6368616e6e656c5f757269ad616972776176653a726164696fae636861"
         "6e6e656c5f6e756d62657201a57469746c65a0af637573746f6d5f70726f7065727479a0a863617061636974"
         "79cd2710ac6861735f70617373776f7264c2ac6d656d6265725f636f756e7401ae6865617274626561745f74"
@@ -617,7 +630,7 @@ DOC_FRAMES: dict[str, bytes] = {
         "7473918aa7757365725f6964a5616c696365a373696401ac646973706c61795f6e616d65a5416c696365a472"
         "6f6c65cd1000a5737461746500a5617564696fc3ad766f6c756d655f73746174757301aa6e65745f73746174"
         "757304a47479706500aa69735f63726561746f72c3ad73657373696f6e5f746f6b656eb66e51345a62583263"
-        "52376d547130774c733945764b67"
+        "52376d547130774c733945764b67ac7265636f72645f737461746500"
     ),
     "refresh_token_request": _h(
         "83a474797065ad726566726573685f746f6b656ea2696403a5746f6b656ed9c565794a68624763694f694a49"
@@ -787,6 +800,10 @@ REQUEST_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     Ping: st.builds(Ping, id=request_ids),
     RefreshToken: st.builds(RefreshToken, id=request_ids, token=tokens),
     Resume: st.builds(Resume, id=request_ids, session_token=session_tokens),
+    EnableRecord: st.builds(
+        EnableRecord, id=request_ids, enabled=st.booleans(),
+        params=st.sampled_from(["", "{}", '{"mix": true}', '{"tracks": false}', '{"mix": false, "tracks": true}']),
+    ),
 }
 
 participants = st.builds(
@@ -817,6 +834,7 @@ channel_infos = st.builds(
     self_sid=sids,
     participants=st.lists(participants, max_size=4),
     session_token=st.just("") | session_tokens,
+    record_state=st.sampled_from(RecordState),
 )
 query_infos = st.builds(
     QueryInfo, channel_id=channel_ids, channel_number=channel_numbers, client_count=counts,
@@ -843,6 +861,7 @@ SERVER_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         changes=change_sets,
         custom_property=_utf8(0, limits.MAX_PROPERTY_BYTES),
         title=_utf8(0, limits.MAX_PROPERTY_BYTES),
+        record_state=st.sampled_from(RecordState),
     ),
     MessageReceived: st.builds(
         MessageReceived,

@@ -38,11 +38,11 @@ from airwave.protocol import (
 # Adding a name is a decision (update this list); losing one breaks the other packages.
 PUBLIC_NAMES = sorted(
     """
-    AUDIENCE_ROLE ChannelInfo ChannelState CustomRole CustomState DEFAULT_POLICY EnableUpload
+    AUDIENCE_ROLE ChannelInfo ChannelState CustomRole CustomState DEFAULT_POLICY EnableRecord EnableUpload
     Error HOST_ROLE Hello Join Kick Leave Left MediaPacket MemberCount MessageReceived NetStatus
     ON_THE_MIC ParticipantChange ParticipantInfo ParticipantJoined ParticipantLeft ParticipantType
     ParticipantUpdated Permission Ping PropertyChange PropertyChanged ProtocolError Query QueryInfo
-    REQUEST_TYPES Reason RefreshToken Reply Request Resume RolePolicy SERVER_MESSAGE_TYPES SendMessage
+    REQUEST_TYPES Reason RecordState RefreshToken Reply Request Resume RolePolicy SERVER_MESSAGE_TYPES SendMessage
     ServerMessage
     SetCustomProperty SetRole SetState Stop SubscribeAudio VolumeChanged VolumeStatus
     channel_info_from_wire check_client_media client_media_level decode_client_media
@@ -74,6 +74,7 @@ def test_protocol_wire_type_tags_are_pinned() -> None:
     assert [cls.TYPE for cls in REQUEST_TYPES] == [
         "hello", "join", "leave", "stop", "set_role", "set_state", "enable_upload", "kick", "query",
         "send_message", "set_custom_property", "subscribe_audio", "ping", "refresh_token", "resume",
+        "enable_record",
     ]
     assert [cls.TYPE for cls in SERVER_MESSAGE_TYPES] == [
         "reply", "participant_joined", "participant_left", "participant_updated", "volume_changed",
@@ -212,7 +213,7 @@ def test_volume_status_for_level_uses_the_vendors_buckets(level: int, status: Vo
 
 
 def test_default_policy_host_role_0_does_everything_and_the_rest_listen() -> None:
-    host = Permission.PUBLISH | Permission.MANAGE | Permission.KICK | Permission.STOP
+    host = Permission.PUBLISH | Permission.MANAGE | Permission.KICK | Permission.STOP | Permission.RECORD
     assert [DEFAULT_POLICY.permissions(role, CustomState.NONE) for role in CustomRole] == [
         Permission.NONE, host, Permission.NONE, Permission.NONE, Permission.NONE
     ]

@@ -34,6 +34,7 @@ from airwave.actors.core import (
     Member,
     Rejected,
     ChangeCustomProperty,
+    ChangeRecording,
     ChangeRole,
     ChangeState,
     StopChannel,
@@ -44,8 +45,11 @@ from airwave.actors.core import (
 from airwave.actors.core.events import (
     ChannelCreated,
     Event,
+    ChannelStopped,
     MemberJoined,
     MemberLeft,
+    RecordingStarted,
+    RecordingStopped,
     event_from_record,
     event_to_record,
 )
@@ -138,6 +142,12 @@ class ChannelWorld(RuleBasedStateMachine):
             assert event.user_id not in channel.members, f"{event.user_id} joined twice"
         if isinstance(event, MemberLeft):
             assert event.user_id in channel.members, f"{event.user_id} left without being there"
+        if isinstance(event, RecordingStarted):
+            assert channel.recording is None, "a recording starts only when none runs"
+        if isinstance(event, RecordingStopped):
+            assert channel.recording is not None and channel.recording.directory == event.directory
+        if isinstance(event, ChannelStopped):
+            assert channel.recording is None, "a channel's end stops its recording first (recording_stopped)"
 
     def someone(self, data: st.DataObject, channel_id: str, prefer: Callable[[Member], bool] = bool) -> str:
         """Usually a member of the channel (so commands get past not_found), half the time one
@@ -234,6 +244,12 @@ class ChannelWorld(RuleBasedStateMachine):
         actor = self.someone(data, channel_id)
         self.run(channel_id, lambda t: ChangeCustomProperty(t, actor, value))
 
+    @rule(data=st.data(), enabled=st.sampled_from([True, True, False]), mix=st.booleans(), tracks=st.booleans())
+    def enable_record(self, data: st.DataObject, enabled: bool, mix: bool, tracks: bool) -> None:
+        channel_id = data.draw(self.channel_ids)
+        actor = self.someone(data, channel_id, prefer=self.a_host)
+        self.run(channel_id, lambda t: ChangeRecording(t, actor, enabled, mix, tracks))
+
     # --- what must hold after every step ----------------------------------------------------
 
     @invariant()
@@ -258,6 +274,7 @@ class ChannelWorld(RuleBasedStateMachine):
             members = channel.members.values()
             if channel.ended:
                 assert not channel.members
+                assert channel.recording is None
             assert len(channel.members) <= channel.capacity
             sids = [m.sid for m in members]
             assert len(sids) == len(set(sids))

@@ -7,6 +7,7 @@ I/O, and replay is the same fold as the live channel.
 
 from .commands import (
     ChangeCustomProperty,
+    ChangeRecording,
     ChangeRole,
     ChangeState,
     ChangeUpload,
@@ -27,20 +28,26 @@ from .events import (
     EventDecodeError,
     MemberJoined,
     MemberLeft,
+    RecordingStarted,
+    RecordingStopped,
     RoleChanged,
     StateChanged,
     event_from_record,
     event_to_record,
 )
 from .passwords import SALT_BYTES, hash_password, password_matches
-from .state import URI_PREFIX, Channel, EventOutOfPlace, Member, channel_uri, evolve, fold
+from .recordings import MIX_FILE, RECORDINGS_FOLDER, recording_directory, track_file
+from .state import URI_PREFIX, Channel, EventOutOfPlace, Member, Recording, channel_uri, evolve, fold
 
 __all__ = [
+    "MIX_FILE",
+    "RECORDINGS_FOLDER",
     "SALT_BYTES",
     "URI_PREFIX",
     "Accepted",
     "AudioUploadChanged",
     "ChangeCustomProperty",
+    "ChangeRecording",
     "ChangeRole",
     "ChangeState",
     "ChangeUpload",
@@ -60,6 +67,9 @@ __all__ = [
     "Member",
     "MemberJoined",
     "MemberLeft",
+    "Recording",
+    "RecordingStarted",
+    "RecordingStopped",
     "Rejected",
     "RoleChanged",
     "StateChanged",
@@ -72,4 +82,6 @@ __all__ = [
     "fold",
     "hash_password",
     "password_matches",
+    "recording_directory",
+    "track_file",
 ]

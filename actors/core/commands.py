@@ -97,7 +97,18 @@ class ChangeCustomProperty:
     value: str
 
 
+@attrs.frozen
+class ChangeRecording:
+    """enable_record: start (with which outputs) or stop the server's recording."""
+
+    time: float
+    actor: str
+    enabled: bool
+    mix: bool = True
+    tracks: bool = True
+
+
 Command = (
     JoinChannel | LeaveChannel | StopChannel | EndChannel | ChangeRole | ChangeState | ChangeUpload | KickMember
-    | ChangeCustomProperty
+    | ChangeCustomProperty | ChangeRecording
 )

@@ -11,6 +11,7 @@ from airwave.protocol import DEFAULT_POLICY, CustomRole, CustomState, Permission
 
 from .commands import (
     ChangeCustomProperty,
+    ChangeRecording,
     ChangeRole,
     ChangeState,
     ChangeUpload,
@@ -29,10 +30,13 @@ from .events import (
     Event,
     MemberJoined,
     MemberLeft,
+    RecordingStarted,
+    RecordingStopped,
     RoleChanged,
     StateChanged,
 )
 from .passwords import hash_password, password_matches
+from .recordings import MIX_FILE, recording_directory
 from .state import Channel, Member, evolve
 
 
@@ -58,7 +62,11 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
         return Rejected(Reason.NOT_FOUND, "no such channel")
     if isinstance(command, EndChannel):
         return Accepted(_end_events(channel, command.time, command.reason))
-    actor_id = command.actor if isinstance(command, ChangeRole | ChangeState | KickMember | ChangeCustomProperty) else command.user_id
+    actor_id = (
+        command.actor
+        if isinstance(command, ChangeRole | ChangeState | KickMember | ChangeCustomProperty | ChangeRecording)
+        else command.user_id
+    )
     actor = channel.members.get(actor_id)
     if actor is None:
         return Rejected(Reason.NOT_FOUND, f"{actor_id!r} is not in channel {channel.channel_id!r}")
@@ -69,7 +77,8 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
         case StopChannel():
             if not granted & Permission.STOP:
                 return Rejected(Reason.NO_PERMISSION, "only a host may stop the channel")
-            return Accepted((ChannelStopped(command.time, channel.channel_id, channel.number, Reason.OVER, actor.user_id),))
+            stopped = ChannelStopped(command.time, channel.channel_id, channel.number, Reason.OVER, actor.user_id)
+            return Accepted((*_recording_stops(channel, command.time, Reason.OVER), stopped))
         case KickMember():
             if not granted & Permission.KICK:
                 return Rejected(Reason.NO_PERMISSION, "only a host may kick")
@@ -94,6 +103,23 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
             if not granted & Permission.MANAGE:
                 return Rejected(Reason.NO_PERMISSION, "only a host may set the custom property")
             return Accepted((CustomPropertyChanged(command.time, channel.channel_id, channel.number, command.value, actor.user_id),))
+        case ChangeRecording():
+            if not granted & Permission.RECORD:
+                return Rejected(Reason.NO_PERMISSION, "your role may not record the channel")
+            if command.enabled == (channel.recording is not None):
+                return Accepted(())  # already as asked: nothing to log, nobody to tell
+            if not command.enabled:
+                assert channel.recording is not None
+                directory = channel.recording.directory
+                return Accepted((RecordingStopped(command.time, channel.channel_id, channel.number, directory, Reason.NONE, actor.user_id),))
+            if not (command.mix or command.tracks):
+                return Rejected(Reason.INVALID_PARAM, "a recording needs the mix, the tracks, or both")
+            directory = recording_directory(channel.channel_id, channel.number, command.time)
+            started = RecordingStarted(
+                command.time, channel.channel_id, channel.number, directory, MIX_FILE if command.mix else "",
+                command.tracks, actor.user_id,
+            )
+            return Accepted((started,))
     raise TypeError(f"not a channel command: {command!r}")  # pragma: no cover
 
 
@@ -213,8 +239,9 @@ def _decide_state(channel: Channel, cmd: ChangeState, actor: Member, granted: Pe
 def _leave_events(channel: Channel, time: float, user_id: str, reason: Reason, by: str | None) -> tuple[Event, ...]:
     left = MemberLeft(time, channel.channel_id, channel.number, user_id, reason, by)
     if len(channel.members) == 1:
-        # Decision 9: the channel ends with its last member.
-        return (left, ChannelStopped(time, channel.channel_id, channel.number, Reason.NONE, None))
+        # Decision 9: the channel ends with its last member, and so does its recording.
+        stopped = ChannelStopped(time, channel.channel_id, channel.number, Reason.NONE, None)
+        return (left, *_recording_stops(channel, time, Reason.OVER), stopped)
     return (left,)
 
 
@@ -222,4 +249,13 @@ def _end_events(channel: Channel, time: float, reason: Reason) -> tuple[Event, .
     lefts = tuple(
         MemberLeft(time, channel.channel_id, channel.number, m.user_id, reason) for m in channel.members_in_join_order()
     )
-    return (*lefts, ChannelStopped(time, channel.channel_id, channel.number, Reason.NONE, None))
+    return (
+        *lefts, *_recording_stops(channel, time, reason), ChannelStopped(time, channel.channel_id, channel.number, Reason.NONE, None)
+    )
+
+
+def _recording_stops(channel: Channel, time: float, reason: Reason) -> tuple[Event, ...]:
+    """The recording_stopped a channel's end logs, if it was recording (none otherwise)."""
+    if channel.recording is None:
+        return ()
+    return (RecordingStopped(time, channel.channel_id, channel.number, channel.recording.directory, reason, None),)

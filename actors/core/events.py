@@ -152,6 +152,36 @@ class CustomPropertyChanged:
 
 
 @_event
+class RecordingStarted:
+    """The server records the channel from ``time`` into ``directory`` (relative to the data
+    directory): ``mix`` is the mixed file's name in it ("" when not asked for); with
+    ``tracks``, one file per speaker (docs/operations.md: file layout)."""
+
+    TYPE: ClassVar[str] = "recording_started"
+    time: float
+    channel: str
+    number: int
+    directory: str
+    mix: str
+    tracks: bool
+    by: str
+
+
+@_event
+class RecordingStopped:
+    """The recording in ``directory`` ended: disabled (reason none, ``by`` who), the channel
+    ended (over), or the server stopped (server_shutdown) or crashed (server_restart)."""
+
+    TYPE: ClassVar[str] = "recording_stopped"
+    time: float
+    channel: str
+    number: int
+    directory: str
+    reason: Reason = attrs.field(converter=_enum(Reason))
+    by: str | None = None
+
+
+@_event
 class MemberLeft:
     TYPE: ClassVar[str] = "participant_left"
     time: float
@@ -176,13 +206,13 @@ class ChannelStopped:
 
 Event = (
     ChannelCreated | MemberJoined | RoleChanged | StateChanged | AudioUploadChanged
-    | CustomPropertyChanged | MemberLeft | ChannelStopped
+    | CustomPropertyChanged | MemberLeft | ChannelStopped | RecordingStarted | RecordingStopped
 )
 EVENT_TYPES: dict[str, type] = {
     cls.TYPE: cls
     for cls in (
         ChannelCreated, MemberJoined, RoleChanged, StateChanged, AudioUploadChanged,
-        CustomPropertyChanged, MemberLeft, ChannelStopped,
+        CustomPropertyChanged, MemberLeft, ChannelStopped, RecordingStarted, RecordingStopped,
     )
 }
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 import immutables
 
-from airwave.protocol import CustomRole, CustomState, Reason
+from airwave.protocol import CustomRole, CustomState, Reason, RecordState
 
 from .events import (
     AudioUploadChanged,
@@ -22,6 +22,8 @@ from .events import (
     Event,
     MemberJoined,
     MemberLeft,
+    RecordingStarted,
+    RecordingStopped,
     RoleChanged,
     StateChanged,
 )
@@ -60,6 +62,17 @@ class Member:
 
 
 @attrs.frozen
+class Recording:
+    """A recording in progress: where its files are (relative to the data directory)."""
+
+    directory: str
+    mix: str
+    tracks: bool
+    started_at: float
+    by: str
+
+
+@attrs.frozen
 class Channel:
     """One channel instance.
 
@@ -85,10 +98,15 @@ class Channel:
     ended: bool = False
     ended_reason: Reason | None = None
     ended_by: str | None = None
+    recording: Recording | None = None
 
     @property
     def uri(self) -> str:
         return channel_uri(self.channel_id)
+
+    @property
+    def record_state(self) -> RecordState:
+        return RecordState.IDLE if self.recording is None else RecordState.RECORDING
 
     def members_in_join_order(self) -> list[Member]:
         return sorted(self.members.values(), key=_join_order)
@@ -144,8 +162,19 @@ def evolve(channel: Channel | None, event: Event) -> Channel:
             if event.user_id not in channel.members:
                 return channel
             return attrs.evolve(channel, members=channel.members.delete(event.user_id))
+        case RecordingStarted():
+            if channel.recording is not None:
+                raise EventOutOfPlace(event, f"recording_started while channel #{channel.number} records")
+            recording = Recording(event.directory, event.mix, event.tracks, event.time, event.by)
+            return attrs.evolve(channel, recording=recording)
+        case RecordingStopped():
+            if channel.recording is None or channel.recording.directory != event.directory:
+                raise EventOutOfPlace(event, f"recording_stopped of {event.directory!r}, not the one channel #{channel.number} records")
+            return attrs.evolve(channel, recording=None)
         case ChannelStopped():
-            return attrs.evolve(channel, members=immutables.Map(), ended=True, ended_reason=event.reason, ended_by=event.by)
+            return attrs.evolve(
+                channel, members=immutables.Map(), ended=True, ended_reason=event.reason, ended_by=event.by, recording=None
+            )
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover
 
 
