@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
@@ -42,6 +43,7 @@ from .core import (
     AudioUploadChanged,
     Channel,
     ChannelCreated,
+    ChangeRecording,
     ChannelStopped,
     Command,
     CustomPropertyChanged,
@@ -61,6 +63,9 @@ from .core import (
 )
 from .net import frame_of
 
+if TYPE_CHECKING:
+    from airwave.media.recorder import Recorder
+
 log = logging.getLogger("airwave.channel")
 
 MAILBOX_SIZE = 256  # commands waiting for one channel; senders block beyond it (backpressure)
@@ -71,6 +76,8 @@ MEMBER_COUNT_EVERY_TICKS = 4  # the audience's member count at most once a secon
 # listeners gets its count every max(1, N / budget) seconds. Once a second to everyone would
 # make a join storm cost O(N x its duration) = O(N^2) messages (design: scale rule).
 MEMBER_COUNT_MESSAGES_PER_SECOND = 1000
+# The recorder's key in the media router: members' sids start at 1, so it is nobody's.
+RECORDER_SID = 0
 
 
 class Session(Protocol):
@@ -165,7 +172,10 @@ class ChannelActor:
         claim_number: Callable[[int], None],
         on_idle: Callable[[ChannelActor], None],
         policy: RolePolicy = DEFAULT_POLICY,
+        data_dir: Path | None = None,
     ) -> None:
+        """``data_dir`` is where recordings go (under ``recordings/``); None: this server
+        does not record, and enable_record is refused with server_error."""
         self.channel_id = channel_id
         self.channel: Channel | None = None
         self.router = MediaRouter()
@@ -183,6 +193,9 @@ class ChannelActor:
         self._count_sent_at = -math.inf
         self._volumes: dict[int, VolumeStatus] = {}
         self._announced: set[str] = set()  # hosts and publishers: who everyone sees
+        self._data_dir = data_dir
+        self.recorder: Recorder | None = None
+        self._nursery: trio.Nursery | None = None
         self.mailbox, self._inbox = trio.open_memory_channel[Envelope](MAILBOX_SIZE)
 
     # --- queries (plain reads of the current immutable state) ---
@@ -201,20 +214,26 @@ class ChannelActor:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._ticker)
-            async with self._inbox:
-                while True:
-                    batch = [await self._inbox.receive()]
-                    while len(batch) < MAX_BATCH:
-                        try:
-                            batch.append(self._inbox.receive_nowait())
-                        except trio.WouldBlock:
+            try:
+                async with self._inbox:
+                    while True:
+                        batch = [await self._inbox.receive()]
+                        while len(batch) < MAX_BATCH:
+                            try:
+                                batch.append(self._inbox.receive_nowait())
+                            except trio.WouldBlock:
+                                break
+                        await self._process(batch)
+                        if not self.live and self._inbox.statistics().current_buffer_used == 0:
+                            # Unregister before closing, so no new sender finds this mailbox.
+                            self._on_idle(self)
                             break
-                    await self._process(batch)
-                    if not self.live and self._inbox.statistics().current_buffer_used == 0:
-                        # Unregister before closing, so no new sender finds this mailbox.
-                        self._on_idle(self)
-                        break
+            finally:
+                # However the actor ends (a crash, a cancelled server), a recording still
+                # running is finalised: the nursery waits for its worker to close the files.
+                self._stop_recorder()
             nursery.cancel_scope.cancel()
 
     async def _process(self, batch: list[Envelope]) -> None:
@@ -236,6 +255,8 @@ class ChannelActor:
                     decision = decide(self.channel, command, self._policy)
             elif envelope.session is not None and self._owners.get(envelope.session.user_id) is not envelope.session:
                 decision = Rejected(Reason.NOT_FOUND, "this session is no longer in the channel")
+            elif isinstance(command, ChangeRecording) and command.enabled and self._data_dir is None:
+                decision = Rejected(Reason.SERVER_ERROR, "this server does not record (no data directory)")
             else:
                 decision = decide(self.channel, command, self._policy)
             applied = []
@@ -356,6 +377,8 @@ class ChannelActor:
                 if self._policy.is_host(member.role):
                     self._hosts[member.user_id] = envelope.session
                 self.router.add_member(member.sid, envelope.session.output, publishing=member.upload)
+                if self.recorder is not None:
+                    self.recorder.name(member.sid, member.user_id)
                 self._count_dirty = True
                 announced = self._is_announced(member)
                 if announced:
@@ -404,6 +427,10 @@ class ChannelActor:
             case CustomPropertyChanged():
                 self._broadcast(self._property_changed(PropertyChange.CUSTOM_PROPERTY, after))
             case RecordingStarted() | RecordingStopped():
+                if isinstance(event, RecordingStarted):
+                    self._start_recorder(event, after)
+                else:
+                    self._stop_recorder()
                 self._broadcast(self._property_changed(PropertyChange.RECORD_STATE, after))
                 log.info(
                     "recording %s %s #%d %s reason=%s", "started" if isinstance(event, RecordingStarted) else "stopped",
@@ -420,6 +447,34 @@ class ChannelActor:
                 self._volumes.clear()
                 self._announced.clear()
                 log.info("stop %s #%d by=%s reason=%s", shown(event.channel), event.number, shown(event.by or ""), event.reason.reason_name)
+
+    # --- recording: a recorder is one more member of the router, fed like a socket ---
+
+    def _start_recorder(self, event: RecordingStarted, channel: Channel) -> None:
+        from airwave.media.recorder import Recorder  # PyAV and numpy load only when a channel records
+
+        assert self._data_dir is not None and self._nursery is not None
+        recorder = Recorder(
+            self._data_dir / event.directory, mix=event.mix, tracks=event.tracks,
+            description={"channel": event.channel, "number": event.number, "started_by": event.by, "event_time": event.time},
+        )
+        for member in channel.members.values():
+            recorder.name(member.sid, member.user_id)
+        self.recorder = recorder
+        self.router.add_member(RECORDER_SID, recorder, publishing=False)
+        self._nursery.start_soon(self._run_recorder, recorder)
+
+    async def _run_recorder(self, recorder: Recorder) -> None:
+        # Not abandoned on cancel: the actor's nursery waits until the files are closed.
+        await trio.to_thread.run_sync(recorder.run)
+        if recorder.stats.failed:
+            log.error("recording of %s stopped writing: %s", shown(self.channel_id), recorder.stats.failed)
+
+    def _stop_recorder(self) -> None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            self.router.remove_member(RECORDER_SID)
+            recorder.stop()
 
     @staticmethod
     def _property_changed(change: PropertyChange, channel: Channel) -> PropertyChanged:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Protocol
 
 import attrs
@@ -54,6 +55,7 @@ class Registry:
         max_channels: int = 10_000,
         guesses: PasswordGuesses | None = None,
         placement: Placement | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         # Wrong channel passwords, per address and channel: the server-wide backoff.
         self.guesses = guesses or PasswordGuesses()
@@ -66,6 +68,7 @@ class Registry:
         self._actors: dict[str, ChannelActor] = {}
         self._suspended: dict[str, Suspension] = {}
         self._placement = placement
+        self._data_dir = data_dir  # where channels record; None: they do not
         self._claims: dict[str, trio.Event] = {}  # channels being claimed (cluster mode)
 
     def find(self, channel_id: str) -> ChannelActor | None:
@@ -86,6 +89,7 @@ class Registry:
                 claim_number=placement.claim_number if placement else self._claim_number,
                 on_idle=self._forget,
                 policy=self._policy,
+                data_dir=self._data_dir,
             )
             self._actors[channel_id] = actor
             self._nursery.start_soon(self._supervise, actor)

@@ -152,6 +152,7 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                 registry = Registry(
                     service, append, next_number=next_number, policy=settings.policy,
                     max_channels=settings.max_channels, guesses=PasswordGuesses(settings.password_guesses),
+                    data_dir=settings.data_dir,
                 )
                 gateway = gateway_for(registry, settings, site, metrics)
                 await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))

@@ -77,10 +77,17 @@ class OggOpusSink(_ClosedOnExit):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, channels: int = 1, pre_skip: int = DEFAULT_PRE_SKIP
+        self,
+        path: str | os.PathLike[str],
+        *,
+        channels: int = 1,
+        pre_skip: int = DEFAULT_PRE_SKIP,
+        options: dict[str, str] | None = None,
     ) -> None:
+        """``options`` are FFmpeg's muxer and format options: the recorder's
+        ``page_duration`` (microseconds of audio per Ogg page) and ``flush_packets``."""
         head = opus_head(channels=channels, pre_skip=pre_skip)
-        container = av.open(os.fspath(path), "w", format="ogg")
+        container = av.open(os.fspath(path), "w", format="ogg", options=options or {})
         try:
             stream = container.add_stream("libopus", rate=SAMPLE_RATE)
             stream.codec_context.layout = "mono" if channels == 1 else "stereo"

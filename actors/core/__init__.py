@@ -36,7 +36,7 @@ from .events import (
     event_to_record,
 )
 from .passwords import SALT_BYTES, hash_password, password_matches
-from .recordings import MIX_FILE, RECORDINGS_FOLDER, recording_directory, track_file
+from .recordings import MIX_FILE, RECORDINGS_FOLDER, recording_directory
 from .state import URI_PREFIX, Channel, EventOutOfPlace, Member, Recording, channel_uri, evolve, fold
 
 __all__ = [
@@ -83,5 +83,4 @@ __all__ = [
     "hash_password",
     "password_matches",
     "recording_directory",
-    "track_file",
 ]

@@ -18,7 +18,3 @@ def recording_directory(channel_id: str, number: int, time: float) -> str:
     stamp = datetime.datetime.fromtimestamp(time, datetime.UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
     return f"{RECORDINGS_FOLDER}/{file_slug(channel_id)}/{number}-{stamp}"
 
-
-def track_file(user_id: str) -> str:
-    """The name, inside a recording's directory, of one speaker's track."""
-    return f"speaker-{file_slug(user_id)}.opus"

@@ -1,0 +1,395 @@
+"""The server's recorder: a member of a channel's media router that writes the channel to disk.
+
+It stands in the router like a listener's socket (``send_frame_nowait``), and costs the fan-out
+what a socket costs it or less: the call appends ``(arrival time, frame)`` to a bounded deque
+and returns; when the deque is full the frame is dropped and counted, never waited for. One
+worker thread per recording (`run`) does everything else, every 20 ms:
+
+- **per speaker** (one file per user id, ``speaker-<id>.opus``): the packets as received, muxed
+  into Ogg/Opus without decoding (`OggOpusSink`). A jitter buffer with a fixed delay
+  (`DELAY`) puts them in sequence order on the wall-clock timeline; a packet lost inside a
+  talk spurt becomes a 1-byte concealment packet, and everything else (nobody speaking, a
+  pause, a speaker who left) becomes an encoded silent frame, so the file always covers the
+  whole recording.
+- **the mix** (``mix.opus``): the same packets decoded (one decoder per speaker, concealing
+  losses), summed at their place on the timeline, and encoded once per 20 ms.
+
+All files start at the recording's start and, once finalised, end at its stop (within one
+20 ms frame): their durations are the wall-clock time recorded, and a moment at offset t in
+one file is at offset t in every other. The writer is DELAY behind the wall clock, and FFmpeg
+writes an Ogg page every PAGE_SECONDS and hands it to the kernel at once, so a process killed
+outright leaves files that decode up to about DELAY + PAGE_SECONDS before the kill.
+
+The worker holds the GIL only for short stretches (a decode is ~0.04 ms, an encode ~0.2 ms;
+design.md section 3), so the fan-out thread is not starved. ``recording.json`` in the
+directory names the files and, once finalised, what was dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import final
+
+import attrs
+import numpy as np
+
+from airwave.protocol.media import EXT16, SERVER_MEDIA_TYPE
+from airwave.protocol.text import file_slug
+
+from .jitter import JitterBuffer, Lost, Ready
+from .opus import DEFAULT_PRE_SKIP, FRAME_SAMPLES, SAMPLE_RATE, OpusDecoder, OpusEncoder, packet_samples
+from .sinks import OggOpusSink
+
+log = logging.getLogger("airwave.recorder")
+
+TICK = 0.020  # the worker's period: one Opus frame
+DELAY = 0.200  # how far behind the wall clock the files are written: the reordering window
+PAGE_SECONDS = 0.5  # FFmpeg's Ogg page duration; each page is written out as soon as it is full
+QUEUE_FRAMES = 2_000  # frames waiting for the worker (20 s of one speaker, 4 s of five)
+MAX_AHEAD = SAMPLE_RATE  # a speaker's packets more than 1 s ahead of the wall clock are dropped
+MIX_BITRATE = 48_000
+MANIFEST_FILE = "recording.json"
+_RING = 4 * SAMPLE_RATE  # samples of mix being summed ahead of what was encoded
+_SERVER_FIELDS = struct.Struct(">BHbIHIB")  # ext header, sid, seq, timestamp, level
+
+
+def track_name(user_id: str) -> str:
+    """The file name of ``user_id``'s track in a recording's directory."""
+    return f"speaker-{file_slug(user_id)}.opus"
+
+
+@attrs.define
+class RecorderStatistics:
+    frames_in: int = 0  # frames the router handed over
+    dropped: int = 0  # not taken: the queue was full (the worker fell behind)
+    late: int = 0  # arrived after their place on the timeline was written
+    ahead: int = 0  # dropped: more than MAX_AHEAD in front of the wall clock
+    malformed: int = 0  # not a server media frame
+    failed: str = ""  # why the worker stopped early, if it did
+
+
+def _media_of(frame: bytes) -> tuple[int, int, int, bytes] | None:
+    """(sid, seq, timestamp, opus) of a server WebSocket frame holding a media frame."""
+    if len(frame) < 2:
+        return None
+    length = frame[1] & 0x7F
+    start = 2 if length < 126 else 4 if length == 126 else 10
+    if len(frame) <= start + _SERVER_FIELDS.size:
+        return None
+    marker, _, ext_type, sid, seq, timestamp, _ = _SERVER_FIELDS.unpack_from(frame, start)
+    if marker != EXT16 or ext_type != SERVER_MEDIA_TYPE:
+        return None
+    return sid, seq, timestamp, bytes(frame[start + _SERVER_FIELDS.size :])
+
+
+def _silent_packet() -> bytes:
+    """An encoded 20 ms of silence: what a track holds where nobody speaks. (A 1-byte
+    concealment packet would not do: CELT's concealment settles into a noise floor.)"""
+    encoder = OpusEncoder()
+    zeros = np.zeros(FRAME_SAMPLES, np.int16)
+    for _ in range(3):
+        packet = encoder.encode(zeros)
+    return packet
+
+
+@final
+class _Speaker:
+    """One user's place in the recording: their track, jitter buffer and decoder. Positions
+    are in samples as muxed (``position``), which is the decoded timeline plus the pre-skip."""
+
+    def __init__(self, user_id: str, track: OggOpusSink | None, decoder: OpusDecoder | None) -> None:
+        self.user_id = user_id
+        self.sid = -1
+        self.track = track
+        self.decoder = decoder
+        self.jitter = JitterBuffer(initial_delay=DELAY, min_delay=DELAY, max_delay=DELAY)
+        self.position = 0
+        self.quiet_ticks = 0  # ticks since the jitter buffer last released something
+
+    def new_stream(self, sid: int) -> None:
+        """A new sender id for this user (they left and joined again): a new sequence space."""
+        self.sid = sid
+        self.jitter = JitterBuffer(initial_delay=DELAY, min_delay=DELAY, max_delay=DELAY)
+        if self.decoder is not None:
+            self.decoder.reset()
+
+
+@final
+class Recorder:
+    """Records one channel into ``directory`` from the moment it is made until `stop`: the mix
+    into the file named ``mix`` ("" for none) and, with ``tracks``, one file per speaker.
+
+    The router calls `send_frame_nowait` (any thread-safe-enough caller: it only appends to a
+    deque); the channel actor names the senders (`name`) and stops it; `run` is the worker,
+    meant for ``trio.to_thread.run_sync`` and returning once the files are finalised.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        mix: str = "mix.opus",
+        tracks: bool = True,
+        queue_frames: int = QUEUE_FRAMES,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        description: dict[str, object] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.stats = RecorderStatistics()
+        self._mix_file = mix
+        self._tracks_wanted = tracks
+        self._capacity = queue_frames
+        self._clock = clock
+        self._queue: deque[tuple[float, bytes]] = deque()
+        self._names: dict[int, str] = {}
+        self._started = clock()
+        self._started_at = wall_clock()
+        self._wall_clock = wall_clock
+        self._stopped_at: float | None = None
+        self._stop = threading.Event()
+        self._closed = False  # every file closed: the recording is final
+        self._description = description or {}
+        self.finished = threading.Event()
+
+    # --- the router's side: the hot path ---
+
+    def send_frame_nowait(self, frame: bytes, *, droppable: bool = True) -> None:
+        """Takes the frame for the worker, or drops and counts it if the worker is behind."""
+        self.stats.frames_in += 1
+        if len(self._queue) >= self._capacity:
+            self.stats.dropped += 1
+            return
+        self._queue.append((self._clock(), frame))
+
+    # --- the channel actor's side ---
+
+    def name(self, sid: int, user_id: str) -> None:
+        """Media from ``sid`` is ``user_id``'s (sids are never reused in a channel instance)."""
+        self._names[sid] = user_id
+
+    def stop(self) -> None:
+        """Ends the recording now: the worker writes what it holds, pads to this moment and
+        closes the files. Safe to call more than once, from any thread."""
+        if self._stopped_at is None:
+            self._stopped_at = self._clock()
+        self._stop.set()
+
+    # --- the worker ---
+
+    def run(self) -> None:
+        """The worker loop; returns when the files are finalised (after `stop`). Never raises:
+        a failure (disk full, say) ends the recording, is logged and kept in ``stats.failed``."""
+        try:
+            self._run()
+        except Exception as exc:  # the recording ends; the channel goes on
+            self.stats.failed = f"{type(exc).__name__}: {exc}"
+            log.exception("recording in %s failed", self.directory)
+        finally:
+            self.finished.set()
+
+    def _run(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._silence = _silent_packet()
+        self._speakers: dict[str, _Speaker] = {}
+        self._by_sid: dict[int, _Speaker] = {}
+        self._mix_sink = self._mix_encoder = None
+        if self._mix_file:
+            self._mix_encoder = OpusEncoder(MIX_BITRATE)
+            self._mix_sink = self._open(self._mix_file, self._mix_encoder.pre_skip)
+        self._mix_pre_skip = self._mix_encoder.pre_skip if self._mix_encoder else DEFAULT_PRE_SKIP
+        self._ring = np.zeros(_RING, np.int32)
+        self._mixed = 0  # samples of the decoded timeline encoded into the mix so far
+        self._mix_silent = False
+        self._write_manifest()
+        try:
+            tick = 0
+            while not self._stop.is_set():
+                tick += 1
+                self._stop.wait(max(0.0, self._started + tick * TICK - self._clock()))
+                if self._stop.is_set():
+                    break
+                self._step(self._clock())
+            self._finish()
+        finally:
+            for speaker in self._speakers.values():
+                if speaker.track is not None:
+                    speaker.track.close()
+            if self._mix_sink is not None:
+                self._mix_sink.close()
+            self._closed = True
+            self._write_manifest()
+
+    def _open(self, name: str, pre_skip: int) -> OggOpusSink:
+        return OggOpusSink(
+            self.directory / name, pre_skip=pre_skip,
+            options={"page_duration": str(int(PAGE_SECONDS * 1_000_000)), "flush_packets": "1"},
+        )
+
+    def _samples_at(self, moment: float) -> int:
+        """The decoded timeline's position (samples since the start) at ``moment``."""
+        return max(0, round((moment - self._started) * SAMPLE_RATE))
+
+    def _step(self, now: float) -> None:
+        """One tick: take the queue, release what is due, fill the silence, mix what is final."""
+        self._take_queue()
+        target = self._samples_at(now - DELAY)
+        for speaker in self._speakers.values():
+            self._release(speaker, now, target)
+        self._encode_mix(target)
+
+    def _finish(self) -> None:
+        """After stop: everything that arrived before the stop is written; every file is padded
+        to the stop."""
+        end = self._stopped_at if self._stopped_at is not None else self._clock()
+        self._take_queue()
+        target = self._samples_at(end)
+        for speaker in self._speakers.values():
+            self._release(speaker, end + DELAY, target, final=True)
+        self._encode_mix(target, final=True)
+
+    def _take_queue(self) -> None:
+        queue = self._queue
+        while queue:
+            arrival, frame = queue.popleft()
+            media = _media_of(frame)
+            if media is None:
+                self.stats.malformed += 1
+                continue
+            sid, seq, timestamp, opus = media
+            speaker = self._by_sid.get(sid)
+            if speaker is None:
+                speaker = self._speaker_for(sid)
+            speaker.jitter.push(seq, timestamp, opus, arrival)
+
+    def _speaker_for(self, sid: int) -> _Speaker:
+        user_id = self._names.get(sid, f"sid-{sid}")
+        speaker = self._speakers.get(user_id)
+        if speaker is None:
+            track = self._open(track_name(user_id), DEFAULT_PRE_SKIP) if self._tracks_wanted else None
+            speaker = _Speaker(user_id, track, OpusDecoder() if self._mix_file else None)
+            self._speakers[user_id] = speaker
+            self._write_manifest()
+        if speaker.sid != -1:
+            self._by_sid.pop(speaker.sid, None)
+        speaker.new_stream(sid)
+        self._by_sid[sid] = speaker
+        return speaker
+
+    def _release(self, speaker: _Speaker, now: float, target: int, *, final: bool = False) -> None:
+        """Writes ``speaker``'s due packets at their place, then silence up to ``target`` (the
+        decoded timeline): all of it while the speaker is quiet (nothing released for two
+        ticks), and while a talk spurt runs only once the spurt falls two frames behind (the
+        sender's clock is slower than ours), so a frame due a moment after this tick does not
+        get a silence in front of it. Inside a spurt the jitter buffer releases a frame per
+        frame of wall time, lost ones included, so a spurt keeps its place."""
+        muxed_target = target + DEFAULT_PRE_SKIP
+        items = speaker.jitter.pop(now)
+        speaker.quiet_ticks = 0 if items else speaker.quiet_ticks + 1
+        for item in items:
+            if speaker.position - muxed_target > MAX_AHEAD:
+                self.stats.ahead += 1
+                continue
+            if isinstance(item, Ready):
+                self._write(speaker, item.payload)
+            elif speaker.jitter.statistics().buffered:
+                assert isinstance(item, Lost)
+                self._write(speaker, None)  # a packet missing inside a spurt: concealed
+            else:
+                # Nothing after it arrived within DELAY: the spurt ended (a live listener
+                # cannot tell, and conceals; the recorder can, and writes silence).
+                if speaker.track is not None:
+                    speaker.track.write(self._silence)
+                speaker.position += FRAME_SAMPLES
+        quiet = final or speaker.quiet_ticks >= 2
+        fill_to = muxed_target if quiet else muxed_target - 2 * FRAME_SAMPLES
+        while speaker.position < fill_to:
+            if speaker.track is not None:
+                speaker.track.write(self._silence)
+            speaker.position += FRAME_SAMPLES
+
+    def _write(self, speaker: _Speaker, packet: bytes | None) -> None:
+        """One packet (None: a lost one, concealed) at the speaker's position, in the track and
+        in the mix."""
+        if packet is None:
+            if speaker.track is not None:
+                speaker.track.write_lost()
+            samples = FRAME_SAMPLES
+            pcm = speaker.decoder.conceal() if speaker.decoder is not None else None
+        else:
+            try:
+                samples = packet_samples(packet)
+            except ValueError:
+                self.stats.malformed += 1
+                return
+            if speaker.track is not None:
+                speaker.track.write(packet)
+            pcm = speaker.decoder.decode(packet) if speaker.decoder is not None else None
+        if pcm is not None:
+            # The decoder has no pre-skip, so this PCM sits pre-skip earlier on the decoded
+            # timeline than the packet's muxed position.
+            self._add_to_mix(speaker.position - DEFAULT_PRE_SKIP, pcm)
+        speaker.position += samples
+
+    def _add_to_mix(self, start: int, pcm: np.ndarray) -> None:
+        if start < self._mixed:  # its place was already encoded (cannot happen past the start)
+            pcm = pcm[self._mixed - start :]
+            start = self._mixed
+        if not len(pcm) or start + len(pcm) - self._mixed > _RING:
+            return
+        index = np.arange(start, start + len(pcm)) % _RING
+        self._ring[index] += pcm
+
+    def _encode_mix(self, target: int, *, final: bool = False) -> None:
+        """Encodes every whole frame of the mix that is final: before ``target`` and before
+        every speaker's position (their next packet lands there or later). At the end, frames
+        until the file's decoded length reaches ``target``."""
+        if self._mix_sink is None or self._mix_encoder is None:
+            return
+        if not final:
+            target = min([target, *(s.position - DEFAULT_PRE_SKIP for s in self._speakers.values())])
+        sink = self._mix_sink
+        while True:
+            decoded_length = sink.samples_written - self._mix_pre_skip
+            if final:
+                if decoded_length >= target:
+                    break
+            elif self._mixed + FRAME_SAMPLES > target:
+                break
+            begin = self._mixed % _RING
+            frame = self._ring[begin : begin + FRAME_SAMPLES]
+            silent = not frame.any()
+            if silent and self._mix_silent:
+                sink.write(self._silence)  # a run of silence costs no encode
+            else:
+                pcm = np.clip(frame, -32768, 32767).astype(np.int16)
+                sink.write(self._mix_encoder.encode(pcm))
+            self._mix_silent = silent
+            frame[:] = 0
+            self._mixed += FRAME_SAMPLES
+
+    def _write_manifest(self) -> None:
+        """``recording.json``: what the directory holds, rewritten when a speaker's track is
+        added and when the recording ends (written to a temporary name, then renamed)."""
+        speakers = getattr(self, "_speakers", {})
+        stopped = self._stopped_at
+        manifest = {
+            **self._description,
+            "started_at": self._started_at,
+            "stopped_at": None if stopped is None else self._started_at + (stopped - self._started),
+            "finalised": self._closed,
+            "mix": self._mix_file or None,
+            "tracks": {s.user_id: track_name(s.user_id) for s in speakers.values()} if self._tracks_wanted else {},
+            "statistics": attrs.asdict(self.stats),
+        }
+        temporary = self.directory / (MANIFEST_FILE + ".tmp")
+        temporary.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        os.replace(temporary, self.directory / MANIFEST_FILE)
