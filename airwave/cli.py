@@ -1,4 +1,4 @@
-"""The `airwave` command: serve, token, replay, host, listen, stop, demo.
+"""The `airwave` command: serve, token, replay, host, listen, stop, record, demo.
 
 Whatever a user gets wrong is one line on stderr that says what to do, and a non-zero exit:
 2 when the command line asks for something that cannot be done, 1 when the run failed.
@@ -468,6 +468,19 @@ def _stop(args: argparse.Namespace) -> int:
     ))
 
 
+def _record(args: argparse.Namespace) -> int:
+    from airwave import commands
+
+    try:
+        user_id, token = _identity(args, "recorder", 0)
+    except ValueError as exc:
+        return _failed(str(exc), 2)
+    return _run_client(args, lambda quit: commands.record(
+        args.url, args.channel, args.state == "on", params=args.params or "", user_id=user_id,
+        display_name=args.name or "", password=args.password, token=token, quit=quit,
+    ))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from airwave.demo import run_demo
 
@@ -609,6 +622,15 @@ def build_parser() -> argparse.ArgumentParser:
     stop = command("stop", "end a channel for everyone")
     client_options(stop, "stopper")
     stop.set_defaults(run=_stop)
+
+    record = command("record", "turn the server's recording of a channel on or off (as a host; files go in the server's data directory)")
+    client_options(record, "recorder")
+    record.add_argument("state", choices=("on", "off"), help="on: start recording; off: stop")
+    record.add_argument(
+        "--params", metavar="JSON",
+        help='what to record, e.g. \'{"mix": true, "tracks": false}\' (default: the mix and one track per speaker)',
+    )
+    record.set_defaults(run=_record)
 
     demo = command("demo", "run a server, a host, two listeners, a co-host and a stop, in one go")
     demo.add_argument("--dir", help="where to put the recordings and the event log (default: a new temp dir)")

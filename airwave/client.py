@@ -37,6 +37,7 @@ from airwave.protocol import (
     CustomState,
     EnableUpload,
     Error,
+    EnableRecord,
     Join,
     Kick,
     Leave,
@@ -51,6 +52,7 @@ from airwave.protocol import (
     PropertyChanged,
     Query,
     Reason,
+    RecordState,
     RefreshToken,
     Reply,
     Resume,
@@ -317,6 +319,7 @@ class MediaChannel:
         self._custom_state = CustomState.NONE
         self._upload_wanted = False  # persists across leave and rejoin (client default: off)
         self._custom_property = ""
+        self._record_state = RecordState.IDLE
         self._member_count = 0
         self._session_token = ""
         self._last_join: tuple[str, JoinParam | None] | None = None
@@ -369,6 +372,10 @@ class MediaChannel:
 
     def get_custom_property(self) -> str:
         return self._custom_property
+
+    def get_record_state(self) -> RecordState:
+        """Whether the server records the channel (kept from the join and property changes)."""
+        return self._record_state
 
     def get_statistics(self) -> str:
         """A JSON text with "Config", "Network", "Transport" and "Participants" (the vendor's keys)."""
@@ -458,6 +465,13 @@ class MediaChannel:
     def set_custom_property(self, value: str) -> bool:
         return self._state is ChannelState.JOINED and self._queue(lambda: self._set_custom_property(value))
 
+    def enable_record(self, enable: bool, params: str = "") -> bool:
+        """The vendor's enableRecord: the server starts (or stops) recording the channel.
+        ``params`` is a JSON object text: {"mix": bool, "tracks": bool}, both true by default.
+        The outcome comes as on_media_channel_property_change(record_state) to everyone, or
+        on_error("enable_record", reason, message) to the caller (no_permission, ...)."""
+        return self._state is ChannelState.JOINED and self._queue(lambda: self._enable_record(enable, params))
+
     def refresh_token(self, token: str) -> bool:
         """A fresh join token for this session, before the current one expires; no leave."""
         return self._state is ChannelState.JOINED and self._queue(lambda: self._refresh_token(token))
@@ -506,6 +520,9 @@ class MediaChannel:
     async def set_custom_property_async(self, value: str) -> Reason:
         return await self._ordered(lambda: self._set_custom_property(value))
 
+    async def enable_record_async(self, enable: bool, params: str = "") -> Reason:
+        return await self._ordered(lambda: self._enable_record(enable, params))
+
     async def refresh_token_async(self, token: str) -> Reason:
         return await self._ordered(lambda: self._refresh_token(token))
 
@@ -547,6 +564,7 @@ class MediaChannel:
         self._channel_id = info.channel_id
         self._session_token = info.session_token
         self._custom_property = info.custom_property
+        self._record_state = info.record_state
         self._member_count = info.member_count
         self._participants.clear()
         for p in info.participants:
@@ -626,6 +644,13 @@ class MediaChannel:
 
     async def _set_custom_property(self, value: str) -> Reason:
         return self._checked("set_custom_property", await self._request(SetCustomProperty, value=value))
+
+    async def _enable_record(self, enable: bool, params: str) -> Reason:
+        try:
+            EnableRecord(id=1, enabled=enable, params=params)
+        except ValueError as exc:  # refused here as the server would refuse it
+            return self._refused("enable_record", Reason.INVALID_PARAM, str(exc))
+        return self._checked("enable_record", await self._request(EnableRecord, enabled=enable, params=params))
 
     async def _refresh_token(self, token: str) -> Reason:
         reason = self._checked("refresh_token", await self._request(RefreshToken, token=token))
@@ -773,8 +798,9 @@ class MediaChannel:
                     participant = attrs.evolve(p, volume_status=status)
                     self._store(participant)
                     self._emit(VolumeChangeEvent(participant))
-            case PropertyChanged(changes=changes, custom_property=value):
+            case PropertyChanged(changes=changes, custom_property=value, record_state=record_state):
                 self._custom_property = value
+                self._record_state = record_state
                 self._emit(PropertyChangeEvent(PropertyChange(changes)))
             case MessageReceived(msg_type=msg_type, content=content, from_user_id=sender):
                 self._emit(MessageEvent(msg_type, content, sender))

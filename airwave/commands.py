@@ -304,3 +304,24 @@ async def stop(
             raise CommandFailed(f"cannot stop {channel_id!r}", result.reason)
     print(f"stopped {channel_id!r} for everyone", file=out, flush=True)
     return 0
+
+
+async def record(
+    url: str, channel_id: str, enable: bool, *, params: str = "", user_id: str | None = None, display_name: str = "",
+    password: str | None = None, token: str | None = None, out: TextIO = sys.stdout, quit: Quit | None = None,
+) -> int:
+    """Joins the existing channel as a host (uri mode), turns the server's recording on or
+    off (enable_record), and leaves; the recording goes on without it (docs/operations.md)."""
+    quit = quit or Quit()
+    async with Client.connect(url, user_id=user_id, token=token) as client:
+        quit.connected = True
+        channel = MediaChannel.create(client, MediaDevice.create())
+        channel.set_custom_role(HOST_ROLE)
+        await _join(channel, channel_id, JoinParam(uri_mode=True, password=password, display_name=display_name))
+        reason = await channel.enable_record_async(enable, params)
+        if reason is not Reason.NONE:
+            raise CommandFailed(f"cannot turn recording {'on' if enable else 'off'} in {channel_id!r}", reason)
+        await channel.leave_async()
+    state = "recording" if enable else "not recording"
+    print(f"{channel_id!r} is {state} (the files are under the server's data directory: recordings/)", file=out, flush=True)
+    return 0

@@ -8,14 +8,17 @@ against the wall-clock time recorded, their sound against what was sent.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import attrs
 import av
 import numpy as np
 import trio
 
 from airwave.actors.log.replay import replay_events
 from airwave.actors.server import RunningServer
+from airwave.client import Client, MediaChannel, MediaChannelCallback, MediaDevice
 from airwave.media.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusEncoder
 from airwave.media.sources import tone_frames
 from airwave.protocol import (
@@ -104,3 +107,69 @@ async def wait_finalised(directory: Path) -> None:
         return manifest.exists() and json.loads(manifest.read_text())["finalised"]
 
     await wait_until(finalised, "the recording to be finalised")
+
+
+# --- the SDK and the CLI ----------------------------------------------------------------------
+
+
+@attrs.define
+class Calls(MediaChannelCallback):
+    errors: list[tuple[str, Reason, str]] = attrs.field(factory=list)
+    changes: list[PropertyChange] = attrs.field(factory=list)
+
+    def on_error(self, operation: str, reason: Reason, message: str) -> None:
+        self.errors.append((operation, reason, message))
+
+    def on_media_channel_property_change(self, change: PropertyChange) -> None:
+        self.changes.append(change)
+
+
+async def test_sdk_listener_enable_record_is_refused_no_permission_and_a_host_s_reaches_everyone(server: RunningServer) -> None:
+    host_calls, listener_calls = Calls(), Calls()
+    with trio.fail_after(10):
+        async with Client.connect(server.url, user_id="host") as h, Client.connect(server.url, user_id="lis") as li:
+            host = MediaChannel.create(h, MediaDevice.create(), host_calls)
+            listener = MediaChannel.create(li, MediaDevice.create(), listener_calls)
+            host.set_custom_role(HOST)
+            assert (await host.join_async("222")).result
+            assert (await listener.join_async("222")).result
+
+            assert await listener.enable_record_async(True) is Reason.NO_PERMISSION
+            assert listener_calls.errors[-1][:2] == ("enable_record", Reason.NO_PERMISSION)
+            assert listener.get_record_state() is RecordState.IDLE
+            assert await listener.enable_record_async(True, '{"video": true}') is Reason.INVALID_PARAM
+
+            assert await host.enable_record_async(True, '{"tracks": false}') is Reason.NONE
+            await wait_until(lambda: PropertyChange.RECORD_STATE in listener_calls.changes, "the listener to see record_state")
+            assert listener.get_record_state() is RecordState.RECORDING is host.get_record_state()
+            assert [error[:2] for error in listener_calls.errors] == [
+                ("enable_record", Reason.NO_PERMISSION), ("enable_record", Reason.INVALID_PARAM)
+            ]
+
+    kinds = [item.event.TYPE for item in replay_events(server.event_log.directory)]
+    assert kinds.count("recording_started") == 1  # the listener's attempt left no trace
+
+
+async def test_cli_record_on_then_off_records_the_channel(server: RunningServer, data_dir: Path) -> None:
+    async def record(state: str) -> str:
+        done = await trio.run_process(
+            [sys.executable, "-m", "airwave.cli", "record", "222", state, "--url", server.url, "--log-level", "WARNING"],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.decode()
+
+    with trio.fail_after(20):
+        async with open_wire(server.url) as host:
+            ok(await host.request(Join, channel="222", user_id="host", role=HOST, upload=True))
+            assert "'222' is recording" in await record("on")
+            assert (await next_push(host, PropertyChanged)).record_state is RecordState.RECORDING
+            await Speaker(host).say(list(tone_frames(440.0, 0.4)))
+            assert "'222' is not recording" in await record("off")
+
+    events = [item.event for item in replay_events(data_dir)]
+    started = next(e for e in events if e.TYPE == "recording_started")
+    stopped = next(e for e in events if e.TYPE == "recording_stopped")
+    assert started.by.startswith("recorder-") and stopped.reason is Reason.NONE
+    await wait_finalised(data_dir / started.directory)
+    assert (data_dir / started.directory / "speaker-host.opus").exists()
