@@ -430,7 +430,7 @@ class ChannelActor:
                 if isinstance(event, RecordingStarted):
                     self._start_recorder(event, after)
                 else:
-                    self._stop_recorder()
+                    self._stop_recorder(event.time)
                 self._broadcast(self._property_changed(PropertyChange.RECORD_STATE, after))
                 log.info(
                     "recording %s %s #%d %s reason=%s", "started" if isinstance(event, RecordingStarted) else "stopped",
@@ -456,7 +456,8 @@ class ChannelActor:
         assert self._data_dir is not None and self._nursery is not None
         recorder = Recorder(
             self._data_dir / event.directory, mix=event.mix, tracks=event.tracks,
-            description={"channel": event.channel, "number": event.number, "started_by": event.by, "event_time": event.time},
+            description={"channel": event.channel, "number": event.number, "started_by": event.by},
+            started_at=event.time,
         )
         for member in channel.members.values():
             recorder.name(member.sid, member.user_id)
@@ -470,11 +471,13 @@ class ChannelActor:
         if recorder.stats.failed:
             log.error("recording of %s stopped writing: %s", shown(self.channel_id), recorder.stats.failed)
 
-    def _stop_recorder(self) -> None:
+    def _stop_recorder(self, at: float | None = None) -> None:
+        """Takes the recorder out of the router and stops it at ``at`` (the recording_stopped
+        event's time; None: now)."""
         recorder, self.recorder = self.recorder, None
         if recorder is not None:
             self.router.remove_member(RECORDER_SID)
-            recorder.stop()
+            recorder.stop(at)
 
     @staticmethod
     def _property_changed(change: PropertyChange, channel: Channel) -> PropertyChanged:

@@ -17,8 +17,9 @@ worker thread per recording (`run`) does everything else, every 20 ms:
 All files start at the recording's start and, once finalised, end at its stop (within one
 20 ms frame): their durations are the wall-clock time recorded, and a moment at offset t in
 one file is at offset t in every other. The writer is DELAY behind the wall clock, and FFmpeg
-writes an Ogg page every PAGE_SECONDS and hands it to the kernel at once, so a process killed
-outright leaves files that decode up to about DELAY + PAGE_SECONDS before the kill.
+hands each Ogg page (PAGE_SECONDS of audio) to the kernel once the next one has begun, so a
+process killed outright leaves files that decode up to DELAY + 2 x PAGE_SECONDS (0.45 s) before
+the kill (measured in tests/test_recording.py).
 
 The worker holds the GIL only for short stretches (a decode is ~0.04 ms, an encode ~0.2 ms;
 design.md section 3), so the fan-out thread is not starved. ``recording.json`` in the
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import struct
 import threading
@@ -44,15 +46,18 @@ import numpy as np
 from airwave.protocol.media import EXT16, SERVER_MEDIA_TYPE
 from airwave.protocol.text import file_slug
 
-from .jitter import JitterBuffer, Lost, Ready
+from .jitter import JitterBuffer, Lost, PushOutcome, Ready
 from .opus import DEFAULT_PRE_SKIP, FRAME_SAMPLES, SAMPLE_RATE, OpusDecoder, OpusEncoder, packet_samples
 from .sinks import OggOpusSink
 
 log = logging.getLogger("airwave.recorder")
 
 TICK = 0.020  # the worker's period: one Opus frame
-DELAY = 0.200  # how far behind the wall clock the files are written: the reordering window
-PAGE_SECONDS = 0.5  # FFmpeg's Ogg page duration; each page is written out as soon as it is full
+DELAY = 0.150  # how far behind the wall clock the files are written: the reordering window
+# FFmpeg's Ogg page duration. Its muxer holds a stream's newest page back until the next one
+# starts, then writes it out at once (flush_packets): a page reaches the kernel at most two
+# page durations after its first sample was written.
+PAGE_SECONDS = 0.15
 QUEUE_FRAMES = 2_000  # frames waiting for the worker (20 s of one speaker, 4 s of five)
 MAX_AHEAD = SAMPLE_RATE  # a speaker's packets more than 1 s ahead of the wall clock are dropped
 MIX_BITRATE = 48_000
@@ -142,7 +147,11 @@ class Recorder:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         description: dict[str, object] | None = None,
+        started_at: float | None = None,
     ) -> None:
+        """``started_at`` (wall clock, epoch seconds; default now) is where the files begin: the
+        recording_started event's time, which is a moment before the recorder exists (the event
+        was made durable first), so the files line up with the event log."""
         self.directory = directory
         self.stats = RecorderStatistics()
         self._mix_file = mix
@@ -151,8 +160,9 @@ class Recorder:
         self._clock = clock
         self._queue: deque[tuple[float, bytes]] = deque()
         self._names: dict[int, str] = {}
-        self._started = clock()
-        self._started_at = wall_clock()
+        wall_now, now = wall_clock(), clock()
+        self._started_at = wall_now if started_at is None else min(started_at, wall_now)
+        self._started = now - (wall_now - self._started_at)
         self._wall_clock = wall_clock
         self._stopped_at: float | None = None
         self._stop = threading.Event()
@@ -176,11 +186,13 @@ class Recorder:
         """Media from ``sid`` is ``user_id``'s (sids are never reused in a channel instance)."""
         self._names[sid] = user_id
 
-    def stop(self) -> None:
-        """Ends the recording now: the worker writes what it holds, pads to this moment and
-        closes the files. Safe to call more than once, from any thread."""
+    def stop(self, at: float | None = None) -> None:
+        """Ends the recording at ``at`` (wall clock; default now: the recording_stopped
+        event's time): the worker writes what arrived before it, pads every file to it and
+        closes them. Safe to call more than once, from any thread."""
         if self._stopped_at is None:
-            self._stopped_at = self._clock()
+            now = self._clock()
+            self._stopped_at = now if at is None else now - max(0.0, self._wall_clock() - at)
         self._stop.set()
 
     # --- the worker ---
@@ -250,16 +262,18 @@ class Recorder:
         """After stop: everything that arrived before the stop is written; every file is padded
         to the stop."""
         end = self._stopped_at if self._stopped_at is not None else self._clock()
-        self._take_queue()
+        self._take_queue(until=end)
         target = self._samples_at(end)
         for speaker in self._speakers.values():
             self._release(speaker, end + DELAY, target, final=True)
         self._encode_mix(target, final=True)
 
-    def _take_queue(self) -> None:
+    def _take_queue(self, until: float = math.inf) -> None:
         queue = self._queue
         while queue:
             arrival, frame = queue.popleft()
+            if arrival > until:  # after the stop (the router still fed us while it was logged)
+                continue
             media = _media_of(frame)
             if media is None:
                 self.stats.malformed += 1
@@ -268,7 +282,8 @@ class Recorder:
             speaker = self._by_sid.get(sid)
             if speaker is None:
                 speaker = self._speaker_for(sid)
-            speaker.jitter.push(seq, timestamp, opus, arrival)
+            if speaker.jitter.push(seq, timestamp, opus, arrival) is PushOutcome.LATE:
+                self.stats.late += 1
 
     def _speaker_for(self, sid: int) -> _Speaker:
         user_id = self._names.get(sid, f"sid-{sid}")
@@ -280,6 +295,12 @@ class Recorder:
             self._write_manifest()
         if speaker.sid != -1:
             self._by_sid.pop(speaker.sid, None)
+            # The old stream's last packets wait in its jitter buffer: they go first (without
+            # the concealment the buffer would add past its newest packet).
+            rest = speaker.jitter.pop(math.inf)
+            while rest and isinstance(rest[-1], Lost):
+                rest.pop()
+            self._write_items(speaker, rest, self._samples_at(self._clock() - DELAY) + DEFAULT_PRE_SKIP)
         speaker.new_stream(sid)
         self._by_sid[sid] = speaker
         return speaker
@@ -294,6 +315,15 @@ class Recorder:
         muxed_target = target + DEFAULT_PRE_SKIP
         items = speaker.jitter.pop(now)
         speaker.quiet_ticks = 0 if items else speaker.quiet_ticks + 1
+        self._write_items(speaker, items, muxed_target)
+        quiet = final or speaker.quiet_ticks >= 2
+        fill_to = muxed_target if quiet else muxed_target - 2 * FRAME_SAMPLES
+        while speaker.position < fill_to:
+            if speaker.track is not None:
+                speaker.track.write(self._silence)
+            speaker.position += FRAME_SAMPLES
+
+    def _write_items(self, speaker: _Speaker, items: list[Ready | Lost], muxed_target: int) -> None:
         for item in items:
             if speaker.position - muxed_target > MAX_AHEAD:
                 self.stats.ahead += 1
@@ -309,12 +339,6 @@ class Recorder:
                 if speaker.track is not None:
                     speaker.track.write(self._silence)
                 speaker.position += FRAME_SAMPLES
-        quiet = final or speaker.quiet_ticks >= 2
-        fill_to = muxed_target if quiet else muxed_target - 2 * FRAME_SAMPLES
-        while speaker.position < fill_to:
-            if speaker.track is not None:
-                speaker.track.write(self._silence)
-            speaker.position += FRAME_SAMPLES
 
     def _write(self, speaker: _Speaker, packet: bytes | None) -> None:
         """One packet (None: a lost one, concealed) at the speaker's position, in the track and

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -177,3 +180,46 @@ async def next_join_result(events: trio.MemoryReceiveChannel, timeout: float) ->
             if isinstance(event, JoinResult):
                 return event
     raise AssertionError("no JoinResult")
+
+
+class ServeProcess:
+    """`python -m airwave.cli serve --port 0 --data DIR ...`, its stderr collected as it comes."""
+
+    LISTENING = re.compile(r"listening on (ws://127\.0\.0\.1:(\d+)/)")
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.stderr = ""
+        self.url = ""
+        self.listening = trio.Event()
+
+    async def collect_stderr(self) -> None:
+        assert self.process.stderr is not None
+        async for chunk in self.process.stderr:
+            self.stderr += chunk.decode(errors="replace")
+            match = self.LISTENING.search(self.stderr)
+            if match and not self.listening.is_set():
+                self.url = match.group(1)
+                self.listening.set()
+
+    async def exit_code(self, timeout: float = 5) -> int:
+        with trio.fail_after(timeout):
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def airwave_serve(data: Path, *extra: str) -> AsyncIterator[ServeProcess]:
+    command = [sys.executable, "-m", "airwave.cli", "serve", "--port", "0", "--data", str(data), *extra]
+    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
+    server = ServeProcess(process)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.collect_stderr)  # ends at the process's exit (EOF on stderr)
+        try:
+            with trio.fail_after(10):
+                await server.listening.wait()
+            yield server
+        finally:
+            if process.returncode is None:  # the test did not end it: do not leave it running
+                process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()

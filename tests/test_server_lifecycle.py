@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,7 +47,7 @@ from airwave.protocol import (
 from airwave.wire import open_wire
 
 from conftest import fast_settings
-from helpers import HOST, logged, logged_seqs, next_push, ok, steady_media, wait_until
+from helpers import HOST, airwave_serve, logged, logged_seqs, next_push, ok, steady_media, wait_until
 
 
 @asynccontextmanager
@@ -339,49 +338,6 @@ async def test_heartbeat_a_listener_that_stops_reading_is_timed_out_by_the_kerne
 
 
 # --- airwave serve as a process --------------------------------------------------------------
-
-
-class ServeProcess:
-    """`python -m airwave.cli serve --port 0 --data DIR`, its stderr collected as it comes."""
-
-    LISTENING = re.compile(r"listening on (ws://127\.0\.0\.1:(\d+)/)")
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.stderr = ""
-        self.url = ""
-        self.listening = trio.Event()
-
-    async def collect_stderr(self) -> None:
-        assert self.process.stderr is not None
-        async for chunk in self.process.stderr:
-            self.stderr += chunk.decode(errors="replace")
-            match = self.LISTENING.search(self.stderr)
-            if match and not self.listening.is_set():
-                self.url = match.group(1)
-                self.listening.set()
-
-    async def exit_code(self, timeout: float = 5) -> int:
-        with trio.fail_after(timeout):
-            return await self.process.wait()
-
-
-@asynccontextmanager
-async def airwave_serve(data: Path) -> AsyncIterator[ServeProcess]:
-    command = [sys.executable, "-m", "airwave.cli", "serve", "--port", "0", "--data", str(data)]
-    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
-    server = ServeProcess(process)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.collect_stderr)  # ends at the process's exit (EOF on stderr)
-        try:
-            with trio.fail_after(10):
-                await server.listening.wait()
-            yield server
-        finally:
-            if process.returncode is None:  # the test did not end it: do not leave it running
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
 
 
 async def test_serve_process_sigkill_then_restart_ends_open_sessions_server_restart(tmp_path: Path) -> None:
