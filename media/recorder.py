@@ -96,9 +96,10 @@ def _media_of(frame: bytes) -> tuple[int, int, int, bytes] | None:
 
 
 def _silent_packet() -> bytes:
-    """An encoded 20 ms of silence: what a track holds where nobody speaks. (A 1-byte
-    concealment packet would not do: CELT's concealment settles into a noise floor.)"""
-    encoder = OpusEncoder()
+    """An encoded 20 ms of silence: what a track holds where nobody speaks. CELT codes digital
+    silence in 3 bytes (SILK, libopus's "voip" choice, takes 35 with its comfort noise); a
+    1-byte concealment packet would not do (CELT's concealment settles into a noise floor)."""
+    encoder = OpusEncoder(application="lowdelay")
     zeros = np.zeros(FRAME_SAMPLES, np.int16)
     for _ in range(3):
         packet = encoder.encode(zeros)
