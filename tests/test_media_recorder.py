@@ -1,0 +1,60 @@
+"""The recorder's edges, without a server: its hot-path side never blocks, a failure is a value."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from airwave.media.opus import OpusEncoder
+from airwave.media.recorder import Recorder, track_name
+from airwave.protocol.media import encode_client_media, relay_frame
+from airwave.protocol.wsframe import server_binary_frame
+
+
+def media_frame(sid: int, seq: int) -> bytes:
+    packet = OpusEncoder().encode(np.zeros(960, np.int16))
+    return bytes(server_binary_frame(relay_frame(sid, encode_client_media(seq, seq * 960, packet, 0))))
+
+
+def test_recorder_full_queue_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path / "r", queue_frames=3)  # no worker: nothing drains the queue
+    frame = media_frame(1, 0)
+
+    started = time.perf_counter()
+    for _ in range(1000):
+        recorder.send_frame_nowait(frame, droppable=True)
+
+    assert (recorder.stats.frames_in, recorder.stats.dropped) == (1000, 997)
+    assert time.perf_counter() - started < 0.1
+
+
+def test_recorder_that_cannot_write_stops_with_the_reason_and_does_not_raise(tmp_path: Path) -> None:
+    blocker = tmp_path / "recordings"
+    blocker.write_text("a file where the directory would go")
+    recorder = Recorder(blocker / "222" / "1-x")
+    worker = threading.Thread(target=recorder.run)
+
+    worker.start()
+    worker.join(5)
+
+    assert not worker.is_alive() and recorder.finished.is_set()
+    assert "NotADirectoryError" in recorder.stats.failed or "FileExistsError" in recorder.stats.failed
+
+
+def test_recorder_names_a_track_by_user_slug_and_lists_it_in_the_manifest(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path / "r")
+    recorder.name(7, "ann/../x")
+    worker = threading.Thread(target=recorder.run)
+    worker.start()
+    recorder.send_frame_nowait(media_frame(7, 0), droppable=True)
+    recorder.stop()  # what arrived before the stop is written, however soon it comes
+    worker.join(5)
+
+    manifest = json.loads((tmp_path / "r" / "recording.json").read_text())
+    assert manifest["finalised"] and manifest["tracks"] == {"ann/../x": track_name("ann/../x")}
+    assert track_name("ann/../x") == "speaker-ann%2F%2E%2E%2Fx.opus"
+    assert (tmp_path / "r" / track_name("ann/../x")).exists()
