@@ -323,6 +323,8 @@ def _replay_cluster_log(url: str, *, channel: str | None, until: int | None) -> 
 def _replay(args: argparse.Namespace) -> int:
     from airwave.actors.log import LogCorruption, UnusableRecord
     from airwave.actors.log.replay import (
+        audio_column,
+        audio_places,
         event_json,
         event_text,
         final_state_json,
@@ -354,14 +356,19 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"airwave: cannot replay: {exc}", file=sys.stderr)
         return 2
     out = sys.stdout
+    places = audio_places(items) if args.audio else {}
     if args.json:
         for item in items:
-            out.write(json.dumps(event_json(item)) + "\n")
+            data = event_json(item)
+            if args.audio:
+                place = places.get(item.seq)
+                data["audio"] = None if place is None else {"directory": place.directory, "offset": place.offset}
+            out.write(json.dumps(data) + "\n")
         for channel in channels.values():
             out.write(json.dumps(final_state_json(channel)) + "\n")
     else:
         for item in items:
-            out.write(event_text(item) + "\n")
+            out.write((audio_column(places.get(item.seq)) if args.audio else "") + event_text(item) + "\n")
         out.write("\nfinal state:\n" if channels else "\nno channels\n")
         for channel in channels.values():
             out.write(final_state_text(channel) + "\n")
@@ -586,6 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--channel", help="only this channel id")
     replay.add_argument("--until", type=int, metavar="SEQ", help="stop after this seq (included)")
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay.add_argument(
+        "--audio", action="store_true",
+        help="start each event with its offset in its channel's recording (+S.SSSs into every file of it; - when not recording); "
+        "with --json an \"audio\" field: {directory, offset}",
+    )
     replay.set_defaults(run=_replay)
 
     def client_options(sub: argparse.ArgumentParser, default_user: str) -> None:

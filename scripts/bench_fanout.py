@@ -7,6 +7,7 @@
     python scripts/bench_fanout.py --listeners 500 --stalled 20
     python scripts/bench_fanout.py --join-storm 1000,2000 --existing 500
     python scripts/bench_fanout.py --listeners 750 --systems airwave --profile 10
+    python scripts/bench_fanout.py --channels 10 --listeners-per-channel 50 --systems airwave,recording --runs 3
 
 Each run starts a fresh server as its own process (``airwave serve --port P --data TMPDIR``,
 or one of the two baselines in scripts/fanout_baselines.py) pinned to one core, and the load
@@ -56,8 +57,10 @@ HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "fanout_loadgen.py"
 BASELINES = HERE / "fanout_baselines.py"
 # "metrics" is Airwave with --metrics, scraped every second while it runs (issue 17: the hot
-# path must not pay for metrics); it is measured only when --systems names it.
-SYSTEMS = ("airwave", "metrics", "naive", "floor")
+# path must not pay for metrics); "recording" is Airwave with every channel's host turning
+# recording on (issue 18: recording must not cost the fan-out); each is measured only when
+# --systems names it.
+SYSTEMS = ("airwave", "metrics", "recording", "naive", "floor")
 DEFAULT_SYSTEMS = ("airwave", "naive", "floor")
 
 TARGET_P99_MS = 20.0
@@ -307,7 +310,7 @@ def mem_growth(log_path: Path, listeners: int) -> dict[str, Any] | None:
 
 def server_argv(system: str, port: int, data: Path, log_level: str, gc_trace: bool = False,
                 mem_trace: bool = False, metrics_port: int | None = None) -> list[str]:
-    if system in ("airwave", "metrics"):
+    if system in ("airwave", "metrics", "recording"):
         rest = ["--log-level", log_level, "serve", "--port", str(port), "--data", str(data)]
         if metrics_port is not None:
             rest += ["--metrics", f"127.0.0.1:{metrics_port}"]
@@ -340,6 +343,22 @@ def gc_pauses(log_path: Path, window: list[float] | None) -> dict[str, Any] | No
     } | {"pauses_over_5ms_at_ms": times[:20], "note": "gen0/1 listed only when over 1 ms"}
 
 
+def recordings_of(data: Path) -> dict[str, Any]:
+    """What the recording system's server wrote (read after its graceful stop): recordings,
+    finalised ones, frames its recorders dropped (queue full) and bytes on disk."""
+    manifests = [json.loads(p.read_text()) for p in data.glob("recordings/*/*/recording.json")]
+    files = [p for p in data.glob("recordings/*/*/*.opus")]
+    return {
+        "recordings": len(manifests),
+        "finalised": sum(1 for m in manifests if m.get("finalised")),
+        "frames_in": sum(m["statistics"]["frames_in"] for m in manifests),
+        "dropped": sum(m["statistics"]["dropped"] for m in manifests),
+        "late": sum(m["statistics"]["late"] for m in manifests),
+        "opus_files": len(files),
+        "opus_bytes": sum(p.stat().st_size for p in files),
+    }
+
+
 def wait_listening(proc: subprocess.Popen, log_path: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -369,7 +388,8 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
         wait_listening(server, server_log)
         if metrics_port is not None:
             scraper = Scraper(metrics_port)
-        cfg = dict(scenario, port=port, server_pid=server.pid, server_cpu=args.server_cpu, loadgen_cpu=args.loadgen_cpu)
+        cfg = dict(scenario, port=port, server_pid=server.pid, server_cpu=args.server_cpu, loadgen_cpu=args.loadgen_cpu,
+                   record=system == "recording")
         if args.mem_trace and system == "airwave":
             cfg["snapshot_pause"] = 8.0  # the load generator idles while the server snapshots its heap
         with open(tmp / "loadgen.err", "wb") as err_file:
@@ -437,6 +457,8 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
         if scrapes is not None:
             figures["metrics_scrapes"] = scrapes
         figures["server_alive_at_end"] = server_alive
+        if system == "recording":
+            figures["recordings"] = recordings_of(tmp / "data")
         figures["server_log"] = scan_server_log(server_log)
         if args.mem_trace and system == "airwave":
             figures["memory"] = mem_growth(server_log, figures["listeners"])
@@ -499,6 +521,10 @@ def figures_of(system: str, scenario: dict[str, Any], r: dict[str, Any], snapsho
         "latency_ms": {k: main.get("latency_ms", {}).get(k) for k in ("p50", "p99", "max")},
         "server_cpu_percent": round(100 * cpu / wall, 1) if wall else None,
         "server_us_per_delivery": round(1e6 * cpu / deliveries, 2) if deliveries else None,
+        # the server's main thread only: the fan-out and everything on the trio loop, without
+        # worker threads (a recorder's, PBKDF2's)
+        "server_main_thread_us_per_delivery": round(1e6 * r["server_main_thread_cpu_seconds"] / deliveries, 2)
+        if deliveries and r.get("server_main_thread_cpu_seconds") is not None else None,
         # the server's CPU with the same listeners connected but no media (heartbeat pings,
         # member counts, timers), and the per-delivery cost with that idle rate taken out
         "server_idle_cpu_percent": r.get("idle_cpu_percent"),
@@ -692,6 +718,14 @@ def run_systems(systems: list[str], scenario: dict[str, Any], args: argparse.Nam
     air = out.get("airwave", {}).get("median", {}).get("server_us_per_delivery")
     if with_metrics and air:
         ratios["metrics_over_airwave"] = round(with_metrics / air, 3)
+    recording = out.get("recording", {}).get("median", {})
+    airwave_median = out.get("airwave", {}).get("median", {})
+    for key in ("server_us_per_delivery", "server_main_thread_us_per_delivery"):
+        if recording.get(key) and airwave_median.get(key):
+            ratios[f"recording_over_airwave_{key}"] = round(recording[key] / airwave_median[key], 3)
+    p99_rec, p99_air = (recording.get("latency_ms") or {}).get("p99"), (airwave_median.get("latency_ms") or {}).get("p99")
+    if p99_rec and p99_air:
+        ratios["recording_over_airwave_p99"] = round(p99_rec / p99_air, 3)
     if ratios:
         out["ratios"] = ratios
     floor = out.get("floor", {}).get("median", {}).get("server_us_per_delivery")
@@ -880,6 +914,7 @@ ROWS = [
     ("latency max ms", lambda f: f["latency_ms"]["max"]),
     ("server_cpu_percent", lambda f: f["server_cpu_percent"]),
     ("server_us_per_delivery", lambda f: f["server_us_per_delivery"]),
+    ("  main thread only", lambda f: f.get("server_main_thread_us_per_delivery")),
     ("  above idle", lambda f: f["server_us_per_delivery_above_idle"]),
     ("server idle cpu %", lambda f: f["server_idle_cpu_percent"]),
     ("deliveries/s", lambda f: f["deliveries_per_second"]),
@@ -946,6 +981,14 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
                   + ", ".join(f"{v}x {k.split('_over_')[1]}" for k, v in ratios.items() if k.startswith("airwave_over_")))
         if "metrics_over_airwave" in ratios:
             print(f"with --metrics, scraped every second: {ratios['metrics_over_airwave']}x airwave's CPU per delivery")
+        if "recording_over_airwave_server_us_per_delivery" in ratios:
+            rec = report["results"]["recording"]["median"].get("recordings") or {}
+            print(f"with every channel recording: {ratios['recording_over_airwave_server_us_per_delivery']}x airwave's "
+                  f"server CPU per delivery (recorder threads included), "
+                  f"{ratios.get('recording_over_airwave_server_main_thread_us_per_delivery')}x "
+                  f"on the fan-out's main thread, {ratios.get('recording_over_airwave_p99')}x the p99; "
+                  f"recorders: {rec.get('recordings')} recordings, {rec.get('finalised')} finalised, "
+                  f"{rec.get('dropped')} of {rec.get('frames_in')} frames dropped")
         split = report["results"].get("floor_split")
         if split:
             print(f"the floor's send costs {split['floor_us_per_send']} us here (kernel + one Python call); "
@@ -1051,7 +1094,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=2.0, help="server CPU measured this long with listeners idle")
     p.add_argument("--grace", type=float, default=1.0, help="late frames of window packets still count this long")
     p.add_argument("--runs", type=int, default=1, help="repeat each system K times and report medians")
-    p.add_argument("--systems", default=None, help="comma list of airwave,metrics,naive,floor (default airwave,naive,floor; sweep: airwave; metrics: airwave with --metrics scraped every second)")
+    p.add_argument("--systems", default=None, help="comma list of airwave,metrics,recording,naive,floor (default airwave,naive,floor; sweep: airwave; metrics: airwave with --metrics scraped every second; recording: airwave with every channel recording)")
     p.add_argument("--sweep", action="store_true", help="find the largest N with zero loss and p99 <= 20 ms")
     p.add_argument("--sweep-start", type=int, default=250)
     p.add_argument("--sweep-max", type=int, default=4000)

@@ -127,6 +127,14 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU time of one thread of ``pid`` (default its main thread, where the fan-out runs; a
+    recorder's worker threads do not), in nanoseconds: the first field of
+    /proc/PID/task/TID/schedstat. (A thread CPU-time clock of another process is refused.)"""
+    with open(f"/proc/{pid}/task/{tid or pid}/schedstat", "rb") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
 def proc_rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -194,7 +202,7 @@ class Conn:
         "ch", "closed_how", "desync", "fd", "gap_events", "group", "is_host", "key", "last_seq",
         "lat", "missing", "out", "recv_counted", "recv_media", "reorders", "rest", "sock",
         "stalled", "state", "t_connect", "t_joined", "torn", "truncated", "user_id", "join_error",
-        "rcvbuf",
+        "rcvbuf", "recording",
     )
 
     def __init__(self, ch: Channel, user_id: str, group: str, is_host: bool) -> None:
@@ -224,6 +232,7 @@ class Conn:
         self.closed_how = ""
         self.join_error = ""
         self.rcvbuf = 0
+        self.recording = False  # the host's enable_record was answered (cfg "record")
 
 
 class LoadGen:
@@ -543,6 +552,16 @@ class LoadGen:
             if conn.is_host:
                 result = message.get("result") or {}
                 conn.ch.sid_bytes = struct.pack(">I", int(result.get("self_sid", 0)))
+                if self.cfg.get("record"):
+                    from airwave.protocol import EnableRecord, encode
+
+                    self.write(conn, mask_frame(encode(EnableRecord(3, True))))
+        elif conn.is_host and message.get("id") == 3:
+            if reason != 0:
+                conn.join_error = f"enable_record refused: {reason} {message.get('message')}"
+                self.close(conn, "record", failed=True)
+                return
+            conn.recording = True
 
     # ------------------------------------------------------------------ the loop
 
@@ -649,7 +668,12 @@ class LoadGen:
             ch.host = Conn(ch, f"host-{ch.index}", "host", True)
             self.connect(ch.host)
         self.maxevents = len(self.conns) + 64
-        ok = self.run(self.cfg["join_timeout"], lambda: all(c.host.state in (JOINED, CLOSED, FAILED) for c in self.channels))
+        record = bool(cfg.get("record"))
+
+        def hosts_ready() -> bool:
+            return all(c.host.state in (CLOSED, FAILED) or (c.host.state == JOINED and (c.host.recording or not record)) for c in self.channels)
+
+        ok = self.run(self.cfg["join_timeout"], hosts_ready)
         if not ok or any(c.host.state != JOINED for c in self.channels):
             return {"error": "hosts failed to join: " + "; ".join(c.host.join_error or c.host.closed_how for c in self.channels)}
         self.run(0.3)
@@ -773,6 +797,7 @@ class LoadGen:
         state = {
             "t": monotonic_ns(),
             "cpu": proc_cpu_seconds(self.server_pid) if self.server_pid else 0.0,
+            "main_cpu": thread_cpu_seconds(self.server_pid) if self.server_pid else 0.0,
             "self_cpu": sum(os.times()[:2]),
             "cores": core_times(),
             "busy": self.loop_busy_ns,
@@ -783,6 +808,7 @@ class LoadGen:
     def close_window(self, state: dict[str, Any]) -> dict[str, Any]:
         t = monotonic_ns()
         cpu = proc_cpu_seconds(self.server_pid) if self.server_pid else 0.0
+        main_cpu = thread_cpu_seconds(self.server_pid) if self.server_pid else 0.0
         self_cpu = sum(os.times()[:2])
         cores = core_times()
         self.window_open = False
@@ -810,6 +836,7 @@ class LoadGen:
             "server_rss_kb": proc_rss_kb(self.server_pid) if self.server_pid else None,
             "wall_seconds": round(wall, 3),
             "server_cpu_seconds": round(server_cpu, 3),
+            "server_main_thread_cpu_seconds": round(main_cpu - state["main_cpu"], 3),
             "deliveries_in_window": self.window_deliveries,
             "loadgen_cpu_percent": round(100 * lg_cpu / wall, 1),
             "loadgen_loop_busy_percent": round(100 * (self.loop_busy_ns - state["busy"]) / 1e9 / wall, 1),

@@ -23,6 +23,7 @@ import trio
 
 from airwave.actors.log.replay import replay_events
 from airwave.actors.server import RunningServer, serve
+from airwave.cli import main
 from airwave.client import Client, MediaChannel, MediaChannelCallback, MediaDevice
 from airwave.media.opus import FRAME_SAMPLES, SAMPLE_RATE, OpusEncoder
 from airwave.media.sources import tone_frames
@@ -77,7 +78,9 @@ class Speaker:
             self.seq += 1
 
 
-async def test_enable_record_by_host_records_a_tone_and_everyone_sees_record_state(server: RunningServer, data_dir: Path) -> None:
+async def test_enable_record_by_host_records_a_tone_and_everyone_sees_record_state(
+    server: RunningServer, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with trio.fail_after(15):
         async with open_wire(server.url) as host, open_wire(server.url) as listener:
             ok(await host.request(Join, channel="222", user_id="host", role=HOST, upload=True))
@@ -99,6 +102,7 @@ async def test_enable_record_by_host_records_a_tone_and_everyone_sees_record_sta
     kinds = [e.TYPE for e in events]
     assert kinds.count("recording_started") == kinds.count("recording_stopped") == 1
     stopped = next(e for e in events if e.TYPE == "recording_stopped")
+    started_event = next(e for e in events if e.TYPE == "recording_started")
     assert (stopped.reason, stopped.by) == (Reason.NONE, "host")
     directory = data_dir / stopped.directory
     await wait_finalised(directory)
@@ -107,6 +111,15 @@ async def test_enable_record_by_host_records_a_tone_and_everyone_sees_record_sta
     for name in ("mix.opus", "speaker-host.opus"):
         pcm = decoded(directory / name)
         assert abs(len(pcm) / SAMPLE_RATE - elapsed) < 0.05, name
+
+    # replay --audio: each event's offset into the recording's files, "-" outside it.
+    capsys.readouterr()
+    assert main(["replay", str(data_dir), "--channel", "222", "--audio"]) == 0
+    lines = {line.split()[4]: line for line in capsys.readouterr().out.splitlines() if line[:1] == " " and len(line.split()) > 4}
+    assert lines["channel_created"].split()[0] == "-"
+    assert lines["recording_started"].split()[0] == "+0.000s"
+    assert lines["recording_stopped"].split()[0] == f"+{stopped.time - started_event.time:.3f}s"
+    assert f"directory={stopped.directory}" in lines["recording_started"]
 
 
 async def wait_finalised(directory: Path) -> None:

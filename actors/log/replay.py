@@ -15,7 +15,16 @@ import attrs
 
 from airwave.protocol.text import shown
 
-from ..core import Channel, Event, EventDecodeError, EventOutOfPlace, event_from_record, fold
+from ..core import (
+    Channel,
+    Event,
+    EventDecodeError,
+    EventOutOfPlace,
+    RecordingStarted,
+    RecordingStopped,
+    event_from_record,
+    fold,
+)
 from .format import UnusableRecord, read_events
 
 # Fields printed as they are; roles and states print as their index, reasons with their name.
@@ -46,6 +55,34 @@ def replay_records(bodies: Iterable[Mapping[str, Any]], path: Path | None) -> It
         except EventDecodeError as exc:
             raise UnusableRecord(path, body.get("seq"), str(exc)) from None
         yield ReplayedEvent(body["seq"], event)
+
+
+@attrs.frozen
+class AudioPlace:
+    """Where an event falls in its channel's recording: the recording's directory (relative to
+    the data directory) and the offset in seconds into every file in it."""
+
+    directory: str
+    offset: float
+
+
+def audio_places(items: Iterable[ReplayedEvent]) -> dict[int, AudioPlace]:
+    """For each event (by seq) that happened while its channel instance was recording, its
+    place in the recording: the files start at recording_started's time, so the offset is
+    the event's time minus that (docs/operations.md, "Recording"). The recording's own start
+    and stop events are in it, at 0 and at its length."""
+    running: dict[int, RecordingStarted] = {}
+    places: dict[int, AudioPlace] = {}
+    for item in items:
+        event = item.event
+        if isinstance(event, RecordingStarted):
+            running[event.number] = event
+        started = running.get(event.number)
+        if started is not None:
+            places[item.seq] = AudioPlace(started.directory, round(max(0.0, event.time - started.time), 3))
+        if isinstance(event, RecordingStopped):
+            running.pop(event.number, None)
+    return places
 
 
 def iso_time(epoch: float) -> str:
@@ -102,6 +139,12 @@ def final_state_json(channel: Channel) -> dict[str, Any]:
             for m in channel.members_in_join_order()
         ],
     }
+
+
+def audio_column(place: AudioPlace | None) -> str:
+    """What `airwave replay --audio` prints before an event: its offset into the recording
+    (``+12.345s``), or ``-`` when its channel was not recording."""
+    return f"{'-' if place is None else '+' + format(place.offset, '.3f') + 's':>11}  "
 
 
 def event_text(item: ReplayedEvent) -> str:
