@@ -466,8 +466,10 @@ class ChannelActor:
         self._nursery.start_soon(self._run_recorder, recorder)
 
     async def _run_recorder(self, recorder: Recorder) -> None:
-        # Not abandoned on cancel: the actor's nursery waits until the files are closed.
-        await trio.to_thread.run_sync(recorder.run)
+        # Not abandoned on cancel: the actor's nursery waits until the files are closed. Its
+        # own limiter: a recording holds its thread for as long as it lasts, and trio's
+        # default limiter (40 threads) is shared with the password hashing of joins.
+        await trio.to_thread.run_sync(recorder.run, limiter=trio.CapacityLimiter(1))
         if recorder.stats.failed:
             log.error("recording of %s stopped writing: %s", shown(self.channel_id), recorder.stats.failed)
 
