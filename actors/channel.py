@@ -50,6 +50,7 @@ from .core import (
     Member,
     MemberJoined,
     MemberLeft,
+    MuteChanged,
     Rejected,
     RoleChanged,
     StateChanged,
@@ -184,6 +185,10 @@ class ChannelActor:
         self.mailbox, self._inbox = trio.open_memory_channel[Envelope](MAILBOX_SIZE)
 
     # --- queries (plain reads of the current immutable state) ---
+
+    @property
+    def policy(self) -> RolePolicy:
+        return self._policy
 
     @property
     def live(self) -> bool:
@@ -377,7 +382,18 @@ class ChannelActor:
                 self._broadcast(
                     ParticipantLeft(member.user_id, event.reason), to_hosts_only=not self._is_announced(member)
                 )
-                log.info("leave %s #%d %s reason=%s", shown(event.channel), event.number, shown(event.user_id), event.reason.reason_name)
+                operator = f" operator={shown(event.operator)}" if event.operator else ""
+                log.info(
+                    "leave %s #%d %s reason=%s%s", shown(event.channel), event.number, shown(event.user_id), event.reason.reason_name, operator
+                )
+            case MuteChanged():
+                member = after.members[event.user_id]
+                session = self._sessions.get(member.user_id)
+                if session is not None and not event.muted:
+                    # Their right to upload is back: an SDK holding an upload wish asks again.
+                    volume = self._volumes.get(member.sid, VolumeStatus.ZERO)
+                    session.send_frame(frame_of(ParticipantUpdated(participant_info(member, volume), int(ParticipantChange.AUDIO))))
+                log.info("%s %s #%d %s operator=%s", "mute" if event.muted else "unmute", shown(event.channel), event.number, shown(event.user_id), shown(event.operator))
             case RoleChanged() | StateChanged() | AudioUploadChanged():
                 member = after.members[event.user_id]
                 session = self._sessions.get(member.user_id)
@@ -410,7 +426,8 @@ class ChannelActor:
                 self._hosts.clear()
                 self._volumes.clear()
                 self._announced.clear()
-                log.info("stop %s #%d by=%s reason=%s", shown(event.channel), event.number, shown(event.by or ""), event.reason.reason_name)
+                by = f"operator={shown(event.operator)}" if event.operator else f"by={shown(event.by or '')}"
+                log.info("stop %s #%d %s reason=%s", shown(event.channel), event.number, by, event.reason.reason_name)
 
     # --- periodic presence: volume changes and the audience's member count ---
 

@@ -22,6 +22,8 @@ import trio
 import trio_websocket
 
 from airwave.protocol import (
+    ADMIN_REQUEST_TYPES,
+    AdminRequest,
     EnableUpload,
     Error,
     Hello,
@@ -55,8 +57,9 @@ from airwave.protocol import (
 
 from airwave.protocol.ratelimit import TokenBucket
 from airwave.protocol.text import shown
-from airwave.protocol.tokens import TokenClaims, verify_token
+from airwave.protocol.tokens import TokenClaims, verify_admin_token, verify_token
 
+from .admin import serve_admin
 from .channel import ChannelActor, ChannelReply, Reattach
 from .clock import now
 from .counters import ServerMetrics
@@ -141,7 +144,7 @@ class ParticipantActor:
         "_frames_offered", "_heartbeat", "_held", "_hello_deadline", "_kernel_watches",
         "_last_ping", "_last_refusal_reply", "_last_sent", "_media_bucket", "_metrics",
         "_nursery", "_peer", "_registry", "_session_token", "_settings", "_sid", "_strikes",
-        "_token_deadline", "_ws", "end_reason", "output", "state", "stats", "user_id",
+        "_token_deadline", "_ws", "connected_at", "end_reason", "output", "state", "stats", "user_id",
     )
 
     def __init__(
@@ -164,6 +167,7 @@ class ParticipantActor:
         self._settings = settings
         self._metrics = metrics or ServerMetrics()
         self._peer = peer
+        self.connected_at = now()  # UTC epoch seconds, for the admin's member list
         self._channel: ChannelActor | None = None
         self._sid = 0
         self._heartbeat = (settings.heartbeat_time, settings.heartbeat_timeout)
@@ -195,6 +199,15 @@ class ParticipantActor:
             self._held.append(frame)  # nothing reaches the client before its join reply
         else:
             self.output.send_frame_nowait(frame, droppable=False)
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    def close_soon(self, code: int, reason: str, end_reason: Reason) -> None:
+        """`close`, started in the connection's own nursery: the caller need not wait for
+        the handshake (an operator ending this session from another connection, or this one)."""
+        self._nursery.start_soon(self.close, code, reason, end_reason)
 
     def send(self, message: ServerMessage) -> None:
         self.send_frame(frame_of(message))
@@ -502,6 +515,21 @@ class ParticipantActor:
         info = QueryInfo(channel.channel_id, channel.number, len(channel.members), tuple(m.user_id for m in channel.members_in_join_order()))
         return Reply(request.id, result=to_wire(info))
 
+    async def _admin(self, request: AdminRequest) -> Reply:
+        """Open mode: anyone may (loopback only, as for every other request). With a secret:
+        the request's own admin token, checked every time, so no connection holds admin
+        rights that outlive the token."""
+        operator = "local"
+        if self._settings.secret is not None:
+            if request.token is None:
+                return Reply(request.id, Reason.NO_PERMISSION, "admin requests need an admin token (airwave token --admin)")
+            try:
+                operator = verify_admin_token(self._settings.secret, request.token, now=now())
+            except ProtocolError as refusal:
+                log.warning("%s: %s refused: %s", self._peer, request.TYPE, refusal.message)
+                return Reply(request.id, refusal.reason, refusal.message)
+        return await serve_admin(self._registry, request, operator)
+
     async def _send_text(self, request: SendMessage) -> Reply:
         channel = self._channel
         assert channel is not None
@@ -631,6 +659,7 @@ LIFECYCLE: dict[SessionState, dict[type[Request], Step]] = {
         Resume: Step(ParticipantActor._resume, SessionState.JOINED, during=SessionState.JOINING),
         Query: Step(ParticipantActor._query, SessionState.IDLE),
         Ping: Step(ParticipantActor._ping, SessionState.IDLE),
+        **{admin: Step(ParticipantActor._admin, SessionState.IDLE) for admin in ADMIN_REQUEST_TYPES},
     },
     SessionState.JOINING: {},  # the join or resume being served is the only request
     SessionState.JOINED: {
@@ -646,6 +675,7 @@ LIFECYCLE: dict[SessionState, dict[type[Request], Step]] = {
         RefreshToken: _in_channel(ParticipantActor._refresh),
         Query: _in_channel(ParticipantActor._query),
         Ping: _in_channel(ParticipantActor._ping),
+        **{admin: _in_channel(ParticipantActor._admin) for admin in ADMIN_REQUEST_TYPES},
     },
 }
 

@@ -170,6 +170,17 @@ class Registry:
             suspension.timer.cancel()
         return suspension
 
+    def suspensions(self, channel_id: str) -> dict[str, Suspension]:
+        """The sessions of ``channel_id`` held for resume, by user id (the admin's view)."""
+        return {s.user_id: s for s in self._suspended.values() if s.channel_id == channel_id}
+
+    def end_suspension(self, suspension: Suspension) -> None:
+        """No resume for this session any more (its membership was ended by an operator)."""
+        for token, held in list(self._suspended.items()):
+            if held is suspension:
+                del self._suspended[token]
+                suspension.timer.cancel()
+
     async def end_all(self, reason: Reason, now: float) -> None:
         """Ends every live channel for everyone (graceful shutdown), each logged as it goes."""
         async with trio.open_nursery() as nursery:

@@ -25,6 +25,7 @@ from airwave.actors.core.events import (
     EventDecodeError,
     MemberJoined,
     MemberLeft,
+    MuteChanged,
     RoleChanged,
     StateChanged,
     event_from_record,
@@ -77,7 +78,7 @@ def a_joined_record(**changes: Any) -> dict[str, Any]:
 def test_event_types_cover_every_event_class_under_its_wire_tag() -> None:
     classes = (
         ChannelCreated, MemberJoined, RoleChanged, StateChanged, AudioUploadChanged,
-        CustomPropertyChanged, MemberLeft, ChannelStopped,
+        CustomPropertyChanged, MemberLeft, MuteChanged, ChannelStopped,
     )
 
     assert EVENT_TYPES == {cls.TYPE: cls for cls in classes}
