@@ -94,7 +94,13 @@ def channel_summary(actor: ChannelActor) -> ChannelSummary | None:
         uptime=max(0.0, now() - channel.created_at),
         packets_in=actor.router.stats.packets_in,
         deliveries=actor.router.stats.deliveries,
+        drops=actor.router.stats.packets_refused + sum(_frames_dropped(session) for session in actor.sessions()),
     )
+
+
+def _frames_dropped(session: object) -> int:
+    statistics = getattr(getattr(session, "output", None), "statistics", None)
+    return int(statistics().frames_dropped) if callable(statistics) else 0
 
 
 def member_summaries(registry: Registry, actor: ChannelActor) -> list[MemberSummary]:

@@ -522,6 +522,9 @@ class ChannelSummary:
     # Media frames the channel's router took from speakers and frames it handed to listeners.
     packets_in: int = attrs.field(default=0, validator=_int_in(0, 2**63 - 1))
     deliveries: int = attrs.field(default=0, validator=_int_in(0, 2**63 - 1))
+    # Frames refused (media from members who may not publish) plus frames dropped from the
+    # backlogs of the members connected now.
+    drops: int = attrs.field(default=0, validator=_int_in(0, 2**63 - 1))
 
 
 @attrs.frozen

@@ -11,7 +11,6 @@ import attrs
 import pytest
 import trio
 import trio_websocket
-
 from airwave.actors.server import RunningServer, serve
 from airwave.protocol import (
     AdminChannels,
@@ -36,9 +35,12 @@ from airwave.protocol import (
     summaries_from_wire,
 )
 from airwave.protocol.tokens import mint_admin_token, mint_token
-from airwave.wire import Wire, open_wire
 from conftest import fast_settings
 from helpers import logged, next_push, ok, settle, wait_until
+
+from airwave.audio import ToneSource
+from airwave.client import Client, MediaChannel, MediaDevice
+from airwave.wire import Wire, open_wire
 
 HOST, AUDIENCE = CustomRole.ROLE_0, CustomRole.ROLE_1
 SECRET = b"the admin tests' secret"
@@ -186,3 +188,23 @@ async def test_with_a_secret_admin_requests_need_an_admin_token(secured: Running
             ok(await admin.request(AdminStop, channel="s", token=admin_token))
             assert (await next_push(host, Left)).reason is Reason.OVER
     assert logged(secured.event_log.directory)[-1] == "stopped s over by operator ops-alice"
+
+
+async def test_sdk_host_muted_stops_sending_and_after_unmute_uploads_again_by_itself(server: RunningServer) -> None:
+    with trio.fail_after(20):
+        async with Client.connect(server.url, user_id="dj") as h, Client.connect(server.url, user_id="fan") as f, open_wire(server.url) as admin:
+            host = MediaChannel.create(h, MediaDevice.create(source=ToneSource(440.0)))
+            fan = MediaChannel.create(f, MediaDevice.create())
+            host.set_custom_role(HOST)
+            host.enable_upload_audio_stream(True)
+            assert (await host.join_async("air")).result
+            assert (await fan.join_async("air")).result
+            await wait_until(lambda: fan.receiver.stats.packets > 0, "the fan to hear the host")
+            ok(await admin.request(AdminMute, channel="air", user_id="dj"))
+            await wait_until(lambda: host.self_participant is not None and not host.self_participant.audio, "the host to learn it is muted")
+            sent = host.media_sent
+            await trio.sleep(0.2)  # ten frames' time: none may go out while muted
+            assert host.media_sent == sent and host.media_refusals == 0
+            ok(await admin.request(AdminMute, channel="air", user_id="dj", muted=False))
+            heard = fan.receiver.stats.packets
+            await wait_until(lambda: fan.receiver.stats.packets > heard + 10, "the fan to hear the host again, with no call by the host")

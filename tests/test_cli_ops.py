@@ -92,15 +92,16 @@ def readme_usage() -> dict[str, str]:
     for line in text.splitlines():
         if line.startswith("airwave "):
             current = line.split()[1]
-            entries[current] = line
+            entries[current] = entries.get(current, "") + line  # a command may have two forms (token)
         elif line.startswith(" ") and current is not None:
             entries[current] += line
         else:
             current = None
             common += line + "\n"
-    client = re.search(r"^CLIENT OPTIONS:.*$", common, re.M)
-    client_options = client.group(0) if client else ""
-    return {name: entry.replace("[CLIENT OPTIONS]", client_options) + "\n" + common for name, entry in entries.items()}
+    options = {kind: re.search(rf"^{kind} OPTIONS:.*$", common, re.M) for kind in ("CLIENT", "ADMIN")}
+    for kind, found in options.items():
+        entries = {name: entry.replace(f"[{kind} OPTIONS]", found.group(0) if found else "") for name, entry in entries.items()}
+    return {name: entry + "\n" + common for name, entry in entries.items()}
 
 
 def test_readme_usage_lists_every_flag_of_every_command() -> None:
