@@ -58,6 +58,7 @@ from .core import (
     event_to_record,
     evolve,
 )
+from .logcontext import LOG_SUBJECT
 from .net import frame_of
 
 log = logging.getLogger("airwave.channel")
@@ -202,7 +203,12 @@ class ChannelActor:
 
     # --- the actor ---
 
+    def log_fields(self) -> dict[str, str]:
+        return {"channel": self.channel_id}
+
     async def run(self) -> None:
+        # Set, not inherited: the task that started this actor was a session's.
+        LOG_SUBJECT.set(self)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ticker)
             async with self._inbox:
@@ -367,7 +373,10 @@ class ChannelActor:
                     to_hosts_only=not announced,
                     skip=member.user_id,
                 )
-                log.info("join %s #%d %s role=%s", shown(event.channel), event.number, shown(event.user_id), member.role.index)
+                log.info(
+                    "join %s #%d %s role=%s", shown(event.channel), event.number, shown(event.user_id), member.role.index,
+                    extra={"user": event.user_id},
+                )
             case MemberLeft():
                 assert before is not None
                 member = before.members[event.user_id]
@@ -384,7 +393,8 @@ class ChannelActor:
                 )
                 operator = f" operator={shown(event.operator)}" if event.operator else ""
                 log.info(
-                    "leave %s #%d %s reason=%s%s", shown(event.channel), event.number, shown(event.user_id), event.reason.reason_name, operator
+                    "leave %s #%d %s reason=%s%s", shown(event.channel), event.number, shown(event.user_id), event.reason.reason_name, operator,
+                    extra={"user": event.user_id},
                 )
             case MuteChanged():
                 member = after.members[event.user_id]
@@ -393,7 +403,10 @@ class ChannelActor:
                     # Their right to upload is back: an SDK holding an upload wish asks again.
                     volume = self._volumes.get(member.sid, VolumeStatus.ZERO)
                     session.send_frame(frame_of(ParticipantUpdated(participant_info(member, volume), int(ParticipantChange.AUDIO))))
-                log.info("%s %s #%d %s operator=%s", "mute" if event.muted else "unmute", shown(event.channel), event.number, shown(event.user_id), shown(event.operator))
+                log.info(
+                    "%s %s #%d %s operator=%s", "mute" if event.muted else "unmute", shown(event.channel), event.number,
+                    shown(event.user_id), shown(event.operator), extra={"user": event.user_id},
+                )
             case RoleChanged() | StateChanged() | AudioUploadChanged():
                 member = after.members[event.user_id]
                 session = self._sessions.get(member.user_id)

@@ -204,6 +204,10 @@ class ParticipantActor:
     def peer(self) -> str:
         return self._peer
 
+    def log_fields(self) -> dict[str, str | None]:
+        channel = self._channel.channel_id if self._channel is not None else None
+        return {"connection": self._peer, "user": self.user_id or None, "channel": channel}
+
     def close_soon(self, code: int, reason: str, end_reason: Reason) -> None:
         """`close`, started in the connection's own nursery: the caller need not wait for
         the handshake (an operator ending this session from another connection, or this one)."""

@@ -552,6 +552,11 @@ def build_parser() -> argparse.ArgumentParser:
     logging_option.add_argument(
         "--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS, help="(default INFO)"
     )
+    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one object per line (default text)")
+    logging_option.add_argument(
+        "--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
+        help="json: one object per line with time, level, event, channel, user, connection (default text)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -563,6 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the address to listen on; in open mode (no secret) only a loopback one, unless --insecure (default %(default)s)",
     )
     serve.add_argument("--port", type=int, default=8765, help="the TCP port; 0 picks a free one (default %(default)s)")
+    serve.add_argument(
+        "--config", metavar="FILE",
+        help="a TOML file of these settings, keys as the flags without dashes (port = 8765); flags given too override it",
+    )
     serve.add_argument("--data", default="airwave-data", help="the event log's directory (default ./%(default)s)")
     serve.add_argument(
         "--fsync", choices=["always", "batch", "never"], default="batch",
@@ -695,11 +704,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_arguments(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """A TOML file of serve's settings as the command-line arguments they stand for, so the
+    same parser checks them and any flag given after them wins. Keys are the flags without
+    their dashes (``port = 8765``, ``allow-origin = ["http://a"]``, ``insecure = true``)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as file:
+            settings = tomllib.load(file)
+    except OSError as exc:
+        raise ValueError(f"cannot read the config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path} is not valid TOML: {exc}") from None
+    flags = {action.dest.replace("_", "-"): action for action in parser._actions if action.option_strings}
+    arguments: list[str] = []
+    for key, value in settings.items():
+        action = flags.get(key.replace("_", "-"))
+        if action is None or key in ("config", "help"):
+            known = ", ".join(sorted(k for k in flags if k not in ("config", "help")))
+            raise ValueError(f"{path}: unknown setting {key!r}; the settings are serve's flags without the dashes: {known}")
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            if type(value) is not bool:
+                raise ValueError(f"{path}: {key} is true or false, not {value!r}")
+            arguments += [flag] if value else []
+        elif isinstance(value, list):
+            if not isinstance(action, argparse._AppendAction):
+                raise ValueError(f"{path}: {key} takes one value, not a list")
+            for item in value:
+                arguments += [flag, str(item)]
+        elif isinstance(value, dict | bool):
+            raise ValueError(f"{path}: {key} takes a {'list' if isinstance(action, argparse._AppendAction) else 'value'}, not {value!r}")
+        else:
+            arguments += [flag, str(value)]
+    return arguments
+
+
+def _with_config(argv: list[str], parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``serve --config FILE``: the file's settings go in before the command line's own, which
+    override them (a repeatable flag adds to the file's list)."""
+    args = parser.parse_args(argv)
+    if args.command != "serve" or not getattr(args, "config", None):
+        return args
+    serve_parser = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    at = argv.index("serve") + 1
+    return parser.parse_args([*argv[:at], *config_arguments(args.config, serve_parser), *argv[at:]])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _with_config(argv, build_parser())
+    except ValueError as exc:
+        return _failed(str(exc), 2)
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        from airwave.actors.logcontext import JsonLogFormatter
+
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
         return int(args.run(args))
     except (KeyboardInterrupt, BaseExceptionGroup) as exc:
