@@ -132,8 +132,12 @@ class Subscription:
         if sub is not None:
             try:
                 await self._bridge.run(sub.drain)
-            except (BridgeClosed, nats.errors.Error):
-                pass
+            except (BridgeClosed, nats.errors.Error) as exc:
+                log.warning("NATS: cannot drain a subscription (%s); unsubscribing", exc or type(exc).__name__)
+                try:
+                    await self._bridge.run(sub.unsubscribe)
+                except (BridgeClosed, nats.errors.Error):
+                    pass
         left: list[Delivery] = []
         while True:
             try:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("airwave.cluster.link")
 
-FORWARD_TIMEOUT = 5.0  # an owner that does not answer this soon is paused, partitioned or dead
+FORWARD_TIMEOUT = 2.0  # an owner that does not answer this soon is paused, partitioned or dead (outcome unknown)
 _MOVED = pack({"r": int(Reason.SERVER_ERROR), "m": "the channel ended here", "moved": True})
 
 
@@ -69,9 +69,11 @@ class ChannelLink:
         subscriptions: dict[str, Subscription],
         *,
         owner: bool,
+        inboxes: CommandInboxes | None = None,
         last_seen: int = 0,
     ) -> None:
         self._bridge = bridge
+        self._inboxes = inboxes
         self.channel_id = channel_id
         self.owner = owner
         self._subscriptions = subscriptions  # "media", "texts", and "commands" (owner) or "live" (follower)
@@ -86,21 +88,25 @@ class ChannelLink:
         self.caught_up = 0  # follower: times it re-read the stream after missing a message
 
     @classmethod
-    async def open(cls, bridge: NatsBridge, channel_id: str, *, owner: bool) -> ChannelLink:
-        """Subscribes first, so nothing published from now on is missed (a follower reads
-        the stream after this, and skips what it has read when the live messages come)."""
+    async def open(cls, bridge: NatsBridge, channel_id: str, *, inboxes: CommandInboxes | None = None) -> ChannelLink:
+        """An owner's link (given this node's command inboxes) or a follower's. Subscribes
+        first, so nothing published from now on is missed (a follower reads the stream after
+        this, and skips what it has read when the live messages come)."""
         subjects = {"media": media_subject(channel_id), "texts": text_subject(channel_id)}
-        subjects["commands" if owner else "live"] = command_subject(channel_id) if owner else live_subject(channel_id)
+        if inboxes is None:
+            subjects["live"] = live_subject(channel_id)
         subscriptions: dict[str, Subscription] = {}
         try:
             for name, subject in subjects.items():
                 subscriptions[name] = await bridge.subscribe(subject)
+            if inboxes is not None:
+                subscriptions["commands"] = await inboxes.take(channel_id)
         except BaseException:
             with trio.CancelScope(shield=True):
                 for subscription in subscriptions.values():
                     await subscription.aclose()
             raise
-        return cls(bridge, channel_id, subscriptions, owner=owner)
+        return cls(bridge, channel_id, subscriptions, owner=inboxes is not None, inboxes=inboxes)
 
     def published_from(self, seq: int) -> None:
         """Owner: the channel's last record when this node took it."""
@@ -111,17 +117,14 @@ class ChannelLink:
         self._last_seen = seq
 
     async def aclose(self) -> None:
-        """Ends the subscriptions. Owner: a request that reached this node after its actor
-        ended is answered "moved", so the requester looks for the channel again at once
-        instead of waiting for a timeout."""
+        """Ends the subscriptions; an owner gives its command inbox back to linger."""
+        commands = self._subscriptions.pop("commands", None)
+        if commands is not None and self._inboxes is not None:
+            self._inboxes.give_back(self.channel_id, commands)
         with trio.CancelScope(shield=True), trio.move_on_after(2):
-            commands = self._subscriptions.get("commands")
-            if commands is not None:
-                for delivery in await commands.unsubscribe():
-                    if delivery.reply:
-                        self._bridge.publish_nowait(delivery.reply, _MOVED)
             for subscription in self._subscriptions.values():
                 await subscription.aclose()
+        self._subscriptions.clear()
 
     # --- channel.Link ---
 
@@ -249,6 +252,41 @@ class ChannelLink:
                     continue
                 if isinstance(frame, bytes) and isinstance(sender, str) and (to is None or isinstance(to, str)):
                     actor.deliver_text(frame, to, sender)
+
+
+class CommandInboxes:
+    """This node's subscriptions to its channels' command subjects, one per channel.
+
+    When the channel's actor here ends, its inbox is drained (UNSUB, then a round trip, so
+    every request NATS routed here before is received) and each request left in it is
+    answered "moved": its sender looks for the channel again at once instead of waiting for
+    a timeout. A claim of the channel before that takes the same inbox over, so this node
+    never has two (which would race to answer one request)."""
+
+    def __init__(self, bridge: NatsBridge, nursery: trio.Nursery) -> None:
+        self._bridge = bridge
+        self._nursery = nursery
+        self._closing: dict[str, Subscription] = {}
+
+    async def take(self, channel_id: str) -> Subscription:
+        inbox = self._closing.pop(channel_id, None)
+        if inbox is not None:
+            return inbox
+        return await self._bridge.subscribe(command_subject(channel_id))
+
+    def give_back(self, channel_id: str, inbox: Subscription) -> None:
+        self._closing[channel_id] = inbox
+        self._nursery.start_soon(self._close, channel_id, inbox)
+
+    async def _close(self, channel_id: str, inbox: Subscription) -> None:
+        if self._closing.get(channel_id) is not inbox:
+            return  # taken over by a new claim
+        del self._closing[channel_id]
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            for delivery in await inbox.unsubscribe():
+                if delivery.reply:
+                    self._bridge.publish_nowait(delivery.reply, _MOVED)
+            await inbox.aclose()
 
 
 async def ask_owner(bridge: NatsBridge, subject: str, request: dict[str, Any]) -> dict[str, Any] | Forwarded:

@@ -41,7 +41,7 @@ from ..registry import Claimed, Registry
 from .bridge import NatsBridge
 from .jetlog import ChannelLog, ClusterLogError, Fenced, StreamSettings, ensure_stream, read_records
 from .lease import HeldElsewhere, Lease, Leases, LeaseSettings, NumberPool, ensure_buckets
-from .link import ChannelLink, ask_owner
+from .link import ChannelLink, CommandInboxes, ask_owner
 from .subjects import command_subject
 
 log = logging.getLogger("airwave.cluster.placement")
@@ -91,6 +91,7 @@ class ClusterPlacement:
         self._nursery = nursery
         self.leases = Leases(bridge, settings.node, settings.lease, self._lease_lost)
         self.numbers = NumberPool(bridge)
+        self.inboxes = CommandInboxes(bridge, nursery)
         self._logs: dict[str, ChannelLog] = {}
         self._registry: Registry | None = None
         self.takeovers = 0
@@ -116,7 +117,7 @@ class ClusterPlacement:
             return await self._follow(channel_id, lease.holder)
         link: ChannelLink | None = None
         try:
-            link = await ChannelLink.open(self._bridge, channel_id, owner=True)
+            link = await ChannelLink.open(self._bridge, channel_id, inboxes=self.inboxes)
             channel_log, records = await ChannelLog.take(self._bridge, channel_id)
             closing = closing_records(records, now())
             if closing:
@@ -152,7 +153,7 @@ class ClusterPlacement:
         """Another node owns the channel: follow it from the stream's last record on."""
         link: ChannelLink | None = None
         try:
-            link = await ChannelLink.open(self._bridge, channel_id, owner=False)
+            link = await ChannelLink.open(self._bridge, channel_id)
             records = await read_records(self._bridge, channel=channel_id)
             channel = current_instance(records)
         except Exception as exc:
