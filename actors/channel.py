@@ -184,6 +184,11 @@ class Link(Protocol):
     async def aclose(self) -> None:
         """Ends the link's subscriptions (the actor ended)."""
 
+    async def take_over(self, actor: ChannelActor) -> Callable[[list[dict[str, object]]], object] | None:
+        """Follower whose owner is gone: takes the channel's lease if it is free, brings the
+        actor up to the stream's last record and returns the fenced append (this node owns
+        the channel from now on); None if another node holds the lease."""
+
 
 @attrs.frozen
 class Reattach:
@@ -240,6 +245,7 @@ class ChannelActor:
         self._applied = trio.Event()  # set (and replaced) whenever applied_seq moves
         self._pending: dict[str, Session] = {}  # follower: joins forwarded, not yet applied
         self._forwarding = 0  # follower: forwarded commands not answered yet
+        self._taking_over: trio.Event | None = None  # follower: a take-over is being tried
         self._nursery: trio.Nursery | None = None
         self._policy = policy
         self._log_append = log_append
@@ -569,6 +575,14 @@ class ChannelActor:
     async def _forward(self, envelope: Envelope, command: Command) -> None:
         try:
             answer = await self._answer_of(command)
+            if answer.moved and await self._take_over():
+                # The owner is gone and this node took the channel: decide it here, as owner.
+                await self.mailbox.send(envelope)
+                return
+        except trio.Cancelled:  # the actor ends: the requester looks for the channel again
+            if envelope.reply is not None:
+                envelope.reply.set(ChannelReply(Reason.SERVER_RESTART, "the channel moved", moved=True))
+            raise
         finally:
             self._forwarding -= 1
             if isinstance(command, JoinChannel) and self._pending.get(command.user_id) is envelope.session:
@@ -590,6 +604,32 @@ class ChannelActor:
             self._nudge()
         if envelope.reply is not None:
             envelope.reply.set(ChannelReply(Reason.NONE))
+
+    async def _take_over(self) -> bool:
+        """Whether this node now owns the channel (taken over from an owner that is gone:
+        the instance goes on, nothing is ended; a second forward that finds the owner gone
+        waits for the first one's attempt)."""
+        assert self.link is not None
+        if not self.follower:
+            return True
+        if self._taking_over is not None:
+            await self._taking_over.wait()
+            return not self.follower
+        self._taking_over = done = trio.Event()
+        try:
+            append = await self.link.take_over(self)
+            if append is not None:
+                self._log_append = append
+                self.follower = False
+                log.warning("took over channel %s: its owner is gone", shown(self.channel_id))
+        finally:
+            self._taking_over = None
+            done.set()
+        return not self.follower
+
+    def apply_now(self, records: tuple[Mapping[str, Any], ...]) -> None:
+        """Follower: applies records read from the stream at once (a take-over's catch-up)."""
+        self._apply(records)
 
     async def _answer_of(self, command: Command) -> Forwarded:
         """The owner's answer, once this follower has applied the records it answered after."""

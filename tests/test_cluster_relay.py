@@ -9,6 +9,8 @@ per packet per node and is heard on every node, in order, once.
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -31,6 +33,7 @@ from airwave.protocol import (
     Query,
     Reason,
     SendMessage,
+    SetCustomProperty,
     SetState,
     Stop,
     channel_info_from_wire,
@@ -39,7 +42,7 @@ from airwave.wire import Wire, open_wire
 
 from helpers import HOST, next_push, ok, steady_media, wait_until
 from natsserver import NatsServer, bridge, nats_server  # noqa: F401 (fixtures)
-from test_cluster_node import cluster_node, events_of
+from test_cluster_node import TTL, cluster_node, events_of, processes, start_node_process, wait_listening  # noqa: F401 (fixture)
 
 
 @asynccontextmanager
@@ -198,3 +201,37 @@ async def _hold_wire(url: str, *, task_status: trio.TaskStatus[Wire] = trio.TASK
     async with open_wire(url) as wire:
         task_status.started(wire)
         await trio.sleep_forever()
+
+
+async def test_cluster_owner_killed_media_between_survivors_never_stops_and_a_survivor_takes_over(
+    nats_server: NatsServer, bridge: NatsBridge, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """SIGKILL the owner while a listener on node-b hears a host on node-c: not one frame is
+    lost between them; after the dead owner's lease expired, the next command on node-b
+    takes the channel over (the instance goes on, nothing is ended) and is decided there."""
+    process, url = start_node_process(nats_server, "node-a", tmp_path)
+    processes.append(process)
+    await wait_listening(url, process)
+    async with cluster_node(nats_server, "node-b", tmp_path) as b, cluster_node(nats_server, "node-c", tmp_path) as c:
+        with trio.fail_after(20):
+            async with open_wire(url) as early, open_wire(c.url) as host, open_wire(b.url) as listener, open_wire(b.url) as late:
+                ok(await early.request(Join, channel="show", user_id="early"))  # node-a owns the channel
+                joined = ok(await host.request(Join, channel="show", user_id="host", role=HOST, upload=True))
+                ok(await listener.request(Join, channel="show", user_id="fan"))
+                async with steady_media(host, [listener], channel_info_from_wire(joined.result).self_sid, min_frames=100):
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(5)
+                    started = trio.current_time()
+                    while not (reply := await late.request(Join, channel="show", user_id="late")).ok:
+                        assert reply.reason is Reason.SERVER_ERROR, reply  # until the lease expired
+                        await trio.sleep(0.05)
+                    took = trio.current_time() - started
+                    ok(await host.request(SetCustomProperty, value="after the owner died"))  # forwarded to node-b
+                owner = b.registry.find("show")
+                assert owner is not None and not owner.follower and b.placement.takeovers == 1
+                assert took <= TTL + 2.5, f"joins accepted again after {took:.2f} s"
+        records = await read_records(bridge, channel="show")
+        assert events_of(records) == [
+            "channel_created show#1 early", "participant_joined show#1 early", "participant_joined show#1 host",
+            "participant_joined show#1 fan", "participant_joined show#1 late", "custom_property_changed show#1 ",
+        ]

@@ -22,6 +22,7 @@ members of it) holds one `ChannelLink`, made by `placement.ClusterPlacement.clai
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -86,6 +87,10 @@ class ChannelLink:
         self._catching_up = trio.Lock()  # follower: records go to the actor in order
         self.forwarded = 0
         self.caught_up = 0  # follower: times it re-read the stream after missing a message
+        self._nursery: trio.Nursery | None = None
+        self._following: trio.CancelScope | None = None
+        # Follower: set by the placement; takes the channel over when its owner is gone.
+        self.on_take_over: Callable[[ChannelLink, ChannelActor], Awaitable[Any]] | None = None
 
     @classmethod
     async def open(cls, bridge: NatsBridge, channel_id: str, *, inboxes: CommandInboxes | None = None) -> ChannelLink:
@@ -130,13 +135,32 @@ class ChannelLink:
 
     async def run(self, actor: ChannelActor) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._relay_media, actor)
             nursery.start_soon(self._relay_texts, actor)
             if self.owner:
                 nursery.start_soon(self._serve_commands, actor)
             else:
-                nursery.start_soon(self._follow, actor)
+                self._following = trio.CancelScope()
+                nursery.start_soon(self._follow, actor, self._following)
 
+    async def take_over(self, actor: ChannelActor) -> Any:
+        if self.owner or self.on_take_over is None:
+            return None
+        return await self.on_take_over(self, actor)
+
+    async def become_owner(self, actor: ChannelActor, inboxes: CommandInboxes) -> None:
+        """Follower to owner (a take-over): serve the channel's commands, stop following."""
+        self._subscriptions["commands"] = await inboxes.take(self.channel_id)
+        self._inboxes = inboxes
+        self.owner = True
+        if self._following is not None:
+            self._following.cancel()
+        live = self._subscriptions.pop("live", None)
+        if live is not None:
+            await live.aclose()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._serve_commands, actor)
     def send_text(self, frame: bytes, to: str | None, sender: str) -> None:
         self._bridge.publish_nowait(self._text_subject, pack([to, sender, frame]))
 
@@ -199,7 +223,11 @@ class ChannelLink:
 
     # --- follower ---
 
-    async def _follow(self, actor: ChannelActor) -> None:
+    async def _follow(self, actor: ChannelActor, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._follow_live(actor)
+
+    async def _follow_live(self, actor: ChannelActor) -> None:
         live = self._subscriptions["live"]
         while True:
             for delivery in await live.receive_batch():

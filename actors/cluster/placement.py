@@ -33,7 +33,7 @@ from airwave.protocol.text import shown
 
 from airwave.protocol import QueryInfo
 
-from ..channel import ChannelReply, Envelope, Forwarded, LogRefused
+from ..channel import ChannelActor, ChannelReply, Envelope, Forwarded, LogRefused
 from ..clock import now
 from ..core import Accepted, Channel, EndChannel, decide, event_from_record, event_to_record, evolve
 from ..log.replay import fold_replayed, replay_records
@@ -122,7 +122,8 @@ class ClusterPlacement:
             closing = closing_records(records, now())
             if closing:
                 self.takeovers += 1
-                await channel_log.append(closing)
+                prev = channel_log.last_subject_seq
+                link.published(prev, closing, await channel_log.append(closing))  # followers end it too
                 log.info("took over %s from a previous owner: ended its live instance (%d records)", shown(channel_id), len(closing))
         except Exception as exc:
             log.warning("cannot take the log of %s: %s", shown(channel_id), exc)
@@ -132,7 +133,10 @@ class ClusterPlacement:
             return ChannelReply(Reason.SERVER_ERROR, "the cluster's event log could not be read; try again")
         self._logs[channel_id] = channel_log
         link.published_from(channel_log.last_subject_seq)
-        owner_link = link
+        return Claimed(self._appender(channel_id, channel_log, link), link)
+
+    def _appender(self, channel_id: str, channel_log: ChannelLog, link: ChannelLink) -> LogAppend:
+        """The owner's append: fenced in the stream, then published to the followers."""
 
         async def append(records: list[dict[str, object]]) -> object:
             if not self.leases.holds(channel_id) or self._logs.get(channel_id) is not channel_log:
@@ -144,10 +148,36 @@ class ClusterPlacement:
                 raise LogRefused(Reason.SERVER_RESTART, str(exc)) from None
             except ClusterLogError as exc:
                 raise LogRefused(Reason.SERVER_ERROR, f"the cluster's event log failed: {exc}") from None
-            owner_link.published(prev, records, seqs)
+            link.published(prev, records, seqs)
             return seqs
 
-        return Claimed(append, link)
+        return append
+
+    async def _take_over(self, link: ChannelLink, actor: ChannelActor) -> LogAppend | None:
+        """A follower's owner is gone (nobody answers the channel's commands): if its lease
+        is free, this node takes it, reads the stream after what the follower applied, and
+        owns the channel from now on. Unlike a claim, the instance goes on: the followers'
+        members keep listening, and the media between them never stopped."""
+        channel_id = link.channel_id
+        try:
+            lease = await self.leases.acquire(channel_id)
+        except Exception as exc:
+            log.warning("cannot take over %s: %s", shown(channel_id), exc)
+            return None
+        if isinstance(lease, HeldElsewhere):
+            return None  # the dead owner's lease has not expired yet, or another node was quicker
+        try:
+            channel_log, records = await ChannelLog.take(self._bridge, channel_id)
+            await link.become_owner(actor, self.inboxes)
+        except Exception as exc:
+            log.warning("cannot take over %s: %s", shown(channel_id), exc)
+            await self.leases.release(channel_id)
+            return None
+        actor.apply_now(tuple(record for record in records if record["seq"] > actor.applied_seq))
+        self._logs[channel_id] = channel_log
+        link.published_from(channel_log.last_subject_seq)
+        self.takeovers += 1
+        return self._appender(channel_id, channel_log, link)
 
     async def _follow(self, channel_id: str, holder: str) -> Claimed | ChannelReply:
         """Another node owns the channel: follow it from the stream's last record on."""
@@ -163,6 +193,7 @@ class ClusterPlacement:
             return ChannelReply(Reason.SERVER_ERROR, "the cluster's event log could not be read; try again")
         seq = records[-1]["seq"] if records else 0
         link.follow_from(seq)
+        link.on_take_over = self._take_over
         self.followed += 1
         return Claimed(None, link, channel, seq)
 
