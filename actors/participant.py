@@ -70,6 +70,7 @@ from .core import (
     ChangeRole,
     ChangeState,
     ChangeUpload,
+    Channel,
     Command,
     JoinChannel,
     KickMember,
@@ -404,7 +405,8 @@ class ParticipantActor:
         channel_id = request.channel
         if request.uri_mode:
             channel_id = channel_id.removeprefix(URI_PREFIX)
-            if self._registry.find(channel_id) is None:
+            # Cluster mode: the channel may live on another node; its owner decides (not_found there).
+            if self._registry.find(channel_id) is None and not self._registry.clustered:
                 return Reply(request.id, Reason.NOT_FOUND, f"no channel {channel_id!r}")
         elif len(channel_id) > limits.MAX_ID_CHARS or channel_id.startswith(URI_PREFIX):
             return Reply(request.id, Reason.INVALID_PARAM, "a channel id has 1-128 characters; join a uri with uri_mode")
@@ -513,11 +515,14 @@ class ParticipantActor:
             if not self._claims.allows_channel(channel_id):
                 return Reply(request.id, Reason.NO_PERMISSION, "your token does not allow that channel")
         actor = self._registry.find(channel_id)
+        if actor is None and self._registry.clustered:
+            answer = await self._registry.query_elsewhere(channel_id)  # its owner, on another node
+            if isinstance(answer, ChannelReply):
+                return Reply(request.id, answer.reason, answer.message or f"no channel {request.channel!r}")
+            return Reply(request.id, result=to_wire(answer))
         if actor is None or actor.channel is None:
             return Reply(request.id, Reason.NOT_FOUND, f"no channel {request.channel!r}")
-        channel = actor.channel
-        info = QueryInfo(channel.channel_id, channel.number, len(channel.members), tuple(m.user_id for m in channel.members_in_join_order()))
-        return Reply(request.id, result=to_wire(info))
+        return Reply(request.id, result=to_wire(query_info(actor.channel)))
 
     async def _admin(self, request: AdminRequest) -> Reply:
         """Open mode: anyone may (loopback only, as for every other request). With a secret:
@@ -538,15 +543,21 @@ class ParticipantActor:
         channel = self._channel
         assert channel is not None
         frame = frame_of(MessageReceived(request.msg_type, request.content, self.user_id, request.to))
+        link = channel.link  # cluster mode: members on other nodes get it through their node
         if request.to is None:
             for session in channel.sessions():
                 if session is not self:
                     session.send_frame(frame)
+            if link is not None:
+                link.send_text(frame, None, self.user_id)
         else:
             target = channel.session(request.to)
-            if target is None:
+            if target is not None:
+                target.send_frame(frame)
+            elif link is not None and channel.channel is not None and request.to in channel.channel.members:
+                link.send_text(frame, request.to, self.user_id)
+            else:
                 return Reply(request.id, Reason.NOT_FOUND, f"{request.to!r} is not in the channel")
-            target.send_frame(frame)
         return Reply(request.id)
 
     async def _subscribe(self, request: SubscribeAudio) -> Reply:
@@ -637,6 +648,11 @@ class ParticipantActor:
             self._registry.suspend(self._session_token, channel.channel_id, self, self.user_id, self._settings.resume_grace, now)
             return
         await self._registry.submit(channel.channel_id, LeaveChannel(now(), self.user_id, Reason(reason)), self)
+
+
+def query_info(channel: Channel) -> QueryInfo:
+    """What ``query`` answers about a live channel (here, or on its owner in cluster mode)."""
+    return QueryInfo(channel.channel_id, channel.number, len(channel.members), tuple(m.user_id for m in channel.members_in_join_order()))
 
 
 @attrs.frozen
