@@ -4,15 +4,23 @@ Its loop is the house pattern: take a batch from the mailbox, ``decide`` each co
 the current state, ``evolve`` the accepted events, append them to the event log in one go
 (one group commit for a whole join storm), and only then act: tell the members, update the
 media router, answer the requests. Nothing here decides policy; the pure core (`core/decide.py`) does.
+
+In cluster mode the same actor runs on every node with members of the channel. On the
+owner (the node holding the channel's lease) it decides as above. On any other node it is
+a *follower*: it forwards each command to the owner (`Link.forward`), applies the events the
+owner appended (``Apply``, in their log order) with the same ``evolve`` and acts on them for
+this node's sessions, so presence, member counts and forced leaves reach them as on one
+server; a forwarded request is answered once the follower has applied the owner's answer.
+The actor knows nothing of NATS: `Link` (`actors/cluster/link.py`) stands for the others.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -47,20 +55,25 @@ from .core import (
     ChannelStopped,
     Command,
     CustomPropertyChanged,
+    EndChannel,
     Event,
     JoinChannel,
+    LeaveChannel,
     Member,
     MemberJoined,
     MemberLeft,
+    MuteChanged,
     RecordingStarted,
     RecordingStopped,
     Rejected,
     RoleChanged,
     StateChanged,
     decide,
+    event_from_record,
     event_to_record,
     evolve,
 )
+from .logcontext import LOG_SUBJECT
 from .net import frame_of
 
 if TYPE_CHECKING:
@@ -78,6 +91,11 @@ MEMBER_COUNT_EVERY_TICKS = 4  # the audience's member count at most once a secon
 MEMBER_COUNT_MESSAGES_PER_SECOND = 1000
 # The recorder's key in the media router: members' sids start at 1, so it is nobody's.
 RECORDER_SID = 0
+# A follower answers a forwarded request once it has applied the owner's events up to the
+# answer's seq; they normally arrive before the answer (same NATS connection, same order).
+# Not there this soon: the live message was lost, so the follower re-reads the stream.
+CATCH_UP_AFTER = 0.5
+CATCH_UP_WITHIN = 5.0
 
 
 class Session(Protocol):
@@ -129,6 +147,58 @@ class ChannelReply:
     message: str = ""
     info: ChannelInfo | None = None
     sid: int | None = None
+    # Cluster mode: no owner answered a forwarded command (the channel ended there, or its
+    # owner is gone): the registry looks the channel up again before answering.
+    moved: bool = False
+
+
+@attrs.frozen
+class Forwarded:
+    """The owner's answer to a command a follower forwarded (cluster mode)."""
+
+    reason: Reason
+    message: str = ""
+    seq: int = 0  # the owner's last record when it answered: applied here before replying
+    moved: bool = False  # no owner answered
+
+
+@attrs.frozen
+class Apply:
+    """The owner's records (each with its ``seq``), for a follower to apply in order."""
+
+    records: tuple[Mapping[str, Any], ...]
+
+
+@attrs.frozen
+class Nudge:
+    """Nothing to do: wakes the actor's loop so it sees it has become idle."""
+
+
+class Link(Protocol):
+    """Cluster mode: the channel's other nodes, as the actor sees them."""
+
+    relay: FrameSink  # carries this node's publishers' frames to the other nodes, once each
+
+    async def run(self, actor: ChannelActor) -> None:
+        """Feeds the actor what other nodes send (relayed media and texts; on a follower the
+        owner's records as ``Apply``; on the owner the forwarded commands) until cancelled."""
+
+    def send_text(self, frame: bytes, to: str | None, sender: str) -> None:
+        """A text message for members on other nodes (``to`` None: everyone)."""
+
+    async def forward(self, command: Command) -> Forwarded:
+        """Follower: the owner's answer to ``command``, once its records are appended."""
+
+    async def catch_up(self, actor: ChannelActor) -> None:
+        """Follower: re-reads the owner's records after the last one applied."""
+
+    async def aclose(self) -> None:
+        """Ends the link's subscriptions (the actor ended)."""
+
+    async def take_over(self, actor: ChannelActor) -> Callable[[list[dict[str, object]]], object] | None:
+        """Follower whose owner is gone: takes the channel's lease if it is free, brings the
+        actor up to the stream's last record and returns the fenced append (this node owns
+        the channel from now on); None if another node holds the lease."""
 
 
 @attrs.frozen
@@ -144,7 +214,7 @@ class Reattach:
 class Envelope:
     """A command for the channel; ``session`` is None for the server's own commands."""
 
-    command: Command | Reattach
+    command: Command | Reattach | Apply | Nudge
     session: Session | None
     reply: OneShot | None
 
@@ -173,12 +243,24 @@ class ChannelActor:
         on_idle: Callable[[ChannelActor], None],
         policy: RolePolicy = DEFAULT_POLICY,
         data_dir: Path | None = None,
+        link: Link | None = None,
+        follower: bool = False,
     ) -> None:
         """``data_dir`` is where recordings go (under ``recordings/``); None: this server
         does not record, and enable_record is refused with server_error."""
         self.channel_id = channel_id
         self.channel: Channel | None = None
         self.router = MediaRouter()
+        self.link = link
+        self.follower = follower  # cluster mode: another node decides; this one applies
+        if link is not None:
+            self.router.relay = link.relay
+        self.applied_seq = 0  # follower: the last of the owner's records applied here
+        self._applied = trio.Event()  # set (and replaced) whenever applied_seq moves
+        self._pending: dict[str, Session] = {}  # follower: joins forwarded, not yet applied
+        self._forwarding = 0  # follower: forwarded commands not answered yet
+        self._taking_over: trio.Event | None = None  # follower: a take-over is being tried
+        self._nursery: trio.Nursery | None = None
         self._policy = policy
         self._log_append = log_append
         self._allocate_number = allocate_number
@@ -201,6 +283,10 @@ class ChannelActor:
     # --- queries (plain reads of the current immutable state) ---
 
     @property
+    def policy(self) -> RolePolicy:
+        return self._policy
+
+    @property
     def live(self) -> bool:
         return self.channel is not None and not self.channel.ended
 
@@ -210,13 +296,49 @@ class ChannelActor:
     def sessions(self) -> list[Session]:
         return list(self._sessions.values())
 
+    def adopt(self, channel: Channel | None, seq: int) -> None:
+        """Follower: starts from the channel as the stream has it up to ``seq`` (every member
+        is on another node so far), before the actor runs."""
+        self.channel, self.applied_seq = channel, seq
+        if channel is None or channel.ended:
+            return
+        for member in channel.members_in_join_order():
+            self.router.add_member(member.sid, None, publishing=member.upload)
+            if self._is_announced(member):
+                self._announced.add(member.user_id)
+
+    def deliver_text(self, frame: bytes, to: str | None, sender: str) -> None:
+        """A text message sent on another node (cluster mode): to this node's recipients."""
+        if to is None:
+            for user_id, session in self._sessions.items():
+                if user_id != sender:
+                    session.send_frame(frame)
+        else:
+            target = self._sessions.get(to)
+            if target is not None:
+                target.send_frame(frame)
+
     # --- the actor ---
 
+    def log_fields(self) -> dict[str, str]:
+        return {"channel": self.channel_id}
+
     async def run(self) -> None:
+        # Set, not inherited: the task that started this actor was a session's.
+        LOG_SUBJECT.set(self)
+        try:
+            await self._run()
+        finally:
+            if self.link is not None:
+                await self.link.aclose()  # shielded: also when the actor is cancelled or crashed
+
+    async def _run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._ticker)
             try:
+                if self.link is not None:
+                    nursery.start_soon(self.link.run, self)
                 async with self._inbox:
                     while True:
                         batch = [await self._inbox.receive()]
@@ -225,8 +347,11 @@ class ChannelActor:
                                 batch.append(self._inbox.receive_nowait())
                             except trio.WouldBlock:
                                 break
-                        await self._process(batch)
-                        if not self.live and self._inbox.statistics().current_buffer_used == 0:
+                        if self.follower:
+                            self._follow(batch)
+                        else:
+                            await self._process(batch)
+                        if self._idle() and self._inbox.statistics().current_buffer_used == 0:
                             # Unregister before closing, so no new sender finds this mailbox.
                             self._on_idle(self)
                             break
@@ -236,11 +361,20 @@ class ChannelActor:
                 self._stop_recorder()
             nursery.cancel_scope.cancel()
 
+    def _idle(self) -> bool:
+        """Nothing left to do here: the channel ended; a follower also once no member of
+        its node is left and nothing it forwarded is unanswered."""
+        if self.follower:
+            return self._forwarding == 0 and (not self.live or not self._sessions)
+        return not self.live
+
     async def _process(self, batch: list[Envelope]) -> None:
         outcomes: list[tuple[Envelope, Accepted | Rejected, list[tuple[Event, Channel | None, Channel]]]] = []
         records: list[dict[str, object]] = []
         for envelope in batch:
             command = envelope.command
+            if isinstance(command, Nudge | Apply):  # a follower's business, never an owner's
+                continue
             if isinstance(command, Reattach):
                 outcomes.append((envelope, self._reattach(command, envelope.session), []))
                 continue
@@ -282,7 +416,7 @@ class ChannelActor:
                 raise
         for envelope, decision, applied in outcomes:
             for event, before, after in applied:
-                self._act(envelope, event, before, after)
+                self._act(envelope.session, event, before, after)
             if envelope.reply is not None:
                 envelope.reply.set(self._reply_for(envelope, decision))
 
@@ -365,18 +499,20 @@ class ChannelActor:
         for user_id, session in self._sessions.items():
             session.send_frame(seen if user_id in self._hosts or user_id == member.user_id else unseen)
 
-    def _act(self, envelope: Envelope, event: Event, before: Channel | None, after: Channel) -> None:
+    def _act(self, joining: Session | None, event: Event, before: Channel | None, after: Channel) -> None:
+        """Acts on one durable event for this node's sessions. ``joining``: the session a
+        member_joined brings in, if it is connected here (None: on another node)."""
         match event:
             case ChannelCreated():
                 log.info("channel %s #%d created by %s", shown(event.channel), event.number, shown(event.created_by))
             case MemberJoined():
-                assert envelope.session is not None
                 member = after.members[event.user_id]
-                self._sessions[member.user_id] = envelope.session
-                envelope.session.attached(self, member.sid)
-                if self._policy.is_host(member.role):
-                    self._hosts[member.user_id] = envelope.session
-                self.router.add_member(member.sid, envelope.session.output, publishing=member.upload)
+                if joining is not None:
+                    self._sessions[member.user_id] = joining
+                    joining.attached(self, member.sid)
+                    if self._policy.is_host(member.role):
+                        self._hosts[member.user_id] = joining
+                self.router.add_member(member.sid, joining.output if joining is not None else None, publishing=member.upload)
                 if self.recorder is not None:
                     self.recorder.name(member.sid, member.user_id)
                 self._count_dirty = True
@@ -388,7 +524,10 @@ class ChannelActor:
                     to_hosts_only=not announced,
                     skip=member.user_id,
                 )
-                log.info("join %s #%d %s role=%s", shown(event.channel), event.number, shown(event.user_id), member.role.index)
+                log.info(
+                    "join %s #%d %s role=%s", shown(event.channel), event.number, shown(event.user_id), member.role.index,
+                    extra={"user": event.user_id},
+                )
             case MemberLeft():
                 assert before is not None
                 member = before.members[event.user_id]
@@ -403,7 +542,22 @@ class ChannelActor:
                 self._broadcast(
                     ParticipantLeft(member.user_id, event.reason), to_hosts_only=not self._is_announced(member)
                 )
-                log.info("leave %s #%d %s reason=%s", shown(event.channel), event.number, shown(event.user_id), event.reason.reason_name)
+                operator = f" operator={shown(event.operator)}" if event.operator else ""
+                log.info(
+                    "leave %s #%d %s reason=%s%s", shown(event.channel), event.number, shown(event.user_id), event.reason.reason_name, operator,
+                    extra={"user": event.user_id},
+                )
+            case MuteChanged():
+                member = after.members[event.user_id]
+                session = self._sessions.get(member.user_id)
+                if session is not None and not event.muted:
+                    # Their right to upload is back: an SDK holding an upload wish asks again.
+                    volume = self._volumes.get(member.sid, VolumeStatus.ZERO)
+                    session.send_frame(frame_of(ParticipantUpdated(participant_info(member, volume), int(ParticipantChange.AUDIO))))
+                log.info(
+                    "%s %s #%d %s operator=%s", "mute" if event.muted else "unmute", shown(event.channel), event.number,
+                    shown(event.user_id), shown(event.operator), extra={"user": event.user_id},
+                )
             case RoleChanged() | StateChanged() | AudioUploadChanged():
                 member = after.members[event.user_id]
                 session = self._sessions.get(member.user_id)
@@ -446,7 +600,141 @@ class ChannelActor:
                 self._hosts.clear()
                 self._volumes.clear()
                 self._announced.clear()
-                log.info("stop %s #%d by=%s reason=%s", shown(event.channel), event.number, shown(event.by or ""), event.reason.reason_name)
+                by = f"operator={shown(event.operator)}" if event.operator else f"by={shown(event.by or '')}"
+                log.info("stop %s #%d %s reason=%s", shown(event.channel), event.number, by, event.reason.reason_name)
+
+    # --- follower (cluster mode): forward commands, apply the owner's records ---
+
+    def _follow(self, batch: list[Envelope]) -> None:
+        assert self._nursery is not None and self.link is not None
+        for envelope in batch:
+            command = envelope.command
+            if isinstance(command, Nudge):
+                continue
+            if isinstance(command, Apply):
+                self._apply(command.records)
+                continue
+            if isinstance(command, Reattach):  # a resume on this node: local, as on one server
+                decision = self._reattach(command, envelope.session)
+                if envelope.reply is not None:
+                    envelope.reply.set(self._reply_for(envelope, decision))
+                continue
+            if (
+                not isinstance(command, JoinChannel)
+                and envelope.session is not None
+                and self._owners.get(envelope.session.user_id) is not envelope.session
+            ):
+                if envelope.reply is not None:
+                    envelope.reply.set(ChannelReply(Reason.NOT_FOUND, "this session is no longer in the channel"))
+                continue
+            if isinstance(command, JoinChannel) and envelope.session is not None:
+                self._pending[command.user_id] = envelope.session
+            self._forwarding += 1
+            if isinstance(command, EndChannel):
+                # This node ends (shutdown): its members leave; the channel goes on elsewhere.
+                leaves = [LeaveChannel(command.time, user_id, command.reason) for user_id in self._sessions]
+                self._nursery.start_soon(self._forward_all, envelope, leaves)
+            else:
+                self._nursery.start_soon(self._forward, envelope, command)
+
+    async def _forward(self, envelope: Envelope, command: Command) -> None:
+        try:
+            answer = await self._answer_of(command)
+            if answer.moved and await self._take_over():
+                # The owner is gone and this node took the channel: decide it here, as owner.
+                await self.mailbox.send(envelope)
+                return
+        except trio.Cancelled:  # the actor ends: the requester looks for the channel again
+            if envelope.reply is not None:
+                envelope.reply.set(ChannelReply(Reason.SERVER_RESTART, "the channel moved", moved=True))
+            raise
+        finally:
+            self._forwarding -= 1
+            if isinstance(command, JoinChannel) and self._pending.get(command.user_id) is envelope.session:
+                del self._pending[command.user_id]
+            self._nudge()
+        if envelope.reply is None:
+            return
+        if answer.reason is not Reason.NONE:
+            envelope.reply.set(ChannelReply(answer.reason, answer.message, moved=answer.moved))
+        else:
+            envelope.reply.set(self._reply_for(envelope, Accepted(())))
+
+    async def _forward_all(self, envelope: Envelope, commands: list[Command]) -> None:
+        try:
+            for command in commands:
+                await self._answer_of(command)
+        finally:
+            self._forwarding -= 1
+            self._nudge()
+        if envelope.reply is not None:
+            envelope.reply.set(ChannelReply(Reason.NONE))
+
+    async def _take_over(self) -> bool:
+        """Whether this node now owns the channel (taken over from an owner that is gone:
+        the instance goes on, nothing is ended; a second forward that finds the owner gone
+        waits for the first one's attempt)."""
+        assert self.link is not None
+        if not self.follower:
+            return True
+        if self._taking_over is not None:
+            await self._taking_over.wait()
+            return not self.follower
+        self._taking_over = done = trio.Event()
+        try:
+            append = await self.link.take_over(self)
+            if append is not None:
+                self._log_append = append
+                self.follower = False
+                log.warning("took over channel %s: its owner is gone", shown(self.channel_id))
+        finally:
+            self._taking_over = None
+            done.set()
+        return not self.follower
+
+    def apply_now(self, records: tuple[Mapping[str, Any], ...]) -> None:
+        """Follower: applies records read from the stream at once (a take-over's catch-up)."""
+        self._apply(records)
+
+    async def _answer_of(self, command: Command) -> Forwarded:
+        """The owner's answer, once this follower has applied the records it answered after."""
+        assert self.link is not None
+        answer = await self.link.forward(command)
+        with trio.move_on_after(CATCH_UP_AFTER):
+            await self._caught_up(answer.seq)
+            return answer
+        await self.link.catch_up(self)
+        with trio.move_on_after(CATCH_UP_WITHIN):
+            await self._caught_up(answer.seq)
+            return answer
+        return Forwarded(Reason.SERVER_ERROR, "the channel's events did not reach this node; try again")
+
+    async def _caught_up(self, seq: int) -> None:
+        while self.applied_seq < seq:
+            await self._applied.wait()
+
+    def _nudge(self) -> None:
+        if self._forwarding == 0:
+            try:
+                self.mailbox.send_nowait(Envelope(Nudge(), None, None))
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # full: the loop wakes anyway; closed: it ended
+
+    def _apply(self, records: tuple[Mapping[str, Any], ...]) -> None:
+        """The owner's records in log order; those applied already (a re-read) are skipped."""
+        for record in records:
+            seq = record["seq"]
+            if seq <= self.applied_seq:
+                continue
+            event = event_from_record(record)
+            before = self.channel
+            self.channel = evolve(before, event)
+            joining = self._pending.pop(event.user_id, None) if isinstance(event, MemberJoined) else None
+            self._track_owner(event, joining)
+            self._act(joining, event, before, self.channel)
+            self.applied_seq = seq
+        self._applied.set()
+        self._applied = trio.Event()
 
     # --- recording: a recorder is one more member of the router, fed like a socket ---
 

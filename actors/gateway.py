@@ -14,6 +14,7 @@ from airwave.protocol.text import shown
 
 from .net import Connection, Site, accept_websocket, frame_of
 from .counters import ServerMetrics
+from .logcontext import LOG_SUBJECT
 from .participant import ParticipantActor, SessionSettings, SessionState
 
 if TYPE_CHECKING:
@@ -145,10 +146,11 @@ class Gateway:
         self._per_address[host] += 1
         self.connections += 1
 
-        log.info("connect %s", peer)
         participant = ParticipantActor(
             ws, conn, self._registry, self._settings, nursery, peer, admitted=slot.release, metrics=self.metrics
         )
+        LOG_SUBJECT.set(participant)  # this task's log lines are about this session
+        log.info("connect %s", peer)
         self._open.add(participant)
         try:
             await participant.run()

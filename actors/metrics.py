@@ -32,6 +32,7 @@ from airwave.protocol import CustomRole
 from .core.histogram import Histogram
 
 if TYPE_CHECKING:
+    from .events_http import EventsEndpoint
     from .server import RunningServer
 
 log = logging.getLogger("airwave.metrics")
@@ -128,46 +129,56 @@ async def serve_metrics(
     registry: CollectorRegistry,
     host: str,
     port: int,
+    events: EventsEndpoint | None = None,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """``GET /metrics`` over plain HTTP (h11), one request per connection; hands the bound
-    port to ``task_status``. Everything else is 404 or 405; a bad request 400."""
+    """The operator's HTTP port (h11, one request per connection): ``GET /metrics`` and,
+    given ``events``, ``GET /events`` (`events_http.py`); hands the bound port to
+    ``task_status``. Everything else is 404 or 405; a bad request 400."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     log.info("metrics on http://%s:%d/metrics", host, bound)
     task_status.started(bound)
-    await trio.serve_listeners(lambda stream: _answer(stream, registry), listeners)
+    await trio.serve_listeners(lambda stream: _answer(stream, registry, events), listeners)
 
 
-async def _answer(stream: trio.SocketStream, registry: CollectorRegistry) -> None:
+async def _read_request(connection: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(16384)
+            connection.receive_data(data)
+            if not data:
+                return None
+            continue
+        return event if isinstance(event, h11.Request) else None
+
+
+async def _answer(stream: trio.SocketStream, registry: CollectorRegistry, events: EventsEndpoint | None) -> None:
     connection = h11.Connection(h11.SERVER)
     try:
         with trio.move_on_after(10):
-            while True:
-                event = connection.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(16384)
-                    connection.receive_data(data)
-                    if not data:
-                        return
-                    continue
-                if isinstance(event, h11.Request):
-                    break
-                return
-            target = event.target.split(b"?", 1)[0]
-            if event.method not in (b"GET", b"HEAD"):
-                status, content_type, body = 405, b"text/plain", b"only GET /metrics\n"
-            elif target != b"/metrics":
-                status, content_type, body = 404, b"text/plain", b"metrics are at /metrics\n"
-            else:
-                status, content_type, body = 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
-            headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-            data = connection.send(h11.Response(status_code=status, headers=headers))
-            if event.method != b"HEAD":
-                data += connection.send(h11.Data(data=body))
-            data += connection.send(h11.EndOfMessage())
-            await stream.send_all(data)
+            request = await _read_request(connection, stream)
+        if request is None:
+            return
+        target = request.target.split(b"?", 1)[0]
+        paths = b"/metrics or /events" if events is not None else b"/metrics"
+        if request.method not in (b"GET", b"HEAD"):
+            status, content_type, body = 405, b"text/plain", b"only GET " + paths + b"\n"
+        elif target == b"/events" and events is not None and request.method == b"GET":
+            await events.answer(connection, stream, request)
+            return
+        elif target != b"/metrics":
+            status, content_type, body = 404, b"text/plain", b"this port serves " + paths + b"\n"
+        else:
+            status, content_type, body = 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        data = connection.send(h11.Response(status_code=status, headers=headers))
+        if request.method != b"HEAD":
+            data += connection.send(h11.Data(data=body))
+        data += connection.send(h11.EndOfMessage())
+        await stream.send_all(data)
     except h11.RemoteProtocolError:
         try:
             await stream.send_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")

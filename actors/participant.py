@@ -22,6 +22,8 @@ import trio
 import trio_websocket
 
 from airwave.protocol import (
+    ADMIN_REQUEST_TYPES,
+    AdminRequest,
     EnableUpload,
     Error,
     Hello,
@@ -57,8 +59,9 @@ from airwave.protocol import (
 from airwave.protocol.messages import record_params
 from airwave.protocol.ratelimit import TokenBucket
 from airwave.protocol.text import shown
-from airwave.protocol.tokens import TokenClaims, verify_token
+from airwave.protocol.tokens import TokenClaims, verify_admin_token, verify_token
 
+from .admin import serve_admin
 from .channel import ChannelActor, ChannelReply, Reattach
 from .clock import now
 from .counters import ServerMetrics
@@ -70,6 +73,7 @@ from .core import (
     ChangeRole,
     ChangeState,
     ChangeUpload,
+    Channel,
     Command,
     JoinChannel,
     KickMember,
@@ -144,7 +148,7 @@ class ParticipantActor:
         "_frames_offered", "_heartbeat", "_held", "_hello_deadline", "_kernel_watches",
         "_last_ping", "_last_refusal_reply", "_last_sent", "_media_bucket", "_metrics",
         "_nursery", "_peer", "_registry", "_session_token", "_settings", "_sid", "_strikes",
-        "_token_deadline", "_ws", "end_reason", "output", "state", "stats", "user_id",
+        "_token_deadline", "_ws", "connected_at", "end_reason", "output", "state", "stats", "user_id",
     )
 
     def __init__(
@@ -167,6 +171,7 @@ class ParticipantActor:
         self._settings = settings
         self._metrics = metrics or ServerMetrics()
         self._peer = peer
+        self.connected_at = now()  # UTC epoch seconds, for the admin's member list
         self._channel: ChannelActor | None = None
         self._sid = 0
         self._heartbeat = (settings.heartbeat_time, settings.heartbeat_timeout)
@@ -198,6 +203,19 @@ class ParticipantActor:
             self._held.append(frame)  # nothing reaches the client before its join reply
         else:
             self.output.send_frame_nowait(frame, droppable=False)
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    def log_fields(self) -> dict[str, str | None]:
+        channel = self._channel.channel_id if self._channel is not None else None
+        return {"connection": self._peer, "user": self.user_id or None, "channel": channel}
+
+    def close_soon(self, code: int, reason: str, end_reason: Reason) -> None:
+        """`close`, started in the connection's own nursery: the caller need not wait for
+        the handshake (an operator ending this session from another connection, or this one)."""
+        self._nursery.start_soon(self.close, code, reason, end_reason)
 
     def send(self, message: ServerMessage) -> None:
         self.send_frame(frame_of(message))
@@ -393,7 +411,8 @@ class ParticipantActor:
         channel_id = request.channel
         if request.uri_mode:
             channel_id = channel_id.removeprefix(URI_PREFIX)
-            if self._registry.find(channel_id) is None:
+            # Cluster mode: the channel may live on another node; its owner decides (not_found there).
+            if self._registry.find(channel_id) is None and not self._registry.clustered:
                 return Reply(request.id, Reason.NOT_FOUND, f"no channel {channel_id!r}")
         elif len(channel_id) > limits.MAX_ID_CHARS or channel_id.startswith(URI_PREFIX):
             return Reply(request.id, Reason.INVALID_PARAM, "a channel id has 1-128 characters; join a uri with uri_mode")
@@ -502,25 +521,49 @@ class ParticipantActor:
             if not self._claims.allows_channel(channel_id):
                 return Reply(request.id, Reason.NO_PERMISSION, "your token does not allow that channel")
         actor = self._registry.find(channel_id)
+        if actor is None and self._registry.clustered:
+            answer = await self._registry.query_elsewhere(channel_id)  # its owner, on another node
+            if isinstance(answer, ChannelReply):
+                return Reply(request.id, answer.reason, answer.message or f"no channel {request.channel!r}")
+            return Reply(request.id, result=to_wire(answer))
         if actor is None or actor.channel is None:
             return Reply(request.id, Reason.NOT_FOUND, f"no channel {request.channel!r}")
-        channel = actor.channel
-        info = QueryInfo(channel.channel_id, channel.number, len(channel.members), tuple(m.user_id for m in channel.members_in_join_order()))
-        return Reply(request.id, result=to_wire(info))
+        return Reply(request.id, result=to_wire(query_info(actor.channel)))
+
+    async def _admin(self, request: AdminRequest) -> Reply:
+        """Open mode: anyone may (loopback only, as for every other request). With a secret:
+        the request's own admin token, checked every time, so no connection holds admin
+        rights that outlive the token."""
+        operator = "local"
+        if self._settings.secret is not None:
+            if request.token is None:
+                return Reply(request.id, Reason.NO_PERMISSION, "admin requests need an admin token (airwave token --admin)")
+            try:
+                operator = verify_admin_token(self._settings.secret, request.token, now=now())
+            except ProtocolError as refusal:
+                log.warning("%s: %s refused: %s", self._peer, request.TYPE, refusal.message)
+                return Reply(request.id, refusal.reason, refusal.message)
+        return await serve_admin(self._registry, request, operator)
 
     async def _send_text(self, request: SendMessage) -> Reply:
         channel = self._channel
         assert channel is not None
         frame = frame_of(MessageReceived(request.msg_type, request.content, self.user_id, request.to))
+        link = channel.link  # cluster mode: members on other nodes get it through their node
         if request.to is None:
             for session in channel.sessions():
                 if session is not self:
                     session.send_frame(frame)
+            if link is not None:
+                link.send_text(frame, None, self.user_id)
         else:
             target = channel.session(request.to)
-            if target is None:
+            if target is not None:
+                target.send_frame(frame)
+            elif link is not None and channel.channel is not None and request.to in channel.channel.members:
+                link.send_text(frame, request.to, self.user_id)
+            else:
                 return Reply(request.id, Reason.NOT_FOUND, f"{request.to!r} is not in the channel")
-            target.send_frame(frame)
         return Reply(request.id)
 
     async def _subscribe(self, request: SubscribeAudio) -> Reply:
@@ -613,6 +656,11 @@ class ParticipantActor:
         await self._registry.submit(channel.channel_id, LeaveChannel(now(), self.user_id, Reason(reason)), self)
 
 
+def query_info(channel: Channel) -> QueryInfo:
+    """What ``query`` answers about a live channel (here, or on its owner in cluster mode)."""
+    return QueryInfo(channel.channel_id, channel.number, len(channel.members), tuple(m.user_id for m in channel.members_in_join_order()))
+
+
 @attrs.frozen
 class Step:
     """One row of the lifecycle: who serves the request, the state it leads to when it
@@ -637,6 +685,7 @@ LIFECYCLE: dict[SessionState, dict[type[Request], Step]] = {
         Resume: Step(ParticipantActor._resume, SessionState.JOINED, during=SessionState.JOINING),
         Query: Step(ParticipantActor._query, SessionState.IDLE),
         Ping: Step(ParticipantActor._ping, SessionState.IDLE),
+        **{admin: Step(ParticipantActor._admin, SessionState.IDLE) for admin in ADMIN_REQUEST_TYPES},
     },
     SessionState.JOINING: {},  # the join or resume being served is the only request
     SessionState.JOINED: {
@@ -653,6 +702,7 @@ LIFECYCLE: dict[SessionState, dict[type[Request], Step]] = {
         RefreshToken: _in_channel(ParticipantActor._refresh),
         Query: _in_channel(ParticipantActor._query),
         Ping: _in_channel(ParticipantActor._ping),
+        **{admin: _in_channel(ParticipantActor._admin) for admin in ADMIN_REQUEST_TYPES},
     },
 }
 

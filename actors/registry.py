@@ -2,8 +2,10 @@
 
 It starts a channel actor on the first command for a channel id and forgets it when the
 channel ends. In cluster mode a `Placement` (`actors/cluster/placement.py`) stands behind it:
-before starting an actor the registry asks it to claim the channel for this node (its lease,
-its fenced log in JetStream); the file-log server has none, and nothing changes there.
+before starting an actor the registry asks it to claim the channel for this node. The claim
+makes this node the channel's owner (its lease, its fenced log in JetStream) or, when
+another node owns it, a follower (the actor forwards commands there and applies the owner's
+events). The file-log server has no placement, and nothing changes there.
 """
 
 from __future__ import annotations
@@ -16,23 +18,37 @@ from typing import Protocol
 import attrs
 import trio
 
-from airwave.protocol import DEFAULT_POLICY, Reason, RolePolicy
+from airwave.protocol import DEFAULT_POLICY, QueryInfo, Reason, RolePolicy
 from airwave.protocol.text import shown
 
-from .channel import ChannelActor, ChannelReply, Envelope, LogRefused, OneShot
-from .core import Command, EndChannel, LeaveChannel
+from .channel import ChannelActor, ChannelReply, Envelope, Link, LogRefused, OneShot
+from .core import Channel, Command, EndChannel, LeaveChannel
 from .core.guesses import PasswordGuesses
 
 log = logging.getLogger("airwave.registry")
 
 LogAppend = Callable[[list[dict[str, object]]], Awaitable[object]]
+MOVED_RETRIES = 3  # a forwarded command no owner answered: look the channel up this often again
+
+
+@attrs.frozen(eq=False)
+class Claimed:
+    """How this node serves a channel it claimed (cluster mode)."""
+
+    log_append: LogAppend | None  # the owner's fenced log; None: a follower, another node decides
+    link: Link  # the channel's other nodes
+    channel: Channel | None = None  # follower: the channel as the stream has it so far
+    seq: int = 0  # ... up to this record
 
 
 class Placement(Protocol):
     """Where channels live when several server processes share them (cluster mode)."""
 
-    async def claim(self, channel_id: str) -> LogAppend | ChannelReply:
-        """This node's log for the channel once it decides for it, or the refusal to answer."""
+    async def claim(self, channel_id: str) -> Claimed | ChannelReply:
+        """How this node serves the channel (owner or follower), or the refusal to answer."""
+
+    async def query(self, channel_id: str) -> QueryInfo | ChannelReply:
+        """The channel's facts from its owner, for a node with no actor of it."""
 
     def allocate_number(self) -> int:
         """The number a channel created now would get (unique over the shared log)."""
@@ -71,6 +87,15 @@ class Registry:
         self._data_dir = data_dir  # where channels record; None: they do not
         self._claims: dict[str, trio.Event] = {}  # channels being claimed (cluster mode)
 
+    @property
+    def clustered(self) -> bool:
+        return self._placement is not None
+
+    async def query_elsewhere(self, channel_id: str) -> QueryInfo | ChannelReply:
+        """Cluster mode: asks the channel's owner (this node has no actor of it)."""
+        assert self._placement is not None
+        return await self._placement.query(channel_id)
+
     def find(self, channel_id: str) -> ChannelActor | None:
         actor = self._actors.get(channel_id)
         return actor if actor is not None and actor.live else None
@@ -78,19 +103,24 @@ class Registry:
     def channel_ids(self) -> list[str]:
         return [cid for cid, actor in self._actors.items() if actor.live]
 
-    def _actor_for(self, channel_id: str, log_append: LogAppend | None = None) -> ChannelActor:
+    def _actor_for(self, channel_id: str, claimed: Claimed | None = None) -> ChannelActor:
         actor = self._actors.get(channel_id)
         if actor is None:
             placement = self._placement
+            follower = claimed is not None and claimed.log_append is None
             actor = ChannelActor(
                 channel_id,
-                log_append=log_append or self._log_append,
+                log_append=(claimed.log_append if claimed is not None else None) or self._log_append,
                 allocate_number=placement.allocate_number if placement else lambda: self._next_number,
                 claim_number=placement.claim_number if placement else self._claim_number,
                 on_idle=self._forget,
                 policy=self._policy,
                 data_dir=self._data_dir,
+                link=claimed.link if claimed is not None else None,
+                follower=follower,
             )
+            if claimed is not None and follower:
+                actor.adopt(claimed.channel, claimed.seq)
             self._actors[channel_id] = actor
             self._nursery.start_soon(self._supervise, actor)
         return actor
@@ -122,11 +152,12 @@ class Registry:
 
     async def submit(self, channel_id: str, command: Command, session: object | None) -> ChannelReply:
         """Sends ``command`` to the channel's actor (starting one if needed) and awaits its answer."""
+        moved = 0
         while True:
             if channel_id not in self._actors and len(self._actors) >= self._max_channels:
                 self.refused_channels += 1
                 return ChannelReply(Reason.FULL, f"this server already has its maximum of {self._max_channels} channels")
-            log_append = None
+            claimed = None
             if self._placement is not None and channel_id not in self._actors:
                 claiming = self._claims.get(channel_id)
                 if claiming is not None:  # another request is claiming it: wait, then look again
@@ -140,8 +171,8 @@ class Registry:
                     claiming.set()
                 if isinstance(claim, ChannelReply):
                     return claim
-                log_append = claim
-            actor = self._actor_for(channel_id, log_append)
+                claimed = claim
+            actor = self._actor_for(channel_id, claimed)
             reply = OneShot()
             try:
                 await actor.mailbox.send(Envelope(command, session, reply))  # type: ignore[arg-type]
@@ -149,7 +180,14 @@ class Registry:
                 # The actor ended between lookup and send: the next lookup starts a fresh one.
                 self._forget(actor)
                 continue
-            return await reply.wait()
+            answer = await reply.wait()
+            if answer.moved and moved < MOVED_RETRIES:
+                # Cluster mode: the owner this node forwarded to is gone (the channel ended
+                # there, or it died): look again, as the first command did.
+                moved += 1
+                await trio.sleep(0.02 * moved)
+                continue
+            return answer
 
     # --- sessions whose connection dropped: held for a grace period (decision 7) ---
 
@@ -173,6 +211,17 @@ class Registry:
         if suspension is not None:
             suspension.timer.cancel()
         return suspension
+
+    def suspensions(self, channel_id: str) -> dict[str, Suspension]:
+        """The sessions of ``channel_id`` held for resume, by user id (the admin's view)."""
+        return {s.user_id: s for s in self._suspended.values() if s.channel_id == channel_id}
+
+    def end_suspension(self, suspension: Suspension) -> None:
+        """No resume for this session any more (its membership was ended by an operator)."""
+        for token, held in list(self._suspended.items()):
+            if held is suspension:
+                del self._suspended[token]
+                suspension.timer.cancel()
 
     async def end_all(self, reason: Reason, now: float) -> None:
         """Ends every live channel for everyone (graceful shutdown), each logged as it goes."""

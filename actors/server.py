@@ -25,6 +25,7 @@ from .log import EventLog, FsyncMode, LogFailed, RecoveryReport, closing_records
 from .net import Site, TransportSettings, close_listener, default_web_folder, open_listener, serve_connections
 from .participant import SessionSettings
 from .registry import Registry
+from .feed import EventFeed
 from .webhooks import WebhookDelivery, WebhookSettings
 
 log = logging.getLogger("airwave.server")
@@ -115,14 +116,17 @@ def gateway_for(registry: Registry, settings: ServerSettings, site: Site, metric
     )
 
 
-async def start_metrics(service: trio.Nursery, server: RunningServer, settings: ServerSettings) -> None:
-    """The /metrics endpoint in ``service``, if the settings ask for one."""
+async def start_metrics(service: trio.Nursery, server: RunningServer, settings: ServerSettings, feed: EventFeed | None = None) -> None:
+    """The operator's HTTP port in ``service``, if the settings ask for one: /metrics, and
+    /events when there is a ``feed`` of the log to serve."""
     if settings.metrics_address is None:
         return
+    from .events_http import EventsEndpoint
     from .metrics import registry_for, serve_metrics  # prometheus-client only if asked
 
     host, port = settings.metrics_address
-    server.metrics_port = await service.start(serve_metrics, registry_for(server), host, port)
+    events = EventsEndpoint(feed, settings.session.secret) if feed is not None else None
+    server.metrics_port = await service.start(serve_metrics, registry_for(server), host, port, events)
 
 
 async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
@@ -140,13 +144,15 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
         try:
             async with trio.open_nursery() as service:
                 metrics = ServerMetrics()
-                webhook = WebhookDelivery(settings.webhook, settings.data_dir, lambda: event_log.last_seq) if settings.webhook else None
+                # The log as a feed for its followers: webhook delivery and GET /events.
+                feed = EventFeed(settings.data_dir, lambda: event_log.last_seq) if settings.webhook or settings.metrics_address else None
+                webhook = WebhookDelivery(settings.webhook, feed) if settings.webhook and feed else None
 
                 async def append(records: Sequence[Mapping[str, Any]]) -> list[int]:
                     seqs = await event_log.append(records)
                     metrics.count_records(records)
-                    if webhook is not None:
-                        webhook.offer(seqs, records)
+                    if feed is not None:
+                        feed.offer(seqs, records)
                     return seqs
 
                 registry = Registry(
@@ -158,7 +164,7 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                 await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))
                 service.start_soon(gateway.run_heartbeats, settings.session.heartbeat_sweep)
                 server = RunningServer(listener.getsockname()[1], registry, gateway, event_log, report)
-                await start_metrics(service, server, settings)
+                await start_metrics(service, server, settings, feed)
                 if webhook is not None:
                     server.webhook = webhook
                     service.start_soon(webhook.run)

@@ -9,13 +9,12 @@ exponential backoff and nothing after it is sent until it answers, so the order 
 a crash or restart delivery resumes from the first event not acknowledged. An event may come
 twice (a crash between the 2xx and the cursor's write); its seq is the idempotency key.
 
-New events come from the append path in memory; what is not there (at start, or after the
-memory fell behind) is read back from the log on disk.
+Events come from the log's `EventFeed` (`feed.py`): the newest from memory, older ones
+(at start, or after the receiver fell far behind) from the log on disk.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import hmac
 import json
@@ -23,8 +22,6 @@ import logging
 import os
 import random
 import ssl
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,13 +29,13 @@ import attrs
 import h11
 import trio
 
-from .log.format import read_events
+from .feed import EventFeed
 from .log.replay import event_json, replay_records
 
 log = logging.getLogger("airwave.webhooks")
 
 CURSOR_FILE = "webhook.cursor"
-MEMORY = 10_000  # events held for delivery in memory; beyond it they are read from disk
+BATCH = 1_000  # events taken from the feed at a time
 
 
 @attrs.frozen
@@ -62,15 +59,13 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 class WebhookDelivery:
-    def __init__(self, settings: WebhookSettings, data_dir: Path, durable_seq: Callable[[], int]) -> None:
+    def __init__(self, settings: WebhookSettings, feed: EventFeed) -> None:
         self.settings = settings
-        self._durable_seq = durable_seq  # what the log has acknowledged: never send beyond it
-        self._data_dir = data_dir
-        self._cursor_path = data_dir / CURSOR_FILE
+        self._feed = feed
+        self._data_dir = feed.data_dir
+        self._cursor_path = feed.data_dir / CURSOR_FILE
         self.acknowledged = self._load_cursor()  # the last seq the receiver answered with a 2xx
         self.delivered = self.retries = 0
-        self._memory: collections.deque[dict[str, Any]] = collections.deque(maxlen=MEMORY)
-        self._newer = trio.Event()
         self._rng = random.Random()
 
     def _load_cursor(self) -> int:
@@ -89,31 +84,10 @@ class WebhookDelivery:
         temporary.write_text(f"{self.acknowledged}\n")
         os.replace(temporary, self._cursor_path)
 
-    def offer(self, seqs: Sequence[int], records: Sequence[Mapping[str, Any]]) -> None:
-        """Records just made durable by the log (called by the append path)."""
-        for seq, record in zip(seqs, records):
-            self._memory.append({"seq": seq, **record})
-        self._newer.set()
-
-    def _pending(self) -> list[dict[str, Any]]:
-        """The events after the cursor, in order: from memory when it holds the next one,
-        else from the log on disk."""
-        memory = self._memory
-        while memory and memory[0]["seq"] <= self.acknowledged:
-            memory.popleft()
-        if memory and memory[0]["seq"] == self.acknowledged + 1:
-            return list(memory)
-        durable = self._durable_seq()  # a record on disk may not be synced yet
-        return [body for body in read_events(self._data_dir) if self.acknowledged < body["seq"] <= durable]
-
     async def run(self) -> None:
         while True:
-            self._newer = trio.Event()
-            pending = self._pending()
-            if not pending:
-                await self._newer.wait()
-                continue
-            for body in pending:
+            await self._feed.wait_beyond(self.acknowledged)
+            for body in self._feed.after(self.acknowledged, BATCH):
                 await self._deliver(body)
 
     async def _deliver(self, body: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The `airwave` command: serve, token, replay, host, listen, stop, record, demo.
+"""The `airwave` command: serve, token, replay, host, listen, stop, record, admin, top, demo.
 
 Whatever a user gets wrong is one line on stderr that says what to do, and a non-zero exit:
 2 when the command line asks for something that cannot be done, 1 when the run failed.
@@ -121,8 +121,21 @@ def _secret(args: argparse.Namespace) -> bytes | None:
 
 def _token(args: argparse.Namespace) -> int:
     from airwave.protocol import CustomRole
-    from airwave.protocol.tokens import mint_token
+    from airwave.protocol.tokens import mint_admin_token, mint_token
 
+    if args.admin:
+        if args.channel is not None or args.role is not None or args.pattern:
+            return _failed("an admin token opens no channel and grants no role: drop CHANNEL, --role and --pattern", 2)
+        try:
+            secret = _secret(args)
+            if secret is None:
+                raise ValueError("no secret: use --secret-file, AIRWAVE_SECRET, --secret or --dev")
+        except ValueError as exc:
+            return _failed(str(exc), 2)
+        print(mint_admin_token(secret, user_id=args.user, now=time.time(), ttl=args.ttl))
+        return 0
+    if args.channel is None or args.role is None:
+        return _failed("a join token needs CHANNEL and --role (or --admin for an admin token)", 2)
     indexes = [r.strip() for r in args.role.split(",")]
     if not all(r in ("0", "1", "2", "3") for r in indexes):
         print(f"airwave: --role {args.role}: give role indexes 0 (host), 1 (audience), 2 or 3, comma-separated", file=sys.stderr)
@@ -391,9 +404,10 @@ async def _on_signals(signals: AsyncIterator[int], quit: Quit, command: trio.Can
             command.deadline = trio.current_time() + QUIT_GRACE
 
 
-def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[int]]) -> int:
+def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[int]], *, interrupt_quits: bool = False) -> int:
     """Runs a client command; any failure is one line with its reason and a non-zero exit,
-    and Ctrl-C or SIGTERM is a clean leave, one line, and 130 or 143 (128 + the signal)."""
+    and Ctrl-C or SIGTERM is a clean leave, one line, and 130 or 143 (128 + the signal).
+    ``interrupt_quits``: Ctrl-C is how the command is meant to end (a live view): exit 0."""
     import trio_websocket
 
     from airwave.commands import CommandFailed, Quit
@@ -422,6 +436,8 @@ def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[in
         failure = (str(failed), failed.exit_code if isinstance(failed, CommandFailed) else 1)
     except* (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as group:
         failure = (_connect_failure(group, args.url), 1)
+    if quit.signal_number == signal.SIGINT and interrupt_quits and failure is None:
+        return 0
     if quit.signal_number is not None:
         print(f"airwave: interrupted by {signal.Signals(quit.signal_number).name}", file=sys.stderr)
         return 128 + quit.signal_number
@@ -488,6 +504,46 @@ def _record(args: argparse.Namespace) -> int:
     ))
 
 
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """--token as given; else one minted for a minute from the server secret (--secret-file,
+    AIRWAVE_SECRET, --secret, --dev), as the operator --user; else none (open mode)."""
+    if args.token:
+        return str(args.token)
+    secret = _secret(args)
+    if secret is None:
+        return None
+    from airwave.protocol.tokens import mint_admin_token
+
+    return mint_admin_token(secret, user_id=args.user, now=time.time(), ttl=60.0)
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from airwave import admin
+
+    wanted = {"channels": 0, "members": 1, "stop": 1}.get(args.action, 2)
+    given = [value for value in (args.channel, args.target) if value is not None]
+    if len(given) != wanted:
+        shape = {0: "", 1: " CHANNEL", 2: " CHANNEL USER"}[wanted]
+        return _failed(f"usage: airwave admin {args.action}{shape}", 2)
+    try:
+        token = _admin_token(args)
+    except ValueError as exc:
+        return _failed(str(exc), 2)
+    return _run_client(args, lambda quit: admin.run(
+        args.url, args.action, channel=args.channel, user_id=args.target, token=token, as_json=args.json,
+    ))
+
+
+def _top(args: argparse.Namespace) -> int:
+    from airwave import top
+
+    try:
+        token = _admin_token(args)
+    except ValueError as exc:
+        return _failed(str(exc), 2)
+    return _run_client(args, lambda quit: top.run(args.url, token=token, interval=args.interval), interrupt_quits=True)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from airwave.demo import run_demo
 
@@ -516,6 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     logging_option.add_argument(
         "--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS, help="(default INFO)"
     )
+    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one object per line (default text)")
+    logging_option.add_argument(
+        "--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
+        help="json: one object per line with time, level, event, channel, user, connection (default text)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -527,6 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the address to listen on; in open mode (no secret) only a loopback one, unless --insecure (default %(default)s)",
     )
     serve.add_argument("--port", type=int, default=8765, help="the TCP port; 0 picks a free one (default %(default)s)")
+    serve.add_argument(
+        "--config", metavar="FILE",
+        help="a TOML file of these settings, keys as the flags without dashes (port = 8765); flags given too override it",
+    )
     serve.add_argument("--data", default="airwave-data", help="the event log's directory (default ./%(default)s)")
     serve.add_argument(
         "--fsync", choices=["always", "batch", "never"], default="batch",
@@ -576,11 +641,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_secret_options(serve)
     serve.set_defaults(run=_serve)
 
-    token = command("token", "mint a join token (the server needs the same secret)")
-    token.add_argument("channel", help="the channel id the token opens (a glob pattern with --pattern)")
+    token = command("token", "mint a join token or an admin token (the server needs the same secret)")
+    token.add_argument("channel", nargs="?", help="the channel id the token opens (a glob pattern with --pattern)")
     token.add_argument("--pattern", action="store_true", help="CHANNEL is a glob (* ? [...]) over channel ids, e.g. 'room-*'")
-    token.add_argument("--user", required=True, help="the user id the token is for")
-    token.add_argument("--role", required=True, metavar="R[,R...]", help="custom role indexes the holder may take (0 host, 1 audience, 2, 3)")
+    token.add_argument("--user", required=True, help="the user id the token is for (with --admin: the operator's name, logged)")
+    token.add_argument("--role", metavar="R[,R...]", help="custom role indexes the holder may take (0 host, 1 audience, 2, 3)")
+    token.add_argument("--admin", action="store_true", help="an admin token: for airwave admin and airwave top, no channel, no role")
     token.add_argument("--ttl", type=float, default=3600.0, metavar="S", help="seconds until it expires (default 3600)")
     add_secret_options(token)
     token.set_defaults(run=_token)
@@ -643,6 +709,27 @@ def build_parser() -> argparse.ArgumentParser:
         help='what to record, e.g. \'{"mix": true, "tracks": false}\' (default: the mix and one track per speaker)',
     )
     record.set_defaults(run=_record)
+    def admin_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--url", default="ws://127.0.0.1:8765", help="the server (default ws://127.0.0.1:8765)")
+        sub.add_argument("--token", metavar="JWT", help="an admin token (minted by the token command); without one, this command mints its own from the secret, if given")
+        sub.add_argument("--user", default="admin", help="the operator's name, logged with each action, when the token is minted here (default admin)")
+        add_secret_options(sub)
+
+    admin = command("admin", "an operator's view and levers: list channels and members, kick, stop, mute, end a session")
+    admin.add_argument("action", choices=["channels", "members", "kick", "stop", "mute", "unmute", "end"], help=(
+        "channels | members CHANNEL | kick CHANNEL USER | stop CHANNEL | mute CHANNEL USER | unmute CHANNEL USER | "
+        "end CHANNEL USER (a kick that closes the connection, or ends a session held for resume)"
+    ))
+    admin.add_argument("channel", nargs="?", help="the channel id")
+    admin.add_argument("target", nargs="?", metavar="user", help="the member's user id")
+    admin.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    admin_options(admin)
+    admin.set_defaults(run=_admin)
+
+    top = command("top", "a live view of the server's channels, refreshed every second; q or Ctrl-C quits")
+    top.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between refreshes (default 1)")
+    admin_options(top)
+    top.set_defaults(run=_top)
 
     demo = command("demo", "run a server, a host, two listeners, a co-host and a stop, in one go")
     demo.add_argument("--dir", help="where to put the recordings and the event log (default: a new temp dir)")
@@ -650,11 +737,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_arguments(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """A TOML file of serve's settings as the command-line arguments they stand for, so the
+    same parser checks them and any flag given after them wins. Keys are the flags without
+    their dashes (``port = 8765``, ``allow-origin = ["http://a"]``, ``insecure = true``)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as file:
+            settings = tomllib.load(file)
+    except OSError as exc:
+        raise ValueError(f"cannot read the config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path} is not valid TOML: {exc}") from None
+    flags = {action.dest.replace("_", "-"): action for action in parser._actions if action.option_strings}
+    arguments: list[str] = []
+    for key, value in settings.items():
+        action = flags.get(key.replace("_", "-"))
+        if action is None or key in ("config", "help"):
+            known = ", ".join(sorted(k for k in flags if k not in ("config", "help")))
+            raise ValueError(f"{path}: unknown setting {key!r}; the settings are serve's flags without the dashes: {known}")
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            if type(value) is not bool:
+                raise ValueError(f"{path}: {key} is true or false, not {value!r}")
+            arguments += [flag] if value else []
+        elif isinstance(value, list):
+            if not isinstance(action, argparse._AppendAction):
+                raise ValueError(f"{path}: {key} takes one value, not a list")
+            for item in value:
+                arguments += [flag, str(item)]
+        elif isinstance(value, dict | bool):
+            raise ValueError(f"{path}: {key} takes a {'list' if isinstance(action, argparse._AppendAction) else 'value'}, not {value!r}")
+        else:
+            arguments += [flag, str(value)]
+    return arguments
+
+
+def _with_config(argv: list[str], parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``serve --config FILE``: the file's settings go in before the command line's own, which
+    override them (a repeatable flag adds to the file's list)."""
+    args = parser.parse_args(argv)
+    if args.command != "serve" or not getattr(args, "config", None):
+        return args
+    serve_parser = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    at = argv.index("serve") + 1
+    return parser.parse_args([*argv[:at], *config_arguments(args.config, serve_parser), *argv[at:]])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _with_config(argv, build_parser())
+    except ValueError as exc:
+        return _failed(str(exc), 2)
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        from airwave.actors.logcontext import JsonLogFormatter
+
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
         return int(args.run(args))
     except (KeyboardInterrupt, BaseExceptionGroup) as exc:

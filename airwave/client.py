@@ -786,8 +786,12 @@ class MediaChannel:
                 self._store(participant)
                 if participant.is_self:
                     self._role, self._custom_state = participant.custom_role, participant.custom_state
-                    if change & (ParticipantChange.CUSTOM_ROLE | ParticipantChange.CUSTOM_STATE):
+                    # Audio too: an operator's unmute gives the right back with an update
+                    # of yourself that changes nothing else (docs/protocol.md, admin requests).
+                    if change & (ParticipantChange.CUSTOM_ROLE | ParticipantChange.CUSTOM_STATE | ParticipantChange.AUDIO):
                         self._maybe_resume_upload()
+                    if participant == old:
+                        return  # nothing to tell the application
                 self._emit(ParticipantUpdateEvent(participant, change))
                 if not in_view:
                     # The server will say nothing more of them to this client, their leave

@@ -11,6 +11,7 @@ from .codec import (
     decode_server_message,
     encode,
     query_info_from_wire,
+    summaries_from_wire,
     to_wire,
 )
 from .media import (
@@ -24,7 +25,7 @@ from .media import (
     relay_frame,
 )
 from .messages import *  # noqa: F403  (the message classes are the package's surface)
-from .messages import REQUEST_TYPES, SERVER_MESSAGE_TYPES, Request, ServerMessage
+from .messages import ADMIN_REQUEST_TYPES, REQUEST_TYPES, SERVER_MESSAGE_TYPES, AdminRequest, Request, ServerMessage
 from .model import (
     AUDIENCE_ROLE,
     HOST_ROLE,

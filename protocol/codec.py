@@ -17,6 +17,8 @@ from .messages import (
     REQUEST_TYPES,
     SERVER_MESSAGE_TYPES,
     ChannelInfo,
+    ChannelSummary,
+    MemberSummary,
     ParticipantInfo,
     QueryInfo,
     Request,
@@ -26,7 +28,7 @@ from .reasons import ProtocolError, Reason
 
 _REQUESTS: dict[str, type] = {cls.TYPE: cls for cls in REQUEST_TYPES}
 _SERVER_MESSAGES: dict[str, type] = {cls.TYPE: cls for cls in SERVER_MESSAGE_TYPES}
-_VALUES = (ParticipantInfo, ChannelInfo, QueryInfo)
+_VALUES = (ParticipantInfo, ChannelInfo, QueryInfo, ChannelSummary, MemberSummary)
 # Fields holding a nested value, decoded through that value's constructor.
 _NESTED: dict[str, type] = {"participant": ParticipantInfo}
 
@@ -133,6 +135,18 @@ def channel_info_from_wire(data: Any) -> ChannelInfo:
         return _build_value(ChannelInfo, data, strict=False)  # type: ignore[no-any-return]
     except (TypeError, ValueError) as exc:
         raise ProtocolError(Reason.PROTOCOL_ERROR, f"bad channel info: {exc}") from None
+
+
+def summaries_from_wire(cls: type[ChannelSummary] | type[MemberSummary], data: Any) -> list[Any]:
+    """An admin reply's list (``{"channels": [...]}`` or ``{"members": [...]}``), read leniently."""
+    key = "channels" if cls is ChannelSummary else "members"
+    try:
+        items = data[key] if type(data) is dict else None
+        if type(items) is not list:
+            raise ValueError(f"expected a map with a {key!r} list")
+        return [_build_value(cls, item, strict=False) for item in items]
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(Reason.PROTOCOL_ERROR, f"bad {key} list: {exc}") from None
 
 
 def query_info_from_wire(data: Any) -> QueryInfo:

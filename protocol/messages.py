@@ -23,7 +23,16 @@ from .reasons import Reason
 # What ``from .messages import *`` re-exports from airwave.protocol: the messages and the values
 # they carry, never this module's helpers or its imports (typing names, attrs).
 __all__ = [
+    "ADMIN_REQUEST_TYPES",
     "REQUEST_TYPES",
+    "AdminChannels",
+    "AdminEndSession",
+    "AdminKick",
+    "AdminMembers",
+    "AdminMute",
+    "AdminStop",
+    "ChannelSummary",
+    "MemberSummary",
     "SERVER_MESSAGE_TYPES",
     "ChannelInfo",
     "EnableRecord",
@@ -466,9 +475,128 @@ class Resume:
     session_token: str = attrs.field(validator=_text(64, min_chars=1))
 
 
+# --- admin requests: an operator's view and levers (docs/protocol.md section 3, admin requests) -------------
+# Served to any connection after hello, joined or not. In open mode (no secret, loopback only)
+# they need no credential, as nothing else does; with a secret each carries an admin token
+# (`airwave token --admin`), checked on every request so a connection holds no admin state.
+
+
+def _admin_token() -> Any:
+    return attrs.field(default=None, validator=_token_text(optional=True), repr=False)
+
+
+@attrs.frozen
+class AdminChannels:
+    """Every live channel of this server; the result is ``{"channels": [ChannelSummary]}``."""
+
+    TYPE: ClassVar[str] = "admin_channels"
+    id: int = attrs.field(validator=_request_id)
+    token: str | None = _admin_token()
+
+
+@attrs.frozen
+class AdminMembers:
+    """The members of one channel; the result is ``{"members": [MemberSummary]}``."""
+
+    TYPE: ClassVar[str] = "admin_members"
+    id: int = attrs.field(validator=_request_id)
+    channel: str = attrs.field(validator=_channel_id)
+    token: str | None = _admin_token()
+
+
+@attrs.frozen
+class AdminKick:
+    """Removes a member (reason kicked, logged with the operator); they may join again."""
+
+    TYPE: ClassVar[str] = "admin_kick"
+    id: int = attrs.field(validator=_request_id)
+    channel: str = attrs.field(validator=_channel_id)
+    user_id: str = attrs.field(validator=_user_id)
+    token: str | None = _admin_token()
+
+
+@attrs.frozen
+class AdminStop:
+    """Ends the channel for everyone: every member gets left(over)."""
+
+    TYPE: ClassVar[str] = "admin_stop"
+    id: int = attrs.field(validator=_request_id)
+    channel: str = attrs.field(validator=_channel_id)
+    token: str | None = _admin_token()
+
+
+@attrs.frozen
+class AdminMute:
+    """``muted`` true revokes a member's upload until unmuted (their own enable_upload is
+    refused with no_permission meanwhile); false gives it back to ask for."""
+
+    TYPE: ClassVar[str] = "admin_mute"
+    id: int = attrs.field(validator=_request_id)
+    channel: str = attrs.field(validator=_channel_id)
+    user_id: str = attrs.field(validator=_user_id)
+    muted: bool = attrs.field(default=True, validator=_boolean)
+    token: str | None = _admin_token()
+
+
+@attrs.frozen
+class AdminEndSession:
+    """A kick that also closes the member's connection (1008), or ends a session held for
+    resume after a drop, so it cannot come back within the grace period."""
+
+    TYPE: ClassVar[str] = "admin_end_session"
+    id: int = attrs.field(validator=_request_id)
+    channel: str = attrs.field(validator=_channel_id)
+    user_id: str = attrs.field(validator=_user_id)
+    token: str | None = _admin_token()
+
+
+AdminRequest = AdminChannels | AdminMembers | AdminKick | AdminStop | AdminMute | AdminEndSession
+ADMIN_REQUEST_TYPES: tuple[type, ...] = (AdminChannels, AdminMembers, AdminKick, AdminStop, AdminMute, AdminEndSession)
+
+
+@attrs.frozen
+class ChannelSummary:
+    """One line of `admin_channels`. Times are UTC epoch seconds; ``uptime`` is seconds."""
+
+    channel_id: str = attrs.field(validator=_channel_id)
+    channel_number: int = attrs.field(validator=_int_in(1, 2**63 - 1))
+    title: str = attrs.field(validator=_utf8_bytes(limits.MAX_PROPERTY_BYTES))
+    members: int = attrs.field(validator=_int_in(0, limits.MAX_CAPACITY))
+    hosts: int = attrs.field(validator=_int_in(0, limits.MAX_CAPACITY))
+    speakers: int = attrs.field(validator=_int_in(0, limits.MAX_CAPACITY))
+    created_at: float = attrs.field(validator=attrs.validators.instance_of((int, float)))
+    uptime: float = attrs.field(validator=attrs.validators.instance_of((int, float)))
+    # Media frames the channel's router took from speakers and frames it handed to listeners.
+    packets_in: int = attrs.field(default=0, validator=_int_in(0, 2**63 - 1))
+    deliveries: int = attrs.field(default=0, validator=_int_in(0, 2**63 - 1))
+    # Frames refused (media from members who may not publish) plus frames dropped from the
+    # backlogs of the members connected now.
+    drops: int = attrs.field(default=0, validator=_int_in(0, 2**63 - 1))
+
+
+@attrs.frozen
+class MemberSummary:
+    """One line of `admin_members`. ``session`` is "connected", or "held" while a dropped
+    connection waits for its resume; ``address`` is the peer (or what a trusted proxy said)."""
+
+    user_id: str = attrs.field(validator=_user_id)
+    display_name: str = attrs.field(validator=_text(limits.MAX_NAME_CHARS))
+    sid: int = attrs.field(validator=_int_in(0, 2**32 - 1))
+    role: CustomRole = _role_field(CustomRole.ROLE_1)
+    state: CustomState = attrs.field(
+        default=CustomState.NONE, converter=_to_enum(CustomState), validator=_enum_of(CustomState)
+    )
+    audio: bool = attrs.field(default=False, validator=_boolean)
+    muted: bool = attrs.field(default=False, validator=_boolean)
+    session: str = attrs.field(default="connected", validator=attrs.validators.in_(("connected", "held")))
+    address: str = attrs.field(default="", validator=_text(limits.MAX_ID_CHARS))
+    joined_at: float = attrs.field(default=0.0, validator=attrs.validators.instance_of((int, float)))
+    connected_since: float = attrs.field(default=0.0, validator=attrs.validators.instance_of((int, float)))
+
+
 Request = (
     Hello | Join | Leave | Stop | SetRole | SetState | EnableUpload | Kick | Query | SendMessage
-    | SetCustomProperty | SubscribeAudio | Ping | RefreshToken | Resume | EnableRecord
+    | SetCustomProperty | SubscribeAudio | Ping | RefreshToken | Resume | EnableRecord | AdminRequest
 )
 
 # --- server to client -----------------------------------------------------------------------
@@ -588,7 +716,7 @@ ServerMessage = (
 
 REQUEST_TYPES: tuple[type, ...] = (
     Hello, Join, Leave, Stop, SetRole, SetState, EnableUpload, Kick, Query, SendMessage,
-    SetCustomProperty, SubscribeAudio, Ping, RefreshToken, Resume, EnableRecord,
+    SetCustomProperty, SubscribeAudio, Ping, RefreshToken, Resume, EnableRecord, *ADMIN_REQUEST_TYPES,
 )
 SERVER_MESSAGE_TYPES: tuple[type, ...] = (
     Reply, ParticipantJoined, ParticipantLeft, ParticipantUpdated, VolumeChanged, PropertyChanged,

@@ -135,8 +135,39 @@ def _claims(payload: dict[str, Any]) -> TokenClaims:
     return TokenClaims(channel, user_id, granted, expires_at, _number(payload, "iat", required=False), pattern)
 
 
+def mint_admin_token(secret: bytes, *, user_id: str, now: float, ttl: float) -> str:
+    """A token for the admin requests (``admin: true``): it opens no channel and grants no role."""
+    claims = {"sub": user_id, "admin": True, "iat": int(now), "exp": int(now + ttl)}
+    signing_input = f"{_b64(_json(_HEADER))}.{_b64(_json(claims))}"
+    return f"{signing_input}.{_b64(_sign(secret, signing_input))}"
+
+
+def verify_admin_token(secret: bytes, token: str, *, now: float) -> str:
+    """The operator an admin token names (its ``sub``), or ProtocolError: token_invalid /
+    token_expired as for a join token, no_permission [201] for a valid token without the
+    ``admin: true`` claim (a member's join token)."""
+    payload = _signed_payload(secret, token)
+    if payload.get("admin") is not True:
+        raise ProtocolError(Reason.NO_PERMISSION, "this token has no admin claim (mint one with airwave token --admin)")
+    user_id = payload.get("sub")
+    if type(user_id) is not str or not user_id:
+        raise _invalid("token claim 'sub' (the operator) must be a non-empty string")
+    expires_at = _number(payload, "exp", required=True)
+    assert expires_at is not None
+    _check_times(payload, expires_at, now)
+    return user_id
+
+
 def verify_token(secret: bytes, token: str, *, now: float) -> TokenClaims:
     """The token's claims, or ProtocolError token_invalid [202] / token_expired [203]."""
+    payload = _signed_payload(secret, token)
+    claims = _claims(payload)
+    _check_times(payload, claims.expires_at, now)
+    return claims
+
+
+def _signed_payload(secret: bytes, token: str) -> dict[str, Any]:
+    """The claims of a well-formed HS256 token whose signature verifies (times not checked)."""
     if type(token) is not str or len(token) > MAX_TOKEN_CHARS or not token.isascii() or token.count(".") != 2:
         raise _invalid("not a JSON Web Token (header.payload.signature)")
     header_part, payload_part, signature_part = token.split(".")
@@ -152,16 +183,17 @@ def verify_token(secret: bytes, token: str, *, now: float) -> TokenClaims:
     if not hmac.compare_digest(signature, _sign(secret, f"{header_part}.{payload_part}")):
         raise _invalid("token signature does not verify")
     try:
-        payload = _read_json(payload_part)
+        return _read_json(payload_part)
     except (ValueError, RecursionError):
         raise _invalid("token claims unreadable") from None
-    claims = _claims(payload)
+
+
+def _check_times(payload: dict[str, Any], expires_at: float, now: float) -> None:
     not_before = _number(payload, "nbf", required=False)
     if not_before is not None and now < not_before:
         raise _invalid("token not valid yet (nbf)")
-    if now >= claims.expires_at:
+    if now >= expires_at:
         raise ProtocolError(Reason.TOKEN_EXPIRED, "token expired")
-    return claims
 
 
 def unverified_user_id(token: str) -> str:

@@ -8,6 +8,7 @@
     python scripts/bench_fanout.py --join-storm 1000,2000 --existing 500
     python scripts/bench_fanout.py --listeners 750 --systems airwave --profile 10
     python scripts/bench_fanout.py --channels 10 --listeners-per-channel 50 --systems airwave,recording --runs 3
+    python scripts/bench_fanout.py --listeners 1000 --nodes 2 --runs 3   # cluster: 2 nodes over NATS
 
 Each run starts a fresh server as its own process (``airwave serve --port P --data TMPDIR``,
 or one of the two baselines in scripts/fanout_baselines.py) pinned to one core, and the load
@@ -26,6 +27,13 @@ Figures (docs/performance.md says how each is measured):
   server_us_per_delivery                  server CPU seconds / media frames received in the window
   server_rss_mb, rss_kb_per_listener      VmRSS at window end; (idle with N - before N) / N
   join_seconds, messages_during_join      first connect -> last join reply; control messages all got
+
+--nodes K (issue 16) adds the system "cluster": a fresh `nats-server -js` and K
+`airwave serve --cluster` nodes (all pinned to the server's core, as is nats-server), the
+publisher on node0 and the listeners spread over the nodes in turn; one channel. It reports
+each node's listeners (loss, latency), each node's CPU per delivery to its own listeners,
+nats-server's CPU, and the NATS hop: latency of the listeners on other nodes minus that of
+node0's own listeners in the same run, and beside the single-node "airwave" run.
 
 Every loop is bounded in count and time; children are stopped on exit and on Ctrl-C, and
 die with this process (PR_SET_PDEATHSIG). Loopback only.
@@ -60,7 +68,7 @@ BASELINES = HERE / "fanout_baselines.py"
 # path must not pay for metrics); "recording" is Airwave with every channel's host turning
 # recording on (issue 18: recording must not cost the fan-out); each is measured only when
 # --systems names it.
-SYSTEMS = ("airwave", "metrics", "recording", "naive", "floor")
+SYSTEMS = ("airwave", "metrics", "recording", "naive", "floor", "cluster")
 DEFAULT_SYSTEMS = ("airwave", "naive", "floor")
 
 TARGET_P99_MS = 20.0
@@ -370,6 +378,38 @@ def wait_listening(proc: subprocess.Popen, log_path: Path, timeout: float = 30.0
     raise RunFailed("server did not start listening in time")
 
 
+def start_cluster(tmp: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, list[subprocess.Popen], list[int]]:
+    """nats-server -js and args.nodes cluster nodes, all listening: (nats, nodes, their ports)."""
+    nats_bin = shutil.which("nats-server")
+    if not nats_bin:
+        raise RunFailed("--nodes needs nats-server (Debian: apt-get install nats-server)")
+    nats_port = free_port()
+    (tmp / "nats").mkdir()
+    nats = spawn([nats_bin, "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", str(tmp / "nats")], args.server_cpu,
+                 stdout=subprocess.DEVNULL, stderr=open(tmp / "nats.log", "wb"))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", nats_port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or nats.poll() is not None:
+                raise RunFailed("nats-server did not start") from None
+            time.sleep(0.05)
+    nodes, ports = [], []
+    for k in range(args.nodes):
+        port = free_port()
+        log_path = tmp / f"node{k}.log"
+        with open(log_path, "wb") as log_file:
+            argv = server_argv("airwave", port, tmp / f"data{k}", args.server_log_level)
+            node = spawn(argv + ["--cluster", f"nats://127.0.0.1:{nats_port}", "--node", f"node{k}"], args.server_cpu,
+                         stdout=subprocess.DEVNULL, stderr=log_file)
+        nodes.append(node)
+        ports.append(port)
+        wait_listening(node, log_path)
+    return nats, nodes, ports
+
+
 def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """One fresh server, one load generator, one scenario; returns the flat figures."""
     if args.quiet_wait:
@@ -378,18 +418,26 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
     port = free_port()
     server_log = tmp / "server.log"
     server = loadgen = profiler = None
+    nats: subprocess.Popen | None = None
+    nodes: list[subprocess.Popen] = []
     scraper: Scraper | None = None
     try:
-        with open(server_log, "wb") as log_file:
-            metrics_port = free_port() if system == "metrics" else None
-            server = spawn(server_argv(system, port, tmp / "data", args.server_log_level, args.gc_trace,
-                                       args.mem_trace, metrics_port), args.server_cpu,
-                           stdout=subprocess.DEVNULL, stderr=log_file)
-        wait_listening(server, server_log)
-        if metrics_port is not None:
-            scraper = Scraper(metrics_port)
+        extra: dict[str, Any] = {}
+        if system == "cluster":
+            nats, nodes, ports = start_cluster(tmp, args)
+            server, port, server_log = nodes[0], ports[0], tmp / "node0.log"
+            extra = {"ports": ports, "server_pids": [n.pid for n in nodes] + [nats.pid]}
+        else:
+            with open(server_log, "wb") as log_file:
+                metrics_port = free_port() if system == "metrics" else None
+                server = spawn(server_argv(system, port, tmp / "data", args.server_log_level, args.gc_trace,
+                                           args.mem_trace, metrics_port), args.server_cpu,
+                               stdout=subprocess.DEVNULL, stderr=log_file)
+            wait_listening(server, server_log)
+            if metrics_port is not None:
+                scraper = Scraper(metrics_port)
         cfg = dict(scenario, port=port, server_pid=server.pid, server_cpu=args.server_cpu, loadgen_cpu=args.loadgen_cpu,
-                   record=system == "recording")
+                   record=system == "recording", **extra)
         if args.mem_trace and system == "airwave":
             cfg["snapshot_pause"] = 8.0  # the load generator idles while the server snapshots its heap
         with open(tmp / "loadgen.err", "wb") as err_file:
@@ -473,6 +521,9 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
         stop(profiler)
         stop(loadgen)
         stop(server)
+        for node in nodes:
+            stop(node)
+        stop(nats)
         if not args.keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         elif args.verbose:
@@ -574,6 +625,8 @@ def figures_of(system: str, scenario: dict[str, Any], r: dict[str, Any], snapsho
             "latency_ms": stalled["latency_ms"],
         }
         figures["stalled_detail"] = r.get("stalled_detail")
+    if r.get("servers_cpu_seconds"):
+        figures.update(cluster_figures(r, groups, wall))
     if scenario.get("storm"):
         storm_msgs = r.get("storm_messages", 0)
         tail = sum(messages.get("storm_tail", {}).values())
@@ -592,6 +645,42 @@ def figures_of(system: str, scenario: dict[str, Any], r: dict[str, Any], snapsho
             "storm_server_cpu_seconds": r.get("storm_server_cpu_seconds"),
         })
     return figures
+
+
+def cluster_figures(r: dict[str, Any], groups: dict[str, Any], wall: float) -> dict[str, Any]:
+    """--nodes: each node's listeners and CPU; the whole cluster's loss and CPU per delivery.
+    A node's CPU per delivery is its CPU over the deliveries to its own listeners (node0's
+    includes publishing each packet to NATS once; the others' receiving it once)."""
+    cpus = r["servers_cpu_seconds"]
+    nats_cpu = cpus[-1]
+    per_node = []
+    for k, cpu in enumerate(cpus[:-1]):
+        g = groups.get(f"node{k}") or {}
+        received = g.get("packets_received") or 0
+        per_node.append({
+            "node": f"node{k}", "listeners": g.get("listeners"), "loss_ratio": g.get("loss_ratio"),
+            "latency_ms": {q: (g.get("latency_ms") or {}).get(q) for q in ("p50", "p99", "max")},
+            "cpu_percent": round(100 * cpu / wall, 1) if wall else None,
+            "us_per_delivery": round(1e6 * cpu / received, 2) if received else None,
+        })
+    expected = sum((groups.get(f"node{k}") or {}).get("packets_expected") or 0 for k in range(len(per_node)))
+    received = sum((groups.get(f"node{k}") or {}).get("packets_received") or 0 for k in range(len(per_node)))
+    node_cpu = sum(cpus[:-1])
+    far = per_node[1] if len(per_node) > 1 else per_node[0]
+    return {
+        "nodes": per_node,
+        "packets_expected": expected,
+        "packets_received": received,
+        "loss_ratio": round(1 - received / expected, 6) if expected else None,
+        "latency_ms": far["latency_ms"],  # node1's listeners: across the NATS hop
+        "server_cpu_percent": round(100 * node_cpu / wall, 1) if wall else None,
+        "server_us_per_delivery": round(1e6 * node_cpu / received, 2) if received else None,
+        "nats_cpu_percent": round(100 * nats_cpu / wall, 1) if wall else None,
+        "cluster_us_per_delivery_with_nats": round(1e6 * (node_cpu + nats_cpu) / received, 2) if received else None,
+        "hop_added_ms": {q: round(far["latency_ms"][q] - per_node[0]["latency_ms"][q], 3)
+                         if far["latency_ms"][q] is not None and per_node[0]["latency_ms"][q] is not None else None
+                         for q in ("p50", "p99")},
+    }
 
 
 # ---------------------------------------------------------------------- profiling
@@ -1032,6 +1121,25 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
             print("by file (bytes/listener):")
             for item in m["top_files"][:15]:
                 print(f"  {item['bytes_per_listener']:>7}  {item['objects_per_listener']:>6} obj  {item['file']}")
+        cluster = report["results"].get("cluster", {}).get("median")
+        if cluster and cluster.get("nodes"):
+            print(f"\ncluster of {len(cluster['nodes'])} nodes over NATS (publisher on node0; nats-server "
+                  f"{cluster['nats_cpu_percent']}% of a core, {cluster['cluster_us_per_delivery_with_nats']} us per delivery "
+                  f"with it):")
+            print(f"  {'node':<7}{'listeners':>10}{'loss':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'cpu %':>8}{'us/delivery':>13}")
+            for n in cluster["nodes"]:
+                lat = n["latency_ms"]
+                print(f"  {n['node']:<7}{fmt(n['listeners']):>10}{fmt(n['loss_ratio']):>10}{fmt(lat['p50']):>9}"
+                      f"{fmt(lat['p99']):>9}{fmt(lat['max']):>9}{fmt(n['cpu_percent']):>8}{fmt(n['us_per_delivery']):>13}")
+            hop = cluster["hop_added_ms"]
+            print(f"  the NATS hop (node1's listeners minus node0's, same run): p50 +{fmt(hop['p50'])} ms, p99 +{fmt(hop['p99'])} ms")
+            if air.get("latency_ms"):
+                print(f"  node1's listeners minus the single node's (same invocation): "
+                      f"p50 +{fmt(round(cluster['latency_ms']['p50'] - air['latency_ms']['p50'], 3))} ms, "
+                      f"p99 +{fmt(round(cluster['latency_ms']['p99'] - air['latency_ms']['p99'], 3))} ms")
+            if air.get("server_us_per_delivery") and len(cluster["nodes"]) > 1 and cluster["nodes"][1]["us_per_delivery"]:
+                print(f"  a relaying node's CPU per delivery over the single node's: "
+                      f"{round(cluster['nodes'][1]['us_per_delivery'] / air['server_us_per_delivery'], 3)}x")
     elif mode == "join-storm":
         print(f"\njoin storm: N listeners join at once while {report['existing']} listen{runs}")
         for n, res in report["results"].items():
@@ -1126,12 +1234,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="spin: the load generator never sleeps while publishers run, so no server send() pays for waking it")
     p.add_argument("--server-log-level", default="INFO", help="airwave serve --log-level (default INFO, as shipped)")
     p.add_argument("--quiet-wait", type=float, default=30.0, help="wait up to S s for other processes to go quiet before each run")
+    p.add_argument("--nodes", type=int, default=1, metavar="K",
+                   help="also run the system 'cluster': K airwave serve --cluster nodes on a fresh nats-server, listeners spread over them")
     p.add_argument("--keep-tmp", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object (the table goes to stderr)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
     args.systems_given = args.systems is not None
+    if args.nodes > 1 and not args.systems_given:
+        args.systems = "airwave,cluster"  # the single node beside the cluster, in the same run
     args.systems = (args.systems or ",".join(DEFAULT_SYSTEMS)).split(",")
+    if "cluster" in args.systems and args.nodes < 2:
+        p.error("the 'cluster' system needs --nodes K with K >= 2")
     for s in args.systems:
         if s not in SYSTEMS:
             p.error(f"unknown system {s!r}")

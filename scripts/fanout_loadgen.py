@@ -23,7 +23,11 @@ so that it costs a few microseconds per received frame and is never the bottlene
   frames (only control messages are decoded with msgpack).
 
 The scenario (JSON, see ``DEFAULTS``) says how many channels, listeners per channel, which
-listeners stall and for how long, and whether a join storm runs. Progress events and the
+listeners stall and for how long, and whether a join storm runs. With ``ports`` (a cluster's
+nodes, bench_fanout.py --nodes) the hosts join the first node and the listeners are spread
+over all of them in turn, each node's listeners a latency group of their own (``node0``,
+``node1``, ...), so the cross-node hop is measured beside the publisher's own node in the
+same run; ``server_pids`` are the processes whose CPU the window measures one by one. Progress events and the
 result are JSON lines on stdout; the last line is ``{"event": "result", ...}``.
 """
 
@@ -50,7 +54,9 @@ import msgpack
 
 DEFAULTS: dict[str, Any] = {
     "port": 8765,
+    "ports": None,  # a cluster's nodes: hosts on the first, listeners spread over all
     "server_pid": 0,
+    "server_pids": None,  # the processes whose CPU the window reports one by one (a cluster's nodes)
     "channels": 1,
     "listeners_per_channel": 100,
     "stalled": 0,  # listeners (spread over channels) that stop reading during the window
@@ -202,7 +208,7 @@ class Conn:
         "ch", "closed_how", "desync", "fd", "gap_events", "group", "is_host", "key", "last_seq",
         "lat", "missing", "out", "recv_counted", "recv_media", "reorders", "rest", "sock",
         "stalled", "state", "t_connect", "t_joined", "torn", "truncated", "user_id", "join_error",
-        "rcvbuf", "recording",
+        "rcvbuf", "recording", "port",
     )
 
     def __init__(self, ch: Channel, user_id: str, group: str, is_host: bool) -> None:
@@ -233,6 +239,7 @@ class Conn:
         self.join_error = ""
         self.rcvbuf = 0
         self.recording = False  # the host's enable_record was answered (cfg "record")
+        self.port = 0  # 0: the load generator's first port
 
 
 class LoadGen:
@@ -240,6 +247,8 @@ class LoadGen:
         self.cfg = cfg
         self.spin = cfg.get("poll", "block") == "spin"
         self.port = int(cfg["port"])
+        self.ports = [int(p) for p in cfg.get("ports") or [self.port]]
+        self.server_pids = [int(p) for p in cfg.get("server_pids") or []]
         self.server_pid = int(cfg["server_pid"])
         self.ep = select.epoll()
         self.conns: dict[int, Conn] = {}
@@ -307,7 +316,7 @@ class LoadGen:
         conn.sock = sock
         conn.fd = sock.fileno()
         conn.t_connect = monotonic_ns()
-        err = sock.connect_ex(("127.0.0.1", self.port))
+        err = sock.connect_ex(("127.0.0.1", conn.port or self.port))
         if err not in (0, errno.EINPROGRESS):
             self.connect_errors[errno.errorcode.get(err, str(err))] += 1
             conn.state = FAILED
@@ -349,7 +358,7 @@ class LoadGen:
             conn.key = base64.b64encode(os.urandom(16))
             request = (
                 b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (self.port, conn.key)
+                b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (conn.port or self.port, conn.key)
             )
             self.write(conn, request)
             return
@@ -698,6 +707,11 @@ class LoadGen:
             for conn in listeners:
                 if conn.group == "listeners":
                     conn.group = "healthy"
+        if len(self.ports) > 1:  # a cluster: listeners spread over the nodes in turn
+            for i, conn in enumerate(listeners):
+                conn.port = self.ports[i % len(self.ports)]
+                if conn.group in ("listeners", "healthy"):
+                    conn.group = f"node{i % len(self.ports)}"
         result.update(self.join(listeners, "join"))
         if "error" in result:
             return result
@@ -798,6 +812,7 @@ class LoadGen:
             "t": monotonic_ns(),
             "cpu": proc_cpu_seconds(self.server_pid) if self.server_pid else 0.0,
             "main_cpu": thread_cpu_seconds(self.server_pid) if self.server_pid else 0.0,
+            "cpus": [proc_cpu_seconds(pid) for pid in self.server_pids],
             "self_cpu": sum(os.times()[:2]),
             "cores": core_times(),
             "busy": self.loop_busy_ns,
@@ -809,6 +824,7 @@ class LoadGen:
         t = monotonic_ns()
         cpu = proc_cpu_seconds(self.server_pid) if self.server_pid else 0.0
         main_cpu = thread_cpu_seconds(self.server_pid) if self.server_pid else 0.0
+        cpus = [proc_cpu_seconds(pid) for pid in self.server_pids]
         self_cpu = sum(os.times()[:2])
         cores = core_times()
         self.window_open = False
@@ -837,13 +853,15 @@ class LoadGen:
             "wall_seconds": round(wall, 3),
             "server_cpu_seconds": round(server_cpu, 3),
             "server_main_thread_cpu_seconds": round(main_cpu - state["main_cpu"], 3),
+            "servers_cpu_seconds": [round(b - a, 3) for a, b in zip(state["cpus"], cpus)],
             "deliveries_in_window": self.window_deliveries,
             "loadgen_cpu_percent": round(100 * lg_cpu / wall, 1),
             "loadgen_loop_busy_percent": round(100 * (self.loop_busy_ns - state["busy"]) / 1e9 / wall, 1),
             # every wake-up of a sleeping receiver is paid for in the sender's send() on loopback
             "loadgen_wakeups_per_second": round((self.wakeups - state["wakeups"]) / wall),
             # task time of every other process on the machine (both cores), in % of one core
-            "background_cpu_percent": round(max(0.0, 100 * (tasks_all - server_cpu - lg_cpu) / wall), 1),
+            # (a cluster's server processes, node0's included, all count as the server's)
+            "background_cpu_percent": round(max(0.0, 100 * (tasks_all - (sum(cpus) - sum(state["cpus"]) if cpus else server_cpu) - lg_cpu) / wall), 1),
             "server_core": core(server_core),
             "loadgen_core": core(loadgen_core),
             "softirq_percent_all": round(100 * (delta["cpu"][1] + delta["cpu"][2]) / wall, 1),

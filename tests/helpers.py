@@ -75,11 +75,13 @@ def describe(event: ev.Event) -> str:
             upload = " upload" if event.upload else ""
             return f"joined {event.channel} {event.user_id} role={event.role.index}{upload}"
         case ev.MemberLeft():
-            by = f" by {event.by}" if event.by else ""
+            by = f" by {event.by}" if event.by else f" by operator {event.operator}" if event.operator else ""
             return f"left {event.channel} {event.user_id} {event.reason.reason_name}{by}"
         case ev.ChannelStopped():
-            by = f" by {event.by}" if event.by else ""
+            by = f" by {event.by}" if event.by else f" by operator {event.operator}" if event.operator else ""
             return f"stopped {event.channel} {event.reason.reason_name}{by}"
+        case ev.MuteChanged():
+            return f"{'muted' if event.muted else 'unmuted'} {event.channel} {event.user_id} by operator {event.operator}"
         case ev.RoleChanged():
             return f"role {event.channel} {event.user_id} {event.role.index} by {event.by}"
         case ev.StateChanged():

@@ -19,6 +19,9 @@ from airwave.actors.core import (
     JoinChannel,
     KickMember,
     LeaveChannel,
+    OperatorKick,
+    OperatorMute,
+    OperatorStop,
     Rejected,
     ChangeCustomProperty,
     ChangeRecording,
@@ -39,6 +42,7 @@ from airwave.actors.core.events import (
     CustomPropertyChanged,
     MemberJoined,
     MemberLeft,
+    MuteChanged,
     RecordingStarted,
     RecordingStopped,
     RoleChanged,
@@ -337,6 +341,43 @@ def test_kick_by_host_removes_target_with_reason_kicked_by_host() -> None:
 
 def test_kick_by_audience_is_refused_no_permission() -> None:
     refused(decide(hosted("bob", "carol"), KickMember(2.0, "bob", "carol")), Reason.NO_PERMISSION)
+
+
+# --- an operator (admin requests): not a member, every permission, named in the events ---
+
+
+def test_operator_kick_removes_any_member_and_the_last_one_ends_the_channel() -> None:
+    channel = hosted("bob")
+
+    events = accepted(decide(channel, OperatorKick(2.0, "ops", "host")))
+    assert events == (MemberLeft(2.0, CID, 1, "host", Reason.KICKED, None, "ops"),)
+    alone = applied(channel, Accepted(events))
+    assert accepted(decide(alone, OperatorKick(3.0, "ops", "bob"))) == (
+        MemberLeft(3.0, CID, 1, "bob", Reason.KICKED, None, "ops"),
+        ChannelStopped(3.0, CID, 1, Reason.NONE, None),
+    )
+    refused(decide(alone, OperatorKick(3.0, "ops", "nobody")), Reason.NOT_FOUND)
+
+
+def test_operator_stop_ends_the_channel_with_over_by_no_member() -> None:
+    events = accepted(decide(hosted("bob"), OperatorStop(2.0, "ops")))
+
+    assert events == (ChannelStopped(2.0, CID, 1, Reason.OVER, None, "ops"),)
+    refused(decide(applied(hosted("bob"), Accepted(events)), OperatorStop(3.0, "ops")), Reason.NOT_FOUND)
+
+
+def test_operator_mute_revokes_upload_until_unmuted() -> None:
+    channel = applied(hosted(), decide(hosted(), ChangeUpload(1.5, "host", True)))
+
+    events = accepted(decide(channel, OperatorMute(2.0, "ops", "host", True)))
+    assert events == (MuteChanged(2.0, CID, 1, "host", True, "ops"), AudioUploadChanged(2.0, CID, 1, "host", False))
+    muted = applied(channel, Accepted(events))
+    assert muted.members["host"].muted and not muted.members["host"].upload
+    assert accepted(decide(muted, OperatorMute(2.5, "ops", "host", True))) == ()
+    refused(decide(muted, ChangeUpload(3.0, "host", True)), Reason.NO_PERMISSION)
+    unmuted = applied(muted, decide(muted, OperatorMute(4.0, "ops", "host", False)))
+    assert not unmuted.members["host"].muted and not unmuted.members["host"].upload  # theirs to ask for
+    assert accepted(decide(unmuted, ChangeUpload(5.0, "host", True))) == (AudioUploadChanged(5.0, CID, 1, "host", True),)
 
 
 def test_join_with_wrong_password_is_refused_invalid_password() -> None:

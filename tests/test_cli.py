@@ -97,7 +97,9 @@ async def test_demo_runs_the_whole_story_and_leaves_recordings_and_a_log(tmp_pat
     assert channel.ended and channel.ended_by == "host"
     alice = read_wav(tmp_path / "demo" / "alice.wav")
     first, last = sounding_span(alice)
-    assert (last - first) * 0.02 > 2.0, "alice heard the host and then bob"
+    # Each talks 1 s: one talker alone sounds for at most ~1 s, both for ~2 s (less on a
+    # loaded machine, where the demo's talkers start a little late).
+    assert (last - first) * 0.02 > 1.5, "alice heard the host and then bob"
     assert (tmp_path / "demo" / "alice.ogg").stat().st_size > 1000
     reported = dict(re.findall(r"^    (\S+\.(?:wav|ogg))  \((\d+\.\d) s recorded, mixing \d+ packets", text, re.M))
     assert sorted(reported) == sorted(str(tmp_path / "demo" / name) for name in ("alice.wav", "alice.ogg", "bob.wav"))

@@ -11,8 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from airwave.protocol import CustomRole
+import trio
+
+from airwave.protocol import CustomRole, Join, Leave
 from airwave.protocol.tokens import DEV_SECRET, verify_token
+from airwave.wire import open_wire
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,15 +95,16 @@ def readme_usage() -> dict[str, str]:
     for line in text.splitlines():
         if line.startswith("airwave "):
             current = line.split()[1]
-            entries[current] = line
+            entries[current] = entries.get(current, "") + line  # a command may have two forms (token)
         elif line.startswith(" ") and current is not None:
             entries[current] += line
         else:
             current = None
             common += line + "\n"
-    client = re.search(r"^CLIENT OPTIONS:.*$", common, re.M)
-    client_options = client.group(0) if client else ""
-    return {name: entry.replace("[CLIENT OPTIONS]", client_options) + "\n" + common for name, entry in entries.items()}
+    options = {kind: re.search(rf"^{kind} OPTIONS:.*$", common, re.M) for kind in ("CLIENT", "ADMIN")}
+    for kind, found in options.items():
+        entries = {name: entry.replace(f"[{kind} OPTIONS]", found.group(0) if found else "") for name, entry in entries.items()}
+    return {name: entry + "\n" + common for name, entry in entries.items()}
 
 
 def test_readme_usage_lists_every_flag_of_every_command() -> None:
@@ -155,7 +159,7 @@ def test_serve_allow_origin_lets_that_origin_in_and_log_level_works_after_the_su
 def handshake_status(port: int, origin: str | None) -> int:
     """The HTTP status a WebSocket upgrade from ``origin`` gets (what a browser would send)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        headers = [f"GET / HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+        headers = ["GET / HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
         if origin is not None:
             headers.append(f"Origin: {origin}")
@@ -199,7 +203,7 @@ def test_quick_start_scripts_set_up_once_and_reinstall_only_when_pyproject_chang
 
     install = "python -m pip install --quiet -e {} warnings=ignore:Editable installation"
     upgrade = "python -m pip install --quiet --upgrade pip warnings="
-    assert run("demo.sh", "--dir", "x") == [f"venv .venv", upgrade, install.format("."), "airwave demo --dir x"]
+    assert run("demo.sh", "--dir", "x") == ["venv .venv", upgrade, install.format("."), "airwave demo --dir x"]
     assert run("demo.sh") == ["airwave demo"]
     assert run("test.sh", "-q") == [install.format(".[test]"), "python -m pytest -q warnings="]
     assert run("test.sh") == ["python -m pytest warnings="]
@@ -236,3 +240,46 @@ def test_serve_metrics_serves_prometheus_text_and_refuses_a_bad_address(tmp_path
         server.communicate(timeout=15)
     assert response.startswith(b"HTTP/1.1 200") and b"\nairwave_channels 0.0\n" in response
     assert server.returncode == 0
+
+
+def test_serve_config_file_sets_every_flag_and_flags_override_it_and_json_logs_name_who(tmp_path: Path) -> None:
+    """Issue 17 section 4: `serve --config airwave.toml` (flags win) and `--log-format json`."""
+    config = tmp_path / "airwave.toml"
+    config.write_text(
+        f'port = 1\ndata = "{tmp_path / "data"}"\nfsync = "always"\nallow-origin = ["http://good.example"]\n'
+        'log-format = "json"\nstats_interval = 60\ninsecure = false\n'
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "airwave.cli", "serve", "--config", str(config), "--port", "0"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stderr is not None
+        lines = []
+        for line in server.stderr:
+            lines.append(json.loads(line))  # every line is one JSON object
+            if "listening on ws://" in lines[-1]["event"]:
+                port = int(lines[-1]["event"].rsplit(":", 1)[1].strip(" /"))
+                break
+        else:
+            raise AssertionError("the server did not start")
+        assert handshake_status(port, "http://good.example") == 101 and handshake_status(port, "http://evil.example") == 403
+
+        async def session() -> None:
+            async with open_wire(f"ws://127.0.0.1:{port}/") as wire:
+                assert (await wire.request(Join, channel="news", user_id="anchor")).ok
+                assert (await wire.request(Leave)).ok
+
+        trio.run(session)
+    finally:
+        server.terminate()
+        _, rest = server.communicate(timeout=15)
+    lines += [json.loads(line) for line in rest.splitlines()]
+    assert all(set(line) >= {"time", "level", "logger", "event"} for line in lines)
+    (join,) = [line for line in lines if line["event"].startswith("join news")]
+    assert (join["channel"], join["user"]) == ("news", "anchor")
+    (joined,) = [line for line in lines if " joined news as anchor" in line["event"]]
+    assert (joined["channel"], joined["user"]) == ("news", "anchor") and joined["connection"].startswith("127.0.0.1:")
+    for text, error in (("prot = 1", "unknown setting 'prot'"), ("port = [1", "is not valid TOML"), ("insecure = 1", "true or false")):
+        config.write_text(text)
+        refused = airwave("serve", "--config", str(config))
+        assert refused.returncode == 2 and error in refused.stderr and "Traceback" not in refused.stderr, refused.stderr

@@ -379,6 +379,23 @@ async def test_open_damage_in_non_last_segment_raises_corruption(tmp_path: Path)
         EventLog.open(tmp_path, FsyncMode.BATCH)
 
 
+def test_read_events_after_a_seq_skips_the_segments_that_end_before_it(tmp_path: Path) -> None:
+    for number, first in ((1, 1), (2, 4), (3, 7)):
+        write_segment(segment_path(tmp_path, number), seq_bodies(first, 3))
+    assert logformat.first_seq(segment_path(tmp_path, 2)) == 4
+
+    def seqs(after: int) -> list[int]:
+        return [body["seq"] for body in read_events(tmp_path, after=after)]
+
+    assert seqs(0) == seqs(2) == list(range(1, 10))
+    assert seqs(3) == seqs(5) == list(range(4, 10))  # from the segment holding after + 1
+    assert seqs(6) == seqs(9) == [7, 8, 9]
+    segment_path(tmp_path, 1).write_bytes(b"damage a reader from seq 6 never reads")
+    assert seqs(6) == [7, 8, 9]
+    with pytest.raises(LogCorruption):
+        seqs(0)
+
+
 async def test_open_missing_segment_raises_corruption(tmp_path: Path) -> None:
     write_segment(segment_path(tmp_path, 1), seq_bodies(1, 2))
     write_segment(segment_path(tmp_path, 3), seq_bodies(5, 2))

@@ -25,6 +25,7 @@ from airwave.actors.core.events import (
     EventDecodeError,
     MemberJoined,
     MemberLeft,
+    MuteChanged,
     RecordingStarted,
     RecordingStopped,
     RoleChanged,
@@ -79,7 +80,7 @@ def a_joined_record(**changes: Any) -> dict[str, Any]:
 def test_event_types_cover_every_event_class_under_its_wire_tag() -> None:
     classes = (
         ChannelCreated, MemberJoined, RoleChanged, StateChanged, AudioUploadChanged,
-        CustomPropertyChanged, MemberLeft, ChannelStopped, RecordingStarted, RecordingStopped,
+        CustomPropertyChanged, MemberLeft, MuteChanged, ChannelStopped, RecordingStarted, RecordingStopped,
     )
 
     assert EVENT_TYPES == {cls.TYPE: cls for cls in classes}

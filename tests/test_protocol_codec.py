@@ -69,7 +69,16 @@ from airwave.protocol import (
     relay_frame,
     to_wire,
 )
-from airwave.protocol.messages import RefreshToken, Resume
+from airwave.protocol.messages import (
+    AdminChannels,
+    AdminEndSession,
+    AdminKick,
+    AdminMembers,
+    AdminMute,
+    AdminStop,
+    RefreshToken,
+    Resume,
+)
 from airwave.protocol.tokens import mint_token, verify_token
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -302,6 +311,68 @@ REQUEST_GOLDEN: list[tuple[Any, bytes]] = [
             "a474797065 a6726573756d65",  # type
             "a26964 12",  # id
             "ad73657373696f6e5f746f6b656e a85a73342d526b4d30",  # session_token
+        ),
+    ),    (
+        AdminChannels(id=19),
+        _h(
+            "83",  # map, 3 entries
+            "a474797065 ae61646d696e5f6368616e6e656c73",  # type
+            "a26964 13",  # id
+            "a5746f6b656e c0",  # token
+        ),
+    ),
+    (
+        AdminMembers(id=20, channel="talk"),
+        _h(
+            "84",  # map, 4 entries
+            "a474797065 ad61646d696e5f6d656d62657273",  # type
+            "a26964 14",  # id
+            "a76368616e6e656c a474616c6b",  # channel
+            "a5746f6b656e c0",  # token
+        ),
+    ),
+    (
+        AdminKick(id=21, channel="talk", user_id="troll"),
+        _h(
+            "85",  # map, 5 entries
+            "a474797065 aa61646d696e5f6b69636b",  # type
+            "a26964 15",  # id
+            "a76368616e6e656c a474616c6b",  # channel
+            "a7757365725f6964 a574726f6c6c",  # user_id
+            "a5746f6b656e c0",  # token
+        ),
+    ),
+    (
+        AdminStop(id=22, channel="talk", token="aw1.payload.signature"),
+        _h(
+            "84",  # map, 4 entries
+            "a474797065 aa61646d696e5f73746f70",  # type
+            "a26964 16",  # id
+            "a76368616e6e656c a474616c6b",  # channel
+            "a5746f6b656e b56177312e7061796c6f61642e7369676e6174757265",  # token
+        ),
+    ),
+    (
+        AdminMute(id=23, channel="talk", user_id="dj", muted=False),
+        _h(
+            "86",  # map, 6 entries
+            "a474797065 aa61646d696e5f6d757465",  # type
+            "a26964 17",  # id
+            "a76368616e6e656c a474616c6b",  # channel
+            "a7757365725f6964 a2646a",  # user_id
+            "a56d75746564 c2",  # muted
+            "a5746f6b656e c0",  # token
+        ),
+    ),
+    (
+        AdminEndSession(id=24, channel="talk", user_id="dj"),
+        _h(
+            "85",  # map, 5 entries
+            "a474797065 b161646d696e5f656e645f73657373696f6e",  # type
+            "a26964 18",  # id
+            "a76368616e6e656c a474616c6b",  # channel
+            "a7757365725f6964 a2646a",  # user_id
+            "a5746f6b656e c0",  # token
         ),
     ),
     (
@@ -804,6 +875,12 @@ REQUEST_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         EnableRecord, id=request_ids, enabled=st.booleans(),
         params=st.sampled_from(["", "{}", '{"mix": true}', '{"tracks": false}', '{"mix": false, "tracks": true}']),
     ),
+    AdminChannels: st.builds(AdminChannels, id=request_ids, token=st.none() | tokens),
+    AdminMembers: st.builds(AdminMembers, id=request_ids, channel=user_ids, token=st.none() | tokens),
+    AdminKick: st.builds(AdminKick, id=request_ids, channel=user_ids, user_id=user_ids, token=st.none() | tokens),
+    AdminStop: st.builds(AdminStop, id=request_ids, channel=user_ids, token=st.none() | tokens),
+    AdminMute: st.builds(AdminMute, id=request_ids, channel=user_ids, user_id=user_ids, muted=st.booleans(), token=st.none() | tokens),
+    AdminEndSession: st.builds(AdminEndSession, id=request_ids, channel=user_ids, user_id=user_ids, token=st.none() | tokens),
 }
 
 participants = st.builds(

@@ -38,6 +38,8 @@ from airwave.protocol import (
 # Adding a name is a decision (update this list); losing one breaks the other packages.
 PUBLIC_NAMES = sorted(
     """
+    ADMIN_REQUEST_TYPES AdminChannels AdminEndSession AdminKick AdminMembers AdminMute AdminRequest
+    AdminStop ChannelSummary MemberSummary summaries_from_wire
     AUDIENCE_ROLE ChannelInfo ChannelState CustomRole CustomState DEFAULT_POLICY EnableRecord EnableUpload
     Error HOST_ROLE Hello Join Kick Leave Left MediaPacket MemberCount MessageReceived NetStatus
     ON_THE_MIC ParticipantChange ParticipantInfo ParticipantJoined ParticipantLeft ParticipantType
@@ -75,6 +77,7 @@ def test_protocol_wire_type_tags_are_pinned() -> None:
         "hello", "join", "leave", "stop", "set_role", "set_state", "enable_upload", "kick", "query",
         "send_message", "set_custom_property", "subscribe_audio", "ping", "refresh_token", "resume",
         "enable_record",
+        "admin_channels", "admin_members", "admin_kick", "admin_stop", "admin_mute", "admin_end_session",
     ]
     assert [cls.TYPE for cls in SERVER_MESSAGE_TYPES] == [
         "reply", "participant_joined", "participant_left", "participant_updated", "volume_changed",

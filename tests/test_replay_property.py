@@ -32,6 +32,9 @@ from airwave.actors.core import (
     KickMember,
     LeaveChannel,
     Member,
+    OperatorKick,
+    OperatorMute,
+    OperatorStop,
     Rejected,
     ChangeCustomProperty,
     ChangeRecording,
@@ -238,6 +241,19 @@ class ChannelWorld(RuleBasedStateMachine):
         subject = self.someone(data, channel_id)
         self.run(channel_id, lambda t: KickMember(t, actor, subject))
 
+    @rule(data=st.data(), action=st.sampled_from(["kick", "stop", "mute", "mute", "unmute"]))
+    def operator(self, data: st.DataObject, action: str) -> None:
+        """An admin request: decided on the channel alone, the events naming the operator."""
+        channel_id = data.draw(self.channel_ids)
+        subject = self.someone(data, channel_id, prefer=lambda m: m.upload)
+        commands: dict[str, Callable[[float], Command]] = {
+            "kick": lambda t: OperatorKick(t, "ops", subject),
+            "stop": lambda t: OperatorStop(t, "ops"),
+            "mute": lambda t: OperatorMute(t, "ops", subject, True),
+            "unmute": lambda t: OperatorMute(t, "ops", subject, False),
+        }
+        self.run(channel_id, commands[action])
+
     @rule(data=st.data(), value=st.sampled_from(["", "topic", "ünïcode"]))
     def set_custom_property(self, data: st.DataObject, value: str) -> None:
         channel_id = data.draw(self.channel_ids)
@@ -284,6 +300,7 @@ class ChannelWorld(RuleBasedStateMachine):
                 assert member.is_creator == (user_id == channel.created_by)
                 if member.upload:
                     assert self.policy.may_publish(member.role, member.state), member
+                    assert not member.muted, member
             if channel.max_senders is not None:
                 assert sum(m.upload for m in members) <= channel.max_senders
 

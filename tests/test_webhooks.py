@@ -13,14 +13,15 @@ import attrs
 import h11
 import pytest
 import trio
-
+from airwave.actors.feed import EventFeed
 from airwave.actors.log.replay import event_json, replay_events
 from airwave.actors.server import RunningServer, serve
 from airwave.actors.webhooks import CURSOR_FILE, WebhookDelivery, WebhookSettings
 from airwave.protocol import Join, Leave
-from airwave.wire import open_wire
 from conftest import fast_settings
 from helpers import ok, wait_until
+
+from airwave.wire import open_wire
 
 SECRET = b"webhook test secret"
 
@@ -137,7 +138,7 @@ def test_a_webhook_url_must_be_http() -> None:
 def test_a_damaged_cursor_is_refused_with_what_to_do(tmp_path: Path) -> None:
     (tmp_path / CURSOR_FILE).write_text("garbage")
     with pytest.raises(ValueError, match="not a seq; remove it to deliver every event again"):
-        WebhookDelivery(WebhookSettings("http://127.0.0.1:9/"), tmp_path, lambda: 0)
+        WebhookDelivery(WebhookSettings("http://127.0.0.1:9/"), EventFeed(tmp_path, lambda: 0))
 
 
 def test_serve_webhook_flags_refuse_what_cannot_work(tmp_path: Path) -> None:

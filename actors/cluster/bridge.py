@@ -124,6 +124,27 @@ class Subscription:
                 handoff.clear()
                 return
 
+    async def unsubscribe(self) -> list[Delivery]:
+        """Stops the subscription and returns what was received and not yet read. It drains:
+        a round trip to the server after the UNSUB, so every message the server routed here
+        before it is handed over (before the drain's answer: none comes later)."""
+        sub, self._nats_sub = self._nats_sub, None
+        if sub is not None:
+            try:
+                await self._bridge.run(sub.drain)
+            except (BridgeClosed, nats.errors.Error) as exc:
+                log.warning("NATS: cannot drain a subscription (%s); unsubscribing", exc or type(exc).__name__)
+                try:
+                    await self._bridge.run(sub.unsubscribe)
+                except (BridgeClosed, nats.errors.Error):
+                    pass
+        left: list[Delivery] = []
+        while True:
+            try:
+                left.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return left
+
     async def aclose(self) -> None:
         sub, self._nats_sub = self._nats_sub, None
         if sub is not None:
@@ -230,6 +251,15 @@ class NatsBridge:
         subscription._nats_sub = await self.run(start)
         return subscription
 
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """Core-NATS request/reply: the first answer's bytes. ``nats.errors.NoRespondersError``
+        at once if nobody subscribes to ``subject``; ``nats.errors.TimeoutError`` past ``timeout``."""
+
+        async def ask() -> bytes:
+            return (await self.nc.request(subject, payload, timeout=timeout)).data
+
+        return await self.run(ask)
+
     async def flush(self, timeout: float = 5.0) -> None:
         """Every message published so far (outbox included) has reached the NATS server."""
         await self.run(self._flush_all, timeout)
@@ -264,7 +294,7 @@ class NatsBridge:
             await asyncio.sleep(0)
         await self.nc.flush(timeout)
 
-    async def _connect(self, servers: list[str], name: str, reconnect_wait: float, connect_within: float) -> None:
+    async def _connect(self, servers: list[str], name: str, reconnect_wait: float, connect_within: float, no_echo: bool) -> None:
         last_error: list[Exception] = []
 
         async def on_error(exc: Exception) -> None:
@@ -295,6 +325,9 @@ class NatsBridge:
                     servers=servers, name=name, error_cb=on_error, reconnected_cb=on_reconnect,
                     disconnected_cb=on_disconnect, max_reconnect_attempts=1, reconnect_time_wait=reconnect_wait,
                     connect_timeout=2, allow_reconnect=True,
+                    # A cluster node never wants its own messages back: the media relay
+                    # publishes and subscribes on the same subject.
+                    no_echo=no_echo,
                     # Nothing is buffered while disconnected: an append then fails at once
                     # (its requester is told, the channel steps down) instead of reaching the
                     # stream after reconnecting, long after it was reported as failed; media
@@ -332,18 +365,19 @@ async def _call(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
 
 @asynccontextmanager
 async def open_bridge(
-    servers: str | list[str], *, name: str = "airwave", reconnect_wait: float = 0.5, connect_within: float = 5.0
+    servers: str | list[str], *, name: str = "airwave", reconnect_wait: float = 0.5, connect_within: float = 5.0,
+    no_echo: bool = False,
 ) -> AsyncIterator[NatsBridge]:
     """Starts the NATS thread and connects (``ConnectionError`` with the reason if no server
     answers within ``connect_within`` seconds); on exit drains the connection and joins the
-    thread."""
+    thread. ``no_echo``: this connection never receives what it published itself."""
     urls = [servers] if isinstance(servers, str) else list(servers)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="airwave-nats", daemon=True)
     thread.start()
     bridge = NatsBridge(loop, thread, trio.lowlevel.current_trio_token())
     try:
-        await bridge.run(bridge._connect, urls, name, reconnect_wait, connect_within)
+        await bridge.run(bridge._connect, urls, name, reconnect_wait, connect_within, no_echo)
         yield bridge
     finally:
         with trio.CancelScope(shield=True):

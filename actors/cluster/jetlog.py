@@ -160,8 +160,11 @@ def decode_payload(seq: int, payload: bytes) -> dict[str, Any]:
     return {"seq": seq, **event}
 
 
-async def read_records(bridge: NatsBridge, *, channel: str | None = None, until: int | None = None) -> list[dict[str, Any]]:
-    """Every record in the stream (or of one channel), in seq order, up to ``until``."""
+async def read_records(
+    bridge: NatsBridge, *, channel: str | None = None, until: int | None = None, after: int = 0
+) -> list[dict[str, Any]]:
+    """Every record in the stream (or of one channel), in seq order, after ``after`` and up to
+    ``until`` (a follower catching up reads from the last record it applied)."""
 
     async def read() -> list[dict[str, Any]]:
         js = bridge.js
@@ -170,14 +173,15 @@ async def read_records(bridge: NatsBridge, *, channel: str | None = None, until:
             info = await js.stream_info(EVENT_STREAM)
         except nats.js.errors.NotFoundError:
             raise ClusterLogError(f"no JetStream stream {EVENT_STREAM} on this NATS (no cluster node has run here)") from None
-        if info.state.messages == 0:
+        if info.state.messages == 0 or after >= info.state.last_seq:
             return []
         name = "airwave-read-" + secrets.token_hex(8)
         config = nats.js.api.ConsumerConfig(
             name=name,
             filter_subject=subject,
             ack_policy=nats.js.api.AckPolicy.NONE,
-            deliver_policy=nats.js.api.DeliverPolicy.ALL,
+            deliver_policy=nats.js.api.DeliverPolicy.BY_START_SEQUENCE if after else nats.js.api.DeliverPolicy.ALL,
+            opt_start_seq=after + 1 if after else None,
             inactive_threshold=30.0,  # a reader that dies leaves nothing behind for long
             mem_storage=True,
         )

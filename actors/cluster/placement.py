@@ -12,9 +12,11 @@ To decide for a channel a node must hold its lease (`lease.Leases`). Claiming a 
 4. hand the registry an append function that refuses (`LogRefused`) once the lease is
    lost or the log is fenced, so the actor steps down without acting on anything unlogged.
 
-This first layer serves a channel only on the node that holds its lease: a join that
-reaches another node is refused with server_error naming the owner. Forwarding commands to
-the owner and relaying media between nodes are the next layers (docs/operations.md).
+A claim that finds the lease held by another node makes this node a *follower* of the
+channel instead: it subscribes to the channel's live records, media and texts
+(`link.ChannelLink.open`), then reads the channel's records from the stream and folds them
+into the state its actor starts from. So the node that takes the lease first (the node of
+the first joiner) owns the channel; the others forward to it.
 """
 
 from __future__ import annotations
@@ -29,14 +31,18 @@ import trio
 from airwave.protocol import Reason
 from airwave.protocol.text import shown
 
-from ..channel import ChannelReply, Envelope, LogRefused
+from airwave.protocol import QueryInfo
+
+from ..channel import ChannelActor, ChannelReply, Envelope, Forwarded, LogRefused
 from ..clock import now
-from ..core import Accepted, EndChannel, decide, event_to_record
+from ..core import Accepted, Channel, EndChannel, decide, event_from_record, event_to_record, evolve
 from ..log.replay import fold_replayed, replay_records
-from ..registry import Registry
+from ..registry import Claimed, Registry
 from .bridge import NatsBridge
-from .jetlog import ChannelLog, ClusterLogError, Fenced, StreamSettings, ensure_stream
+from .jetlog import ChannelLog, ClusterLogError, Fenced, StreamSettings, ensure_stream, read_records
 from .lease import HeldElsewhere, Lease, Leases, LeaseSettings, NumberPool, ensure_buckets
+from .link import ChannelLink, CommandInboxes, ask_owner
+from .subjects import command_subject
 
 log = logging.getLogger("airwave.cluster.placement")
 
@@ -55,6 +61,14 @@ class ClusterSettings:
             raise ValueError("give at least one NATS URL")
         if not self.node or len(self.node) > 64 or not self.node.isprintable():
             raise ValueError("a node name has 1-64 printable characters")
+
+
+def current_instance(records: Sequence[Mapping[str, Any]]) -> Channel | None:
+    """The channel as its records leave it (the last instance; None if there is none)."""
+    channel: Channel | None = None
+    for record in records:
+        channel = evolve(channel, event_from_record(record))
+    return channel
 
 
 def closing_records(records: Sequence[Mapping[str, Any]], time: float) -> list[dict[str, Any]]:
@@ -77,10 +91,11 @@ class ClusterPlacement:
         self._nursery = nursery
         self.leases = Leases(bridge, settings.node, settings.lease, self._lease_lost)
         self.numbers = NumberPool(bridge)
+        self.inboxes = CommandInboxes(bridge, nursery)
         self._logs: dict[str, ChannelLog] = {}
         self._registry: Registry | None = None
-        self.refused = 0
         self.takeovers = 0
+        self.followed = 0  # channels this node started following (another node owned them)
 
     async def start(self, registry: Registry) -> None:
         """Makes the stream and buckets if missing, reserves channel numbers, starts renewing."""
@@ -99,34 +114,104 @@ class ClusterPlacement:
             log.warning("cannot claim %s: %s", shown(channel_id), exc)
             return ChannelReply(Reason.SERVER_ERROR, "the cluster's NATS does not answer; try again")
         if isinstance(lease, HeldElsewhere):
-            self.refused += 1
-            return ChannelReply(
-                Reason.SERVER_ERROR, f"channel {channel_id!r} is served by node {lease.holder!r}; connect there"
-            )
+            return await self._follow(channel_id, lease.holder)
+        link: ChannelLink | None = None
         try:
+            link = await ChannelLink.open(self._bridge, channel_id, inboxes=self.inboxes)
             channel_log, records = await ChannelLog.take(self._bridge, channel_id)
             closing = closing_records(records, now())
             if closing:
                 self.takeovers += 1
-                await channel_log.append(closing)
+                prev = channel_log.last_subject_seq
+                link.published(prev, closing, await channel_log.append(closing))  # followers end it too
                 log.info("took over %s from a previous owner: ended its live instance (%d records)", shown(channel_id), len(closing))
         except Exception as exc:
             log.warning("cannot take the log of %s: %s", shown(channel_id), exc)
+            if link is not None:
+                await link.aclose()
             await self.leases.release(channel_id)
             return ChannelReply(Reason.SERVER_ERROR, "the cluster's event log could not be read; try again")
         self._logs[channel_id] = channel_log
+        link.published_from(channel_log.last_subject_seq)
+        return Claimed(self._appender(channel_id, channel_log, link), link)
+
+    def _appender(self, channel_id: str, channel_log: ChannelLog, link: ChannelLink) -> LogAppend:
+        """The owner's append: fenced in the stream, then published to the followers."""
 
         async def append(records: list[dict[str, object]]) -> object:
             if not self.leases.holds(channel_id) or self._logs.get(channel_id) is not channel_log:
                 raise LogRefused(Reason.SERVER_RESTART, "this node no longer holds the channel's lease")
+            prev = channel_log.last_subject_seq
             try:
-                return await channel_log.append(records)
+                seqs = await channel_log.append(records)
             except Fenced as exc:
                 raise LogRefused(Reason.SERVER_RESTART, str(exc)) from None
             except ClusterLogError as exc:
                 raise LogRefused(Reason.SERVER_ERROR, f"the cluster's event log failed: {exc}") from None
+            link.published(prev, records, seqs)
+            return seqs
 
         return append
+
+    async def _take_over(self, link: ChannelLink, actor: ChannelActor) -> LogAppend | None:
+        """A follower's owner is gone (nobody answers the channel's commands): if its lease
+        is free, this node takes it, reads the stream after what the follower applied, and
+        owns the channel from now on. Unlike a claim, the instance goes on: the followers'
+        members keep listening, and the media between them never stopped."""
+        channel_id = link.channel_id
+        try:
+            lease = await self.leases.acquire(channel_id)
+        except Exception as exc:
+            log.warning("cannot take over %s: %s", shown(channel_id), exc)
+            return None
+        if isinstance(lease, HeldElsewhere):
+            return None  # the dead owner's lease has not expired yet, or another node was quicker
+        try:
+            channel_log, records = await ChannelLog.take(self._bridge, channel_id)
+            await link.become_owner(actor, self.inboxes)
+        except Exception as exc:
+            log.warning("cannot take over %s: %s", shown(channel_id), exc)
+            await self.leases.release(channel_id)
+            return None
+        actor.apply_now(tuple(record for record in records if record["seq"] > actor.applied_seq))
+        self._logs[channel_id] = channel_log
+        link.published_from(channel_log.last_subject_seq)
+        self.takeovers += 1
+        return self._appender(channel_id, channel_log, link)
+
+    async def _follow(self, channel_id: str, holder: str) -> Claimed | ChannelReply:
+        """Another node owns the channel: follow it from the stream's last record on."""
+        link: ChannelLink | None = None
+        try:
+            link = await ChannelLink.open(self._bridge, channel_id)
+            records = await read_records(self._bridge, channel=channel_id)
+            channel = current_instance(records)
+        except Exception as exc:
+            log.warning("cannot follow %s (owned by %s): %s", shown(channel_id), shown(holder), exc)
+            if link is not None:
+                await link.aclose()
+            return ChannelReply(Reason.SERVER_ERROR, "the cluster's event log could not be read; try again")
+        seq = records[-1]["seq"] if records else 0
+        link.follow_from(seq)
+        link.on_take_over = self._take_over
+        self.followed += 1
+        return Claimed(None, link, channel, seq)
+
+    async def query(self, channel_id: str) -> QueryInfo | ChannelReply:
+        answer = await ask_owner(self._bridge, command_subject(channel_id), {"op": "query"})
+        if isinstance(answer, Forwarded):
+            if answer.moved:  # nobody owns it: no such channel
+                return ChannelReply(Reason.NOT_FOUND)
+            return ChannelReply(answer.reason, answer.message)
+        if answer.get("moved"):  # its owner just let it go: ended
+            return ChannelReply(Reason.NOT_FOUND)
+        if answer.get("r") != 0:
+            return ChannelReply(Reason(answer["r"]), str(answer.get("m", "")))
+        try:
+            channel, number, count, members = answer["q"]
+            return QueryInfo(channel, number, count, tuple(members))
+        except Exception:
+            return ChannelReply(Reason.SERVER_ERROR, "the channel's owner answered something unreadable")
 
     def allocate_number(self) -> int:
         return self.numbers.peek()

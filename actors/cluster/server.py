@@ -43,7 +43,7 @@ class ClusterServer(RunningServer):
             **super().statistics(),
             "leases": len(self.placement.leases.held()),
             "leases_lost": self.placement.leases.lost,
-            "refused_elsewhere": self.placement.refused,
+            "followed": self.placement.followed,
             "takeovers": self.placement.takeovers,
             "nats_connected": int(self.bridge.connected),
         }
@@ -56,7 +56,7 @@ async def serve_cluster(
     it), then the listener; on shutdown the node's channels end with server_shutdown in the
     stream and its leases are released, so other nodes may take them at once."""
     site = Site.load(settings.web_folder or default_web_folder())
-    async with open_bridge(list(cluster.servers), name=f"airwave-{cluster.node}") as bridge:
+    async with open_bridge(list(cluster.servers), name=f"airwave-{cluster.node}", no_echo=True) as bridge:
         async with trio.open_nursery() as root:
             placement = ClusterPlacement(bridge, cluster, root)
             listener = open_listener(settings.host, settings.port)

@@ -16,7 +16,9 @@ EVENT_STREAM = "AIRWAVE_EVENTS"
 EVENT_SUBJECT_PREFIX = "airwave.events."
 EVENT_SUBJECTS = EVENT_SUBJECT_PREFIX + ">"
 MEDIA_SUBJECT_PREFIX = "airwave.media."
-COMMAND_SUBJECT_PREFIX = "airwave.cmd."
+COMMAND_SUBJECT_PREFIX = "airwave.cmd."  # requests to a channel's owner (forwarded commands, queries)
+LIVE_SUBJECT_PREFIX = "airwave.live."  # core NATS: the records the owner just appended, for followers
+TEXT_SUBJECT_PREFIX = "airwave.text."  # core NATS: text messages for members on other nodes
 LEASE_BUCKET = "airwave_leases"
 
 _PLAIN = re.compile(rb"[A-Za-z0-9-]")
@@ -65,3 +67,11 @@ def media_subject(channel_id: str) -> str:
 
 def command_subject(channel_id: str) -> str:
     return COMMAND_SUBJECT_PREFIX + channel_token(channel_id)
+
+
+def live_subject(channel_id: str) -> str:
+    return LIVE_SUBJECT_PREFIX + channel_token(channel_id)
+
+
+def text_subject(channel_id: str) -> str:
+    return TEXT_SUBJECT_PREFIX + channel_token(channel_id)

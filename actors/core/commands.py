@@ -108,7 +108,34 @@ class ChangeRecording:
     tracks: bool = True
 
 
+# --- an operator's commands (admin requests): the operator is not a member, so they are
+# decided on the channel alone, and the events name the operator instead of a member.
+
+
+@attrs.frozen
+class OperatorKick:
+    time: float
+    operator: str
+    target: str
+
+
+@attrs.frozen
+class OperatorStop:
+    time: float
+    operator: str
+
+
+@attrs.frozen
+class OperatorMute:
+    time: float
+    operator: str
+    target: str
+    muted: bool
+
+
+OperatorCommand = OperatorKick | OperatorStop | OperatorMute
+
 Command = (
     JoinChannel | LeaveChannel | StopChannel | EndChannel | ChangeRole | ChangeState | ChangeUpload | KickMember
-    | ChangeCustomProperty | ChangeRecording
+    | ChangeCustomProperty | ChangeRecording | OperatorCommand
 )

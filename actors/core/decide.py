@@ -20,6 +20,9 @@ from .commands import (
     JoinChannel,
     KickMember,
     LeaveChannel,
+    OperatorKick,
+    OperatorMute,
+    OperatorStop,
     StopChannel,
 )
 from .events import (
@@ -30,6 +33,7 @@ from .events import (
     Event,
     MemberJoined,
     MemberLeft,
+    MuteChanged,
     RecordingStarted,
     RecordingStopped,
     RoleChanged,
@@ -62,6 +66,8 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
         return Rejected(Reason.NOT_FOUND, "no such channel")
     if isinstance(command, EndChannel):
         return Accepted(_end_events(channel, command.time, command.reason))
+    if isinstance(command, OperatorKick | OperatorStop | OperatorMute):
+        return _decide_operator(channel, command)
     actor_id = (
         command.actor
         if isinstance(command, ChangeRole | ChangeState | KickMember | ChangeCustomProperty | ChangeRecording)
@@ -94,6 +100,8 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
         case ChangeUpload():
             if command.enabled == actor.upload:
                 return Accepted(())
+            if command.enabled and actor.muted:
+                return Rejected(Reason.NO_PERMISSION, "muted by an administrator")
             if command.enabled and not policy.may_publish(actor.role, actor.state):
                 return Rejected(Reason.NO_PERMISSION, "your role may not publish audio")
             if command.enabled and _senders_full(channel, actor.user_id):
@@ -236,8 +244,28 @@ def _decide_state(channel: Channel, cmd: ChangeState, actor: Member, granted: Pe
     return Accepted(tuple(events))
 
 
-def _leave_events(channel: Channel, time: float, user_id: str, reason: Reason, by: str | None) -> tuple[Event, ...]:
-    left = MemberLeft(time, channel.channel_id, channel.number, user_id, reason, by)
+def _decide_operator(channel: Channel, command: OperatorKick | OperatorStop | OperatorMute) -> Decision:
+    """An operator is no member and has every permission; only the target must exist."""
+    if isinstance(command, OperatorStop):
+        stopped = ChannelStopped(command.time, channel.channel_id, channel.number, Reason.OVER, None, command.operator)
+        return Accepted((*_recording_stops(channel, command.time, Reason.OVER), stopped))
+    target = channel.members.get(command.target)
+    if target is None:
+        return Rejected(Reason.NOT_FOUND, f"{command.target!r} is not in channel {channel.channel_id!r}")
+    if isinstance(command, OperatorKick):
+        return Accepted(_leave_events(channel, command.time, target.user_id, Reason.KICKED, None, command.operator))
+    if command.muted == target.muted:
+        return Accepted(())
+    events: list[Event] = [MuteChanged(command.time, channel.channel_id, channel.number, target.user_id, command.muted, command.operator)]
+    if command.muted and target.upload:
+        events.append(AudioUploadChanged(command.time, channel.channel_id, channel.number, target.user_id, False))
+    return Accepted(tuple(events))
+
+
+def _leave_events(
+    channel: Channel, time: float, user_id: str, reason: Reason, by: str | None, operator: str | None = None
+) -> tuple[Event, ...]:
+    left = MemberLeft(time, channel.channel_id, channel.number, user_id, reason, by, operator)
     if len(channel.members) == 1:
         # Decision 9: the channel ends with its last member, and so does its recording.
         stopped = ChannelStopped(time, channel.channel_id, channel.number, Reason.NONE, None)

@@ -190,6 +190,20 @@ class MemberLeft:
     user_id: str
     reason: Reason = attrs.field(converter=_enum(Reason))
     by: str | None = None
+    operator: str | None = None  # an admin request's operator (kicked through airwave admin)
+
+
+@_event
+class MuteChanged:
+    """An operator revoked (muted) or gave back a member's right to upload."""
+
+    TYPE: ClassVar[str] = "mute_changed"
+    time: float
+    channel: str
+    number: int
+    user_id: str
+    muted: bool
+    operator: str
 
 
 @_event
@@ -202,17 +216,18 @@ class ChannelStopped:
     number: int
     reason: Reason = attrs.field(converter=_enum(Reason))
     by: str | None = None
+    operator: str | None = None  # stopped through airwave admin
 
 
 Event = (
     ChannelCreated | MemberJoined | RoleChanged | StateChanged | AudioUploadChanged
-    | CustomPropertyChanged | MemberLeft | ChannelStopped | RecordingStarted | RecordingStopped
+    | CustomPropertyChanged | MemberLeft | MuteChanged | ChannelStopped | RecordingStarted | RecordingStopped
 )
 EVENT_TYPES: dict[str, type] = {
     cls.TYPE: cls
     for cls in (
         ChannelCreated, MemberJoined, RoleChanged, StateChanged, AudioUploadChanged,
-        CustomPropertyChanged, MemberLeft, ChannelStopped, RecordingStarted, RecordingStopped,
+        CustomPropertyChanged, MemberLeft, MuteChanged, ChannelStopped, RecordingStarted, RecordingStopped,
     )
 }
 

@@ -22,6 +22,7 @@ from .events import (
     Event,
     MemberJoined,
     MemberLeft,
+    MuteChanged,
     RecordingStarted,
     RecordingStopped,
     RoleChanged,
@@ -55,6 +56,7 @@ class Member:
     joined_at: float
     is_creator: bool = False
     granted_roles: int | None = None  # token grants as a role bit mask; None: open mode
+    muted: bool = False  # by an operator: may not upload until unmuted (for this membership)
 
     def may_take(self, role: CustomRole) -> bool:
         """Whether this member's credentials allow ``role`` (no role is always allowed)."""
@@ -158,6 +160,8 @@ def evolve(channel: Channel | None, event: Event) -> Channel:
             return _with_member(channel, event, event.user_id, upload=event.enabled)
         case CustomPropertyChanged():
             return attrs.evolve(channel, custom_property=event.value)
+        case MuteChanged():
+            return _with_member(channel, event, event.user_id, muted=event.muted)
         case MemberLeft():
             if event.user_id not in channel.members:
                 return channel

@@ -468,10 +468,23 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
+def first_seq(segment: Path) -> int | None:
+    """The seq of a segment's first record (None if it holds no whole record). Records are
+    small (a control message is at most 16 KiB), so the first 1 MiB holds the first one."""
+    with open(segment, "rb") as file:
+        data = file.read(1 << 20)
+    for body in _iter_records(data, True, segment, _ScanEnd()):
+        seq = body.get("seq")
+        return seq if type(seq) is int else None
+    return None
+
+
+def read_events(path: Path, *, after: int = 0) -> Iterator[dict[str, Any]]:
     """Yield the event bodies of a data directory (every segment in order) or of one
     segment file, verifying every record and that the seqs run on without a gap, as the
-    server's recovery does.
+    server's recovery does. ``after``: a directory's segments that end at or before that seq
+    are skipped unread (a reader following the log from a seq need not read it all); the
+    bodies yielded may still start before it.
 
     A torn tail at the end of the final segment ends the stream quietly (nothing after
     it is used); when ``path`` is one segment file, it counts as final unless the
@@ -481,6 +494,8 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
         segments = [p for _, p in list_segments(path)]
+        while after and len(segments) > 1 and (first := first_seq(segments[1])) is not None and first <= after + 1:
+            del segments[0]
         last_index = len(segments) - 1
         plan = [(p, i == last_index) for i, p in enumerate(segments)]
     else:
