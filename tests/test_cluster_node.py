@@ -234,6 +234,7 @@ async def test_cluster_paused_owner_cannot_append_after_another_took_over(
             ok(await host.request(Join, channel="show", user_id="host", role=HOST))
             process.send_signal(signal.SIGSTOP)
             try:
+                await trio.sleep(TTL + 0.4)  # past the lease: node-b claims the channel (see above)
                 with trio.fail_after(TTL + 5):
                     await join_when_served(b.url, "show", "carol")
             finally:
