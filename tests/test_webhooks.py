@@ -157,3 +157,45 @@ def test_serve_webhook_flags_refuse_what_cannot_work(tmp_path: Path) -> None:
     assert alone.returncode == 2 and "needs --webhook URL" in alone.stderr
     for result in (bad_url, no_file, alone):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_a_receiver_failing_30_percent_at_random_and_a_sigkilled_server_lose_nothing(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Issue 17: a real `airwave serve` process; the receiver refuses 30% of deliveries (seeded,
+    so a failure reproduces); the server is SIGKILLed mid-delivery and started again: every
+    event of the log arrives, in order, and a repeat carries the same idempotency key."""
+    import random
+    import signal
+
+    from helpers import airwave_serve
+
+    chance = random.Random(1703)
+    receiver = Receiver(lambda event: 503 if chance.random() < 0.3 else 200)
+    port, _ = await start_receiver(nursery, receiver)
+    (tmp_path / "hook.key").write_bytes(SECRET)
+    data = tmp_path / "data"
+    hook = ("--webhook", f"http://127.0.0.1:{port}/hooks", "--webhook-secret-file", str(tmp_path / "hook.key"))
+    with trio.fail_after(60):
+        async with airwave_serve(data, *hook) as first:
+            async with open_wire(first.url) as host:
+                ok(await host.request(Join, channel="k", user_id="host"))
+                for n in range(4):
+                    async with open_wire(first.url) as fan:
+                        ok(await fan.request(Join, channel="k", user_id=f"fan{n}"))
+                        ok(await fan.request(Leave))
+                await wait_until(lambda: len(receiver.accepted) >= 3, "deliveries under way")
+                first.process.send_signal(signal.SIGKILL)
+                await first.process.wait()
+        async with airwave_serve(data, *hook) as again:  # ends the host's session: server_restart
+            last = [item.seq for item in replay_events(data)][-1]
+            await wait_until(lambda: set(receiver.accepted) >= set(range(1, last + 1)), "every event delivered", timeout=40)
+            again.process.send_signal(signal.SIGTERM)
+            await again.exit_code(10)
+    expected = log_as_json(data)
+    seqs = [event["seq"] for event in expected]
+    first_deliveries = list(dict.fromkeys(receiver.accepted))
+    assert first_deliveries == seqs  # each event, in log order
+    for repeated in receiver.accepted:  # a repeat (the cursor lost to the kill) is an older event
+        assert repeated in seqs
+    bodies = {int(body["seq"]): body for body, _ in receiver.received}  # type: ignore[call-overload]
+    assert [bodies[seq] for seq in seqs] == expected
+    assert any(event["reason_name"] == "server_restart" for event in expected if event["type"] == "participant_left")
