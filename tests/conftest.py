@@ -12,8 +12,9 @@ from airwave.actors.participant import SessionSettings
 from airwave.actors.server import RunningServer, ServerSettings, serve
 
 
-def fast_settings(data_dir: Path, **session: float) -> ServerSettings:
-    """Short timers (design decision 16): heartbeats and the resume grace in tenths of a second."""
+def fast_settings(data_dir: Path, **session: float | bytes | None) -> ServerSettings:
+    """Short timers (design decision 16): heartbeats and the resume grace in tenths of a second.
+    ``session`` overrides any SessionSettings field (``secret=b"..."`` for token mode)."""
     return ServerSettings(
         port=0,
         data_dir=data_dir,

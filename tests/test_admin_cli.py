@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 from airwave.actors.server import RunningServer, serve
@@ -55,10 +54,7 @@ async def test_admin_cli_lists_as_json_and_tables_and_kicks(server: RunningServe
 async def test_admin_cli_with_a_secret_needs_an_admin_token(nursery: trio.Nursery, data_dir: Path, tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("operators-only\n")
-    settings = fast_settings(data_dir)
-    running: RunningServer = await nursery.start(
-        serve, attrs.evolve(settings, session=attrs.evolve(settings.session, secret=b"operators-only"))
-    )
+    running: RunningServer = await nursery.start(serve, fast_settings(data_dir, secret=b"operators-only"))
     with trio.fail_after(30):
         minted = await airwave("token", "--admin", "--user", "ops", "--secret-file", str(secret_file))
         assert minted.returncode == 0, minted.stderr

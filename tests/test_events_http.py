@@ -27,8 +27,7 @@ SECRET = b"events are for operators"
 
 
 async def start(nursery: trio.Nursery, data_dir: Path, secret: bytes | None = None) -> RunningServer:
-    settings = attrs.evolve(fast_settings(data_dir), metrics_address=("127.0.0.1", 0))
-    settings = attrs.evolve(settings, session=attrs.evolve(settings.session, secret=secret))
+    settings = attrs.evolve(fast_settings(data_dir, secret=secret), metrics_address=("127.0.0.1", 0))
     server: RunningServer = await nursery.start(serve, settings)
     return server
 

@@ -50,8 +50,7 @@ def drain(wire: Wire) -> list[object]:
 
 @pytest.fixture
 async def secured(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[RunningServer]:
-    settings = fast_settings(data_dir)
-    running: RunningServer = await nursery.start(serve, attrs.evolve(settings, session=attrs.evolve(settings.session, secret=SECRET)))
+    running: RunningServer = await nursery.start(serve, fast_settings(data_dir, secret=SECRET))
     yield running
     running.shutdown()
     with trio.fail_after(10):

@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 
@@ -29,9 +28,7 @@ def token(
 
 @pytest.fixture
 async def secured(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[RunningServer]:
-    settings = fast_settings(data_dir)
-    settings = attrs.evolve(settings, session=attrs.evolve(settings.session, secret=SECRET))
-    running: RunningServer = await nursery.start(serve, settings)
+    running: RunningServer = await nursery.start(serve, fast_settings(data_dir, secret=SECRET))
     yield running
     running.shutdown()
     with trio.fail_after(10):
