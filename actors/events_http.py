@@ -39,7 +39,7 @@ log = logging.getLogger("airwave.events_http")
 MAX_LIMIT = 1_000
 MAX_WAIT = 60.0
 KEEPALIVE_SECONDS = 15.0
-_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden"}
+_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed"}
 
 
 class BadRequest(Exception):
@@ -112,7 +112,7 @@ class EventsEndpoint:
         except BadRequest as refused:
             body = json.dumps({"error": str(refused)}).encode() + b"\n"
             extra = [(b"www-authenticate", b"Bearer")] if refused.status == 401 else []
-            await _send_whole(connection, stream, refused.status, b"application/json", body, extra)
+            await send_whole(connection, stream, refused.status, b"application/json", body, extra)
             return
         if query.stream:
             await self._stream(connection, stream, query)
@@ -123,7 +123,7 @@ class EventsEndpoint:
                 await self.feed.wait_beyond(query.after)
             events = self.events_after(query.after, query.limit)
         body = json.dumps({"events": events, "after": events[-1]["seq"] if events else query.after}).encode() + b"\n"
-        await _send_whole(connection, stream, 200, b"application/json", body)
+        await send_whole(connection, stream, 200, b"application/json", body)
 
     async def _stream(self, connection: h11.Connection, stream: trio.abc.Stream, query: EventsQuery) -> None:
         await stream.send_all(connection.send(h11.Response(status_code=200, reason=b"OK", headers=[
@@ -154,12 +154,15 @@ class EventsEndpoint:
                     await stream.send_all(connection.send(h11.Data(data=b": keepalive\n\n")))
 
 
-async def _send_whole(
+async def send_whole(
     connection: h11.Connection, stream: trio.abc.Stream, status: int, content_type: bytes, body: bytes,
-    extra: list[tuple[bytes, bytes]] | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None, *, head: bool = False,
 ) -> None:
+    """One whole response, then the connection closes (the operator port's only kind but SSE);
+    ``head``: the headers of that response without its body."""
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"connection", b"close"), *(extra or [])]
     data = connection.send(h11.Response(status_code=status, reason=_REASONS.get(status, b""), headers=headers))
-    data += connection.send(h11.Data(data=body))
+    if not head:
+        data += connection.send(h11.Data(data=body))
     data += connection.send(h11.EndOfMessage())
     await stream.send_all(data)

@@ -30,9 +30,9 @@ from prometheus_client.registry import Collector
 from airwave.protocol import CustomRole
 
 from .core.histogram import Histogram
+from .events_http import EventsEndpoint, send_whole
 
 if TYPE_CHECKING:
-    from .events_http import EventsEndpoint
     from .server import RunningServer
 
 log = logging.getLogger("airwave.metrics")
@@ -173,12 +173,7 @@ async def _answer(stream: trio.SocketStream, registry: CollectorRegistry, events
             status, content_type, body = 404, b"text/plain", b"this port serves " + paths + b"\n"
         else:
             status, content_type, body = 200, CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
-        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        data = connection.send(h11.Response(status_code=status, headers=headers))
-        if request.method != b"HEAD":
-            data += connection.send(h11.Data(data=body))
-        data += connection.send(h11.EndOfMessage())
-        await stream.send_all(data)
+        await send_whole(connection, stream, status, content_type, body, head=request.method == b"HEAD")
     except h11.RemoteProtocolError:
         try:
             await stream.send_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
