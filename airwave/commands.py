@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -286,19 +287,30 @@ async def listen(
     return 0
 
 
-async def stop(
-    url: str, channel_id: str, *, user_id: str | None = None, display_name: str = "", password: str | None = None,
-    token: str | None = None, out: TextIO = sys.stdout, quit: Quit | None = None,
-) -> int:
-    """Joins the existing channel as a host (uri mode: it must exist) and stops it. Once
-    connected it carries on through a quit: it is over in a moment, and cut short it could
-    leave a host behind in the channel."""
-    quit = quit or Quit()
+@asynccontextmanager
+async def _as_host_of_existing(
+    url: str, channel_id: str, *, user_id: str | None, display_name: str, password: str | None, token: str | None,
+    quit: Quit,
+) -> AsyncIterator[MediaChannel]:
+    """Joined as a host of the existing channel (uri mode: it must exist), for one host
+    command. Once connected it carries on through a quit: it is over in a moment, and cut
+    short it could leave a host behind in the channel."""
     async with Client.connect(url, user_id=user_id, token=token) as client:
         quit.connected = True
         channel = MediaChannel.create(client, MediaDevice.create())
         channel.set_custom_role(HOST_ROLE)
         await _join(channel, channel_id, JoinParam(uri_mode=True, password=password, display_name=display_name))
+        yield channel
+
+
+async def stop(
+    url: str, channel_id: str, *, user_id: str | None = None, display_name: str = "", password: str | None = None,
+    token: str | None = None, out: TextIO = sys.stdout, quit: Quit | None = None,
+) -> int:
+    """Joins the existing channel as a host and stops it."""
+    async with _as_host_of_existing(
+        url, channel_id, user_id=user_id, display_name=display_name, password=password, token=token, quit=quit or Quit()
+    ) as channel:
         result = await channel.stop_async()
         if not result.result:
             raise CommandFailed(f"cannot stop {channel_id!r}", result.reason)
@@ -310,14 +322,11 @@ async def record(
     url: str, channel_id: str, enable: bool, *, params: str = "", user_id: str | None = None, display_name: str = "",
     password: str | None = None, token: str | None = None, out: TextIO = sys.stdout, quit: Quit | None = None,
 ) -> int:
-    """Joins the existing channel as a host (uri mode), turns the server's recording on or
-    off (enable_record), and leaves; the recording goes on without it (docs/operations.md)."""
-    quit = quit or Quit()
-    async with Client.connect(url, user_id=user_id, token=token) as client:
-        quit.connected = True
-        channel = MediaChannel.create(client, MediaDevice.create())
-        channel.set_custom_role(HOST_ROLE)
-        await _join(channel, channel_id, JoinParam(uri_mode=True, password=password, display_name=display_name))
+    """Joins the existing channel as a host, turns the server's recording on or off
+    (enable_record), and leaves; the recording goes on without it (docs/operations.md)."""
+    async with _as_host_of_existing(
+        url, channel_id, user_id=user_id, display_name=display_name, password=password, token=token, quit=quit or Quit()
+    ) as channel:
         reason = await channel.enable_record_async(enable, params)
         if reason is not Reason.NONE:
             raise CommandFailed(f"cannot turn recording {'on' if enable else 'off'} in {channel_id!r}", reason)
