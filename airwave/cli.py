@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import trio
@@ -185,6 +186,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
+    return value
+
+
 def _is_origin(text: str) -> bool:
     """What a browser sends as Origin: scheme://host[:port] and nothing after it (or '*')."""
     if text == "*":
@@ -349,6 +357,10 @@ def _replay(args: argparse.Namespace) -> int:
     from airwave.actors.cluster.servers import is_nats_url
 
     path = Path(args.path)
+    if (args.at is None) != (args.export is None):
+        return _failed("--at SEQ and --export FILE go together: the clip is around that event", 2)
+    if args.export is not None and is_nats_url(args.path):
+        return _failed("recordings are files in a server's data directory: replay that directory, not NATS", 2)
     if not is_nats_url(args.path) and not path.exists():
         print(f"airwave: no event log at {path}", file=sys.stderr)
         return 2
@@ -369,6 +381,8 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"airwave: cannot replay: {exc}", file=sys.stderr)
         return 2
     out = sys.stdout
+    if args.export is not None:
+        return _export_clip(args, items, path if path.is_dir() else path.parent)
     places = audio_places(items) if args.audio else {}
     if args.json:
         for item in items:
@@ -385,6 +399,50 @@ def _replay(args: argparse.Namespace) -> int:
         out.write("\nfinal state:\n" if channels else "\nno channels\n")
         for channel in channels.values():
             out.write(final_state_text(channel) + "\n")
+    return 0
+
+
+def _export_clip(args: argparse.Namespace, items: list[Any], data_dir: Path) -> int:
+    """`replay --at SEQ --export FILE`: the recording around event SEQ as a WAV, and the
+    events that fall inside it, each at its offset into the clip."""
+    from airwave.actors.log.replay import audio_places, event_json, event_text
+    from airwave.media.clips import export_clip
+    from airwave.protocol.text import shown
+
+    item = next((i for i in items if i.seq == args.at), None)
+    if item is None:
+        return _failed(f"no event {args.at} in {args.path}" + (f" for channel {shown(args.channel)}" if args.channel else ""), 2)
+    places = audio_places(items)
+    place = places.get(args.at)
+    if place is None:
+        return _failed(f"event {args.at} ({item.event.TYPE} in {shown(item.event.channel)}) is not in a recording: its channel was not recording then", 2)
+    directory = data_dir / place.directory
+    if not directory.is_dir():
+        return _failed(f"the recording {place.directory} is not in {data_dir} any more", 2)
+    start = max(0.0, place.offset - args.before)
+    out_path = Path(args.export)
+    try:
+        clip = export_clip(directory, start, place.offset - start + args.seconds, out_path)
+    except OSError as exc:  # the output's folder missing or not writable, a file of the recording gone
+        return _failed(f"cannot export {out_path}: {exc.strerror or exc}", 1)
+    except ValueError as exc:  # no audio yet, or a file FFmpeg cannot decode
+        return _failed(f"cannot export {out_path}: {exc}", 1)
+    length = clip.samples / 48_000
+    inside = [
+        (places[i.seq].offset - start, i) for i in items
+        if i.seq in places and places[i.seq].directory == place.directory and 0 <= places[i.seq].offset - start <= length
+    ]
+    sources = [str(source.relative_to(data_dir)) for source in clip.sources]
+    if args.json:
+        print(json.dumps({
+            "type": "clip", "file": str(out_path), "seconds": round(length, 3), "recording_offset": round(start, 3),
+            "sources": sources, "at": args.at,
+            "events": [{**event_json(i), "clip_offset": round(offset, 3)} for offset, i in inside],
+        }))
+    else:
+        print(f"wrote {out_path}: {length:.2f} s of {', '.join(sources)} from +{start:.3f}s (event {args.at} at +{place.offset - start:.3f}s)")
+        for offset, i in inside:
+            print(f"{'+' + format(offset, '.3f') + 's':>11}  {event_text(i)}")
     return 0
 
 
@@ -664,6 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="start each event with its offset in its channel's recording (+S.SSSs into every file of it; - when not recording); "
         "with --json an \"audio\" field: {directory, offset}",
     )
+    replay.add_argument("--at", type=int, metavar="SEQ", help="with --export: the event the clip is around")
+    replay.add_argument("--export", metavar="FILE.wav", help="write the recording around event --at to this WAV (48 kHz mono) and list the events in it")
+    replay.add_argument("--seconds", type=_seconds, default=10.0, metavar="S", help="with --export: seconds after the event (default 10)")
+    replay.add_argument("--before", type=_seconds, default=1.0, metavar="S", help="with --export: seconds before it (default 1)")
     replay.set_defaults(run=_replay)
 
     def client_options(sub: argparse.ArgumentParser, default_user: str) -> None:

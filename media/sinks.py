@@ -45,7 +45,10 @@ class WavSink(_ClosedOnExit):
     """Writes 48 kHz mono 16-bit frames to a WAV file (stdlib ``wave``)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._wav: wave.Wave_write | None = wave.open(os.fspath(path), "wb")
+        # Opened here, not by wave.open(path): a path that cannot be opened then raises
+        # without leaving a half-made Wave_write that complains when collected.
+        self._file = open(os.fspath(path), "wb")
+        self._wav: wave.Wave_write | None = wave.open(self._file, "wb")
         self._wav.setnchannels(1)
         self._wav.setsampwidth(2)
         self._wav.setframerate(SAMPLE_RATE)
@@ -63,7 +66,10 @@ class WavSink(_ClosedOnExit):
     def close(self) -> None:
         if self._wav is not None:
             wav, self._wav = self._wav, None
-            wav.close()
+            try:
+                wav.close()
+            finally:
+                self._file.close()
 
 
 @final
