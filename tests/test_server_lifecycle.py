@@ -293,7 +293,8 @@ async def test_heartbeat_behind_a_proxy_a_listener_is_pinged_during_media_and_ti
                     took = trio.current_time() - joined
                     nursery.cancel_scope.cancel()
                 assert (left.user_id, left.reason) == ("mute", Reason.TIMEOUT)
-                assert timeout <= took <= timeout + 0.6, took
+                # The server's clock starts at its join, a moment before our reply arrives.
+                assert timeout - 0.1 <= took <= timeout + 0.6, took
                 assert pings >= 1
                 ok(await host.request(Leave))
 
