@@ -421,9 +421,12 @@ def _export_clip(args: argparse.Namespace, items: list[Any], data_dir: Path) -> 
         return _failed(f"the recording {place.directory} is not in {data_dir} any more", 2)
     start = max(0.0, place.offset - args.before)
     out_path = Path(args.export)
+    if out_path.is_dir() or not out_path.parent.is_dir():
+        why = "it is a directory" if out_path.is_dir() else f"there is no directory {out_path.parent}"
+        return _failed(f"cannot export to {out_path}: {why}", 2)
     try:
         clip = export_clip(directory, start, place.offset - start + args.seconds, out_path)
-    except OSError as exc:  # the output's folder missing or not writable, a file of the recording gone
+    except OSError as exc:  # the output not writable, the disk full, a file of the recording gone
         return _failed(f"cannot export {out_path}: {exc.strerror or exc}", 1)
     except ValueError as exc:  # no audio yet, or a file FFmpeg cannot decode
         return _failed(f"cannot export {out_path}: {exc}", 1)

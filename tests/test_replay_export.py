@@ -80,7 +80,8 @@ async def test_replay_export_writes_what_was_said_around_an_event_and_lists_the_
         (["--export", str(clip)], 2, "--at SEQ and --export FILE go together"),
         (["--at", str(first), "--export", str(clip)], 2, f"event {first} (channel_created in 222) is not in a recording"),
         (["--at", "99999", "--export", str(clip)], 2, "no event 99999"),
-        (["--at", str(joined), "--export", str(tmp_path / "missing" / "clip.wav")], 1, "cannot export"),
+        (["--at", str(joined), "--export", str(tmp_path / "missing" / "clip.wav")], 2, "there is no directory"),
+        (["--at", str(joined), "--export", str(tmp_path)], 2, "it is a directory"),
     ]:
         assert main(["replay", str(data_dir), *argv]) == code
         err = capsys.readouterr().err
