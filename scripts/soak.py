@@ -377,7 +377,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=60.0, help=f"run length (default 60, at most {MAX_SECONDS:g})")
     parser.add_argument("--channels", type=int, default=2, help="channels, one streaming host each (default 2)")
     parser.add_argument("--listeners", type=int, default=10, help="churning listener slots per channel (default 10)")
-    parser.add_argument("--cycle", type=float, default=10.0, help="churn cycle length in seconds (default 10, at least 8)")
+    parser.add_argument("--cycle", type=float, default=10.0, help="churn cycle length in seconds (default 10, at least the longest stay + 3)")
     parser.add_argument("--stay", type=float, nargs=2, default=(1.0, 5.0), metavar=("MIN", "MAX"),
                         help="a listener stays a random MIN-MAX seconds (default 1 5)")
     parser.add_argument("--warmup-cycles", type=int, default=1, metavar="N",
@@ -391,8 +391,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= MAX_SECONDS:
         parser.error(f"--seconds must be in (0, {MAX_SECONDS:g}]")
-    if args.cycle < 8:
-        parser.error("--cycle must be at least 8 s (stays of up to 5 s, then leaving and a quiet point)")
+    if args.cycle < args.stay[1] + 3:
+        parser.error(f"--cycle must be at least {args.stay[1] + 3:g} s (stays of up to {args.stay[1]:g} s, then leaving and a quiet point)")
     if args.warmup_cycles < 1:
         parser.error("--warmup-cycles must be at least 1")
     if args.channels < 1 or args.listeners < 1:

@@ -50,8 +50,8 @@ def test_serve_refuses_open_mode_and_dev_mode_off_loopback(tmp_path: Path) -> No
 
 def test_soak_short_run_churns_without_leaking_tasks() -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "soak.py"), "--seconds", "17", "--cycle", "8", "--channels", "1",
-         "--listeners", "3", "--json"],
+        [sys.executable, str(ROOT / "scripts" / "soak.py"), "--seconds", "10", "--cycle", "5", "--stay", "0.5", "2",
+         "--channels", "1", "--listeners", "3", "--json"],
         capture_output=True, text=True, timeout=90,
     )
     assert done.returncode == 0, done.stderr[-2000:]
