@@ -9,7 +9,9 @@ both, and the delay from speaking to hearing is measured (docs/performance.md).
 
 from __future__ import annotations
 
+import functools
 import os
+import pickle
 import re
 import shutil
 import socket
@@ -32,7 +34,7 @@ from airwave.actors.core import CdnSettings
 from airwave.actors.log.replay import replay_events
 from airwave.actors.net.http import DiskFile, Site, StaticFile, route
 from airwave.actors.server import RunningServer, serve
-from airwave.media.cdn import IcecastOutput
+from airwave.media.cdn import IcecastOutput, make_cdn_recorder
 from airwave.media.opus import SAMPLE_RATE, OpusEncoder
 from airwave.protocol import CdnState, EnableCdn, Join, PropertyChange, PropertyChanged, Reason, channel_info_from_wire
 from airwave.wire import open_wire
@@ -340,3 +342,23 @@ def test_hls_route_answers_404_for_anything_else(path: str) -> None:
 
 def test_hls_route_is_not_there_without_hls() -> None:
     assert get("/hls/222/index.m3u8", Site(SITE.files)).status == 404  # type: ignore[union-attr]
+
+
+def test_make_cdn_recorder_is_a_picklable_factory_of_a_recorder_that_writes_no_files(tmp_path: Path) -> None:
+    """A recorder worker process builds recorders from pickled factories (functools.partial
+    of a module-level function with plain arguments)."""
+    factory = functools.partial(
+        make_cdn_recorder, tmp_path / "hls" / "222", "icecast://source:pw@127.0.0.1:1/222.opus", started_at=time.time(),
+    )
+    recorder = pickle.loads(pickle.dumps(factory))()
+    worker = threading.Thread(target=recorder.run)
+    worker.start()
+    time.sleep(0.1)
+    recorder.stop()
+    worker.join(5)
+
+    assert not worker.is_alive() and not recorder.stats.failed
+    assert sorted(p.name for p in (tmp_path / "hls" / "222").iterdir()) == ["index.m3u8", "init.mp4", "seg-00000.m4s"]
+    assert not list(tmp_path.rglob("recording.json"))
+    with pytest.raises(ValueError):
+        make_cdn_recorder(None, None, started_at=0.0)
