@@ -9,6 +9,8 @@ both, and the delay from speaking to hearing is measured (docs/performance.md).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import functools
 import os
 import pickle
@@ -34,6 +36,7 @@ from airwave.actors.core import CdnSettings
 from airwave.actors.log.replay import replay_events
 from airwave.actors.net.http import DiskFile, Site, StaticFile, route
 from airwave.actors.server import RunningServer, serve
+from airwave.cli import _cdn_settings, build_parser, config_arguments
 from airwave.media.cdn import IcecastOutput, make_cdn_recorder
 from airwave.media.opus import SAMPLE_RATE, OpusEncoder
 from airwave.protocol import CdnState, EnableCdn, Join, PropertyChange, PropertyChanged, Reason, channel_info_from_wire
@@ -53,20 +56,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def icecast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A real Icecast on a loopback port (its port), no burst on connect so a listener gets
-    live audio, killed at the end."""
+@contextlib.contextmanager
+def running_icecast(port: int) -> Iterator[None]:
+    """A real Icecast on ``port`` of 127.0.0.1 with a temporary config, no burst on connect (a
+    listener gets live audio), killed at the end."""
     if shutil.which("icecast2") is None:
         pytest.skip("icecast2 is not installed: apt-get install icecast2 (scripts/test.sh does it)")
-    folder = tmp_path_factory.mktemp("icecast")
-    port = free_port()
     # Icecast refuses to run as root unless it changes to another user, who must write the
-    # logs: pytest's temporary folders are private to us, so the logs go in a folder of their own.
+    # logs: pytest's temporary folders are private to us, so config and logs get their own.
     owner = "<changeowner><user>nobody</user><group>nogroup</group></changeowner>" if os.geteuid() == 0 else ""
-    logs = Path(tempfile.mkdtemp(prefix="airwave-icecast-log-"))
+    folder = Path(tempfile.mkdtemp(prefix="airwave-icecast-"))
     if owner:
-        logs.chmod(0o777)
+        folder.chmod(0o777)
     config = folder / "icecast.xml"
     config.write_text(f"""<icecast>
   <limits><clients>20</clients><sources>4</sources><queue-size>524288</queue-size><client-timeout>30</client-timeout>
@@ -77,7 +78,7 @@ def icecast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
   <hostname>127.0.0.1</hostname>
   <listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>
   <fileserve>0</fileserve>
-  <paths><basedir>/usr/share/icecast2</basedir><logdir>{logs}</logdir><webroot>/usr/share/icecast2/web</webroot>
+  <paths><basedir>/usr/share/icecast2</basedir><logdir>{folder}</logdir><webroot>/usr/share/icecast2/web</webroot>
     <adminroot>/usr/share/icecast2/admin</adminroot></paths>
   <logging><accesslog>access.log</accesslog><errorlog>error.log</errorlog><loglevel>3</loglevel></logging>
   <security><chroot>0</chroot>{owner}</security>
@@ -94,11 +95,19 @@ def icecast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"icecast2 did not start: {process.stderr.read().decode() if process.stderr else ''}") from None
                 time.sleep(0.05)
-        yield port
+        yield
     finally:
         process.kill()
         process.wait()
-        shutil.rmtree(logs, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def icecast() -> Iterator[int]:
+    """One Icecast for the module's scenarios: its port."""
+    port = free_port()
+    with running_icecast(port):
+        yield port
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +302,28 @@ async def test_enable_cdn_on_a_server_without_cdn_outputs_is_refused_server_erro
             assert refused.reason is Reason.SERVER_ERROR and "--hls" in refused.message
 
 
+def test_icecast_output_reconnects_with_backoff_once_icecast_is_there() -> None:
+    """Icecast down at the start: the source fails, waits 0.5 s, and connects once Icecast
+    is up, then Icecast has the mount."""
+    port = free_port()
+    output = IcecastOutput(f"icecast://source:{ICECAST_PASSWORD}@127.0.0.1:{port}/back.opus")
+    packet = OpusEncoder().encode(np.zeros(960, np.int16))
+    output.write(packet)
+    with running_icecast(port):
+        deadline = time.monotonic() + 4
+        while output.stats.connects == 0 and time.monotonic() < deadline:
+            output.write(packet)
+            time.sleep(0.02)
+        status = ""
+        while "/back.opus" not in status and time.monotonic() < deadline + 2:  # Icecast lists it once it has data
+            output.write(packet)
+            time.sleep(0.02)
+            status = urllib.request.urlopen(f"http://127.0.0.1:{port}/status-json.xsl", timeout=2).read().decode()
+        output.close()
+    assert output.stats.failures >= 1 and output.stats.connects == 1, output.stats
+    assert "/back.opus" in status
+
+
 def test_icecast_output_with_icecast_away_counts_failures_and_never_raises() -> None:
     output = IcecastOutput(f"icecast://source:pw@127.0.0.1:{free_port()}/222.opus")
     packet = OpusEncoder().encode(np.zeros(960, np.int16))
@@ -362,3 +393,47 @@ def test_make_cdn_recorder_is_a_picklable_factory_of_a_recorder_that_writes_no_f
     assert not list(tmp_path.rglob("recording.json"))
     with pytest.raises(ValueError):
         make_cdn_recorder(None, None, started_at=0.0)
+
+
+# --- serve's CDN settings -----------------------------------------------------------------------
+
+
+def cdn_args(**given: object) -> argparse.Namespace:
+    return argparse.Namespace(**{"icecast_url": None, "icecast_password_file": None, "hls": False, **given})
+
+
+def test_serve_icecast_password_file_replaces_the_url_password_and_the_listen_url_has_none(tmp_path: Path) -> None:
+    secret = tmp_path / "icecast-password"
+    secret.write_text("s3cr:t@x\n")
+
+    settings = _cdn_settings(cdn_args(icecast_url="icecast://source@127.0.0.1:8000", icecast_password_file=str(secret), hls=True))
+
+    assert settings.source_url("a b") == "icecast://source:s3cr%3At%40x@127.0.0.1:8000/a%2520b.opus"
+    assert settings.listen_url("a b") == "http://127.0.0.1:8000/a%2520b.opus"
+    assert settings.playlist("a b") == "/hls/a%20b/index.m3u8" and "s3cr" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ({"icecast_url": "http://127.0.0.1:8000"}, "icecast://"),
+        ({"icecast_url": "icecast://source@127.0.0.1:8000"}, "no password"),
+        ({"icecast_url": "icecast://source:pw@127.0.0.1"}, "icecast://"),
+        ({"icecast_password_file": "/nonexistent"}, "needs --icecast-url"),
+        ({"icecast_url": "icecast://source@127.0.0.1:8000", "icecast_password_file": "/nonexistent"}, "No such file"),
+    ],
+)
+def test_serve_cdn_settings_refuse_what_cannot_work_saying_why(given: dict[str, object], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        _cdn_settings(cdn_args(**given))
+
+
+def test_serve_cdn_settings_come_from_the_toml_config_too(tmp_path: Path) -> None:
+    config = tmp_path / "airwave.toml"
+    config.write_text('hls = true\nicecast-url = "icecast://source:pw@127.0.0.1:8000"\n')
+    serve_parser = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+
+    arguments = config_arguments(str(config), serve_parser)
+
+    assert arguments == ["--hls", "--icecast-url", "icecast://source:pw@127.0.0.1:8000"]
+    assert _cdn_settings(serve_parser.parse_args(arguments)) == CdnSettings("icecast://source:pw@127.0.0.1:8000", hls=True)
