@@ -37,6 +37,7 @@ from airwave.actors.log.replay import replay_events
 from airwave.actors.net.http import DiskFile, Site, StaticFile, route
 from airwave.actors.server import RunningServer, serve
 from airwave.cli import _cdn_settings, build_parser, config_arguments
+from airwave.client import Client, MediaChannel, MediaDevice
 from airwave.media.cdn import IcecastOutput, make_cdn_recorder
 from airwave.media.opus import SAMPLE_RATE, OpusEncoder
 from airwave.protocol import CdnState, EnableCdn, Join, PropertyChange, PropertyChanged, Reason, channel_info_from_wire
@@ -44,8 +45,8 @@ from airwave.wire import open_wire
 
 from audio_checks import speech_wav
 from conftest import fast_settings
-from helpers import HOST, next_push, ok
-from test_recording import Speaker, frames_of, located
+from helpers import HOST, next_push, ok, wait_until
+from test_recording import Calls, Speaker, frames_of, located
 
 ICECAST_PASSWORD = "hackme-source"
 
@@ -291,6 +292,42 @@ async def test_cdn_streams_the_speech_to_icecast_and_hls_and_everyone_sees_cdn_s
     print(f"\nCDN delay, speaking to hearing: Icecast {icecast_delay:.3f} s, HLS {hls_delay:.3f} s (segment as soon as listed)")
     assert 0 < icecast_delay <= 1.5, icecast_delay
     assert 0 < hls_delay <= 4.0, hls_delay
+    server.shutdown()
+
+
+async def test_sdk_enable_cdn_refused_for_the_audience_and_a_host_s_reaches_everyone_as_cdn_state(
+    nursery: trio.Nursery, data_dir: Path
+) -> None:
+    """The SDK's enable_cdn (HLS only here): the audience gets no_permission through on_error
+    and nothing changes; a host's reaches everyone as on_media_channel_property_change(cdn_state),
+    a late joiner reads it from the join, and the SDK refuses a bad key interval itself."""
+    server: RunningServer = await nursery.start(serve, attrs.evolve(fast_settings(data_dir), cdn=CdnSettings(hls=True)))
+    host_calls, listener_calls = Calls(), Calls()
+    with trio.fail_after(10):
+        async with Client.connect(server.url, user_id="host") as h, Client.connect(server.url, user_id="lis") as li:
+            host = MediaChannel.create(h, MediaDevice.create(), host_calls)
+            listener = MediaChannel.create(li, MediaDevice.create(), listener_calls)
+            host.set_custom_role(HOST)
+            assert (await host.join_async("222")).result
+            assert (await listener.join_async("222")).result
+
+            assert await listener.enable_cdn_async(True) is Reason.NO_PERMISSION
+            assert listener_calls.errors[-1][:2] == ("enable_cdn", Reason.NO_PERMISSION)
+            assert await host.enable_cdn_async(True, 500) is Reason.INVALID_PARAM
+            assert listener.get_cdn_state() is CdnState.IDLE
+
+            assert await host.enable_cdn_async(True, 2000) is Reason.NONE
+            await wait_until(lambda: PropertyChange.CDN_STATE in listener_calls.changes, "the listener to see cdn_state")
+            assert listener.get_cdn_state() is CdnState.STREAMING is host.get_cdn_state()
+            async with Client.connect(server.url, user_id="late") as la:
+                late = MediaChannel.create(la, MediaDevice.create(), Calls())
+                assert (await late.join_async("222")).result
+                assert late.get_cdn_state() is CdnState.STREAMING
+            assert await host.enable_cdn_async(False) is Reason.NONE
+            await wait_until(lambda: listener.get_cdn_state() is CdnState.IDLE, "the listener to see cdn_state idle")
+
+    (started,) = [item.event for item in replay_events(data_dir) if item.event.TYPE == "cdn_started"]
+    assert (started.icecast, started.hls, started.segment_ms, started.by) == ("", "/hls/222/index.m3u8", 2000, "host")
     server.shutdown()
 
 
