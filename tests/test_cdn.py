@@ -325,10 +325,17 @@ async def test_sdk_enable_cdn_refused_for_the_audience_and_a_host_s_reaches_ever
                 assert late.get_cdn_state() is CdnState.STREAMING
             assert await host.enable_cdn_async(False) is Reason.NONE
             await wait_until(lambda: listener.get_cdn_state() is CdnState.IDLE, "the listener to see cdn_state idle")
+            shutil.rmtree(data_dir / "hls" / "222", ignore_errors=True)  # the stopped stream's files, if any
+            assert await host.enable_cdn_async(True) is Reason.NONE
+            await wait_until(lambda: (data_dir / "hls" / "222" / "index.m3u8").exists(), "the first HLS segment")
+            server.shutdown()  # streaming still: the shutdown ends the stream, and the playlist
+            await server.stopped.wait()
 
-    (started,) = [item.event for item in replay_events(data_dir) if item.event.TYPE == "cdn_started"]
+    started, _, again, last = [item.event for item in replay_events(data_dir) if item.event.TYPE.startswith("cdn_")]
     assert (started.icecast, started.hls, started.segment_ms, started.by) == ("", "/hls/222/index.m3u8", 2000, "host")
-    server.shutdown()
+    assert again.TYPE == "cdn_started" and again.segment_ms == 1000  # 0: the server's length
+    assert last.TYPE == "cdn_stopped" and last.reason is Reason.SERVER_SHUTDOWN
+    assert (data_dir / "hls" / "222" / "index.m3u8").read_text().rstrip().endswith("#EXT-X-ENDLIST")
 
 
 async def test_enable_cdn_on_a_server_without_cdn_outputs_is_refused_server_error(server: RunningServer) -> None:
