@@ -806,6 +806,7 @@ class ChannelActor:
         self._nursery.start_soon(self._run_recorder, recorder)
 
     def _stop_cdn(self, at: float | None = None) -> None:
+        """As `_stop_recorder`, for the CDN's recorder (its outputs close with it)."""
         recorder, self.cdn_recorder = self.cdn_recorder, None
         if recorder is not None:
             self.router.remove_member(CDN_SID)

@@ -26,12 +26,10 @@ from collections import deque
 from fractions import Fraction
 from pathlib import Path
 from typing import final
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import attrs
 import av
-
-from airwave.protocol.text import file_slug
 
 from .opus import DEFAULT_PRE_SKIP, FRAME_SAMPLES, SAMPLE_RATE, opus_head
 from .recorder import MIX_BITRATE, MixOutput, Recorder
@@ -39,7 +37,7 @@ from .sinks import OggOpusSink
 
 log = logging.getLogger("airwave.cdn")
 
-PLAYLIST = "index.m3u8"
+PLAYLIST = "index.m3u8"  # the names actors/net/http.py serves (HLS_FILE there)
 HLS_INIT = "init.mp4"
 HLS_SEGMENT = "seg-%05d.m4s"  # what the server's HTTP route accepts: init, playlist, these
 HLS_LIST_SIZE = 6  # segments in the rolling playlist (older ones are deleted)
@@ -52,30 +50,10 @@ _TIME_BASE = Fraction(1, SAMPLE_RATE)
 _MUXER_INITIAL_PADDING = 312  # as in sinks.py: FFmpeg adds the libopus lookahead to pts
 
 
-def icecast_mount(channel_id: str) -> str:
-    """The Icecast mount of a channel: ``/<channel slug>.opus`` (`file_slug`, URL-quoted)."""
-    return "/" + quote(file_slug(channel_id), safe="-_") + ".opus"
-
-
-def hls_folder(channel_id: str) -> str:
-    """The channel's HLS folder, relative to the data directory (and the HTTP path's part)."""
-    return f"hls/{file_slug(channel_id)}"
-
-
-def hls_path(channel_id: str) -> str:
-    """The HTTP path of a channel's HLS playlist on the server's own port."""
-    return f"/hls/{quote(channel_id, safe='')}/{PLAYLIST}"
-
-
-def public_url(icecast_url: str) -> str:
-    """The listen URL of an ``icecast://user:password@host:port/mount``: http, no credentials,
-    what the event log and the clients are told."""
+def _shown_url(icecast_url: str) -> str:
+    """An ``icecast://user:password@host:port/mount`` for the log: no credentials."""
     parts = urlsplit(icecast_url)
-    host = parts.hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"http://{host}{port}{parts.path}"
+    return f"icecast://{parts.hostname}:{parts.port}{parts.path}"
 
 
 @attrs.define
@@ -224,7 +202,7 @@ class IcecastOutput:
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning(
                     "Icecast source %s failed (%d so far), retrying in %.1f s: %s",
-                    public_url(self.url), self.stats.failures, delay, self.stats.last_error,
+                    _shown_url(self.url), self.stats.failures, delay, self.stats.last_error,
                 )
             with self._wake:
                 self._wake.wait_for(lambda: self._closing, timeout=delay)
@@ -252,7 +230,7 @@ class IcecastOutput:
                     self.stats.written += 1
                 if started:
                     self.stats.connects += 1
-                    log.info("Icecast source %s connected in %.0f ms", public_url(self.url), (time.monotonic() - started) * 1000)
+                    log.info("Icecast source %s connected in %.0f ms", _shown_url(self.url), (time.monotonic() - started) * 1000)
                     started = 0.0
         finally:
             if sink is not None:
