@@ -49,8 +49,12 @@ from airwave.protocol.text import shown
 from .core import (
     Accepted,
     AudioUploadChanged,
+    CdnSettings,
+    CdnStarted,
+    CdnStopped,
     Channel,
     ChannelCreated,
+    ChangeCdn,
     ChangeRecording,
     ChannelStopped,
     Command,
@@ -72,6 +76,7 @@ from .core import (
     event_from_record,
     event_to_record,
     evolve,
+    hls_folder,
 )
 from .logcontext import LOG_SUBJECT
 from .net import frame_of
@@ -91,6 +96,7 @@ MEMBER_COUNT_EVERY_TICKS = 4  # the audience's member count at most once a secon
 MEMBER_COUNT_MESSAGES_PER_SECOND = 1000
 # The recorder's key in the media router: members' sids start at 1, so it is nobody's.
 RECORDER_SID = 0
+CDN_SID = -1  # the CDN's recorder: another key that is nobody's
 # A follower answers a forwarded request once it has applied the owner's events up to the
 # answer's seq; they normally arrive before the answer (same NATS connection, same order).
 # Not there this soon: the live message was lost, so the follower re-reads the stream.
@@ -243,11 +249,13 @@ class ChannelActor:
         on_idle: Callable[[ChannelActor], None],
         policy: RolePolicy = DEFAULT_POLICY,
         data_dir: Path | None = None,
+        cdn: CdnSettings | None = None,
         link: Link | None = None,
         follower: bool = False,
     ) -> None:
         """``data_dir`` is where recordings go (under ``recordings/``); None: this server
-        does not record, and enable_record is refused with server_error."""
+        does not record, and enable_record is refused with server_error. ``cdn``: where
+        enable_cdn streams the mix (HLS under ``data_dir``); None: refused, server_error."""
         self.channel_id = channel_id
         self.channel: Channel | None = None
         self.router = MediaRouter()
@@ -276,7 +284,9 @@ class ChannelActor:
         self._volumes: dict[int, VolumeStatus] = {}
         self._announced: set[str] = set()  # hosts and publishers: who everyone sees
         self._data_dir = data_dir
+        self._cdn = cdn if cdn is not None and cdn.enabled and data_dir is not None else None
         self.recorder: Recorder | None = None
+        self.cdn_recorder: Recorder | None = None  # the mix for Icecast and HLS (enable_cdn)
         self._nursery: trio.Nursery | None = None
         self.mailbox, self._inbox = trio.open_memory_channel[Envelope](MAILBOX_SIZE)
 
@@ -359,6 +369,7 @@ class ChannelActor:
                 # However the actor ends (a crash, a cancelled server), a recording still
                 # running is finalised: the nursery waits for its worker to close the files.
                 self._stop_recorder()
+                self._stop_cdn()
             nursery.cancel_scope.cancel()
 
     def _idle(self) -> bool:
@@ -391,6 +402,10 @@ class ChannelActor:
                 decision = Rejected(Reason.NOT_FOUND, "this session is no longer in the channel")
             elif isinstance(command, ChangeRecording) and command.enabled and self._data_dir is None:
                 decision = Rejected(Reason.SERVER_ERROR, "this server does not record (no data directory)")
+            elif isinstance(command, ChangeCdn) and command.enabled and self._cdn is None:
+                decision = Rejected(Reason.SERVER_ERROR, "this server has no CDN output (serve --icecast-url or --hls)")
+            elif isinstance(command, ChangeCdn):
+                decision = decide(self.channel, self._with_cdn_outputs(command), self._policy)
             else:
                 decision = decide(self.channel, command, self._policy)
             applied = []
@@ -473,6 +488,7 @@ class ChannelActor:
             self_sid=viewer.sid,
             participants=[participant_info(m, self._volumes.get(m.sid, VolumeStatus.ZERO)) for m in visible],
             record_state=channel.record_state,
+            cdn_state=channel.cdn_state,
         )
 
     def _is_announced(self, member: Member) -> bool:
@@ -513,8 +529,9 @@ class ChannelActor:
                     if self._policy.is_host(member.role):
                         self._hosts[member.user_id] = joining
                 self.router.add_member(member.sid, joining.output if joining is not None else None, publishing=member.upload)
-                if self.recorder is not None:
-                    self.recorder.name(member.sid, member.user_id)
+                for recorder in (self.recorder, self.cdn_recorder):
+                    if recorder is not None:
+                        recorder.name(member.sid, member.user_id)
                 self._count_dirty = True
                 announced = self._is_announced(member)
                 if announced:
@@ -590,6 +607,14 @@ class ChannelActor:
                     "recording %s %s #%d %s reason=%s", "started" if isinstance(event, RecordingStarted) else "stopped",
                     shown(event.channel), event.number, shown(event.directory), getattr(event, "reason", Reason.NONE).reason_name,
                 )
+            case CdnStarted() | CdnStopped():
+                if isinstance(event, CdnStarted):
+                    self._start_cdn(event, after)
+                else:
+                    self._stop_cdn(event.time)
+                self._broadcast(self._property_changed(PropertyChange.CDN_STATE, after))
+                where = f"icecast={shown(event.icecast)} hls={shown(event.hls)}" if isinstance(event, CdnStarted) else f"reason={event.reason.reason_name}"
+                log.info("cdn %s %s #%d %s", "started" if isinstance(event, CdnStarted) else "stopped", shown(event.channel), event.number, where)
             case ChannelStopped():
                 for user_id, session in self._sessions.items():
                     if user_id != event.by:
@@ -753,6 +778,40 @@ class ChannelActor:
         self.router.add_member(RECORDER_SID, recorder, publishing=False)
         self._nursery.start_soon(self._run_recorder, recorder)
 
+    def _with_cdn_outputs(self, command: ChangeCdn) -> ChangeCdn:
+        """The command with where this server's CDN outputs put the channel's stream (none
+        configured: nowhere, which decide refuses)."""
+        if self._cdn is None or not command.enabled:
+            return command
+        return attrs.evolve(
+            command, icecast=self._cdn.listen_url(self.channel_id), hls=self._cdn.playlist(self.channel_id),
+            segment_ms=command.segment_ms or self._cdn.segment_ms,
+        )
+
+    def _start_cdn(self, event: CdnStarted, channel: Channel) -> None:
+        """The CDN's recorder: one more member of the router, built by the picklable factory
+        (media/cdn.py) from the event and the settings, run like a recording's."""
+        from airwave.media.cdn import make_cdn_recorder  # PyAV loads only when a channel streams
+
+        assert self._cdn is not None and self._data_dir is not None and self._nursery is not None
+        recorder = make_cdn_recorder(
+            self._data_dir / hls_folder(event.channel) if event.hls else None,
+            self._cdn.source_url(event.channel) if event.icecast else None,
+            started_at=event.time, segment_seconds=event.segment_ms / 1000, name=event.channel,
+        )
+        for member in channel.members.values():
+            recorder.name(member.sid, member.user_id)
+        self.cdn_recorder = recorder
+        self.router.add_member(CDN_SID, recorder, publishing=False)
+        self._nursery.start_soon(self._run_recorder, recorder)
+
+    def _stop_cdn(self, at: float | None = None) -> None:
+        """As `_stop_recorder`, for the CDN's recorder (its outputs close with it)."""
+        recorder, self.cdn_recorder = self.cdn_recorder, None
+        if recorder is not None:
+            self.router.remove_member(CDN_SID)
+            recorder.stop(at)
+
     async def _run_recorder(self, recorder: Recorder) -> None:
         # Not abandoned on cancel: the actor's nursery waits until the files are closed. Its
         # own limiter: a recording holds its thread for as long as it lasts, and trio's
@@ -771,7 +830,7 @@ class ChannelActor:
 
     @staticmethod
     def _property_changed(change: PropertyChange, channel: Channel) -> PropertyChanged:
-        return PropertyChanged(int(change), channel.custom_property, channel.title, channel.record_state)
+        return PropertyChanged(int(change), channel.custom_property, channel.title, channel.record_state, channel.cdn_state)
 
     # --- periodic presence: volume changes and the audience's member count ---
 

@@ -29,6 +29,7 @@ from airwave.protocol import (
     Hello,
     Join,
     Kick,
+    EnableCdn,
     EnableRecord,
     Leave,
     Left,
@@ -68,6 +69,7 @@ from .counters import ServerMetrics
 from .core import (
     SALT_BYTES,
     URI_PREFIX,
+    ChangeCdn,
     ChangeCustomProperty,
     ChangeRecording,
     ChangeRole,
@@ -397,6 +399,8 @@ class ParticipantActor:
             case EnableRecord():
                 options = record_params(request.params)  # checked when the request was decoded
                 return ChangeRecording(at, me, request.enabled, mix=options["mix"], tracks=options["tracks"])
+            case EnableCdn():
+                return ChangeCdn(at, me, request.enabled, segment_ms=request.key_interval_ms)
         raise TypeError(f"{request.TYPE} is not a channel command")  # pragma: no cover - LIFECYCLE
 
     async def _ping(self, request: Ping) -> Reply:
@@ -697,6 +701,7 @@ LIFECYCLE: dict[SessionState, dict[type[Request], Step]] = {
         Kick: _in_channel(ParticipantActor._submit),
         SetCustomProperty: _in_channel(ParticipantActor._submit),
         EnableRecord: _in_channel(ParticipantActor._submit),
+        EnableCdn: _in_channel(ParticipantActor._submit),
         SendMessage: _in_channel(ParticipantActor._send_text),
         SubscribeAudio: _in_channel(ParticipantActor._subscribe),
         RefreshToken: _in_channel(ParticipantActor._refresh),

@@ -22,7 +22,7 @@ from airwave.protocol import DEFAULT_POLICY, QueryInfo, Reason, RolePolicy
 from airwave.protocol.text import shown
 
 from .channel import ChannelActor, ChannelReply, Envelope, Link, LogRefused, OneShot
-from .core import Channel, Command, EndChannel, LeaveChannel
+from .core import CdnSettings, Channel, Command, EndChannel, LeaveChannel
 from .core.guesses import PasswordGuesses
 
 log = logging.getLogger("airwave.registry")
@@ -72,6 +72,7 @@ class Registry:
         guesses: PasswordGuesses | None = None,
         placement: Placement | None = None,
         data_dir: Path | None = None,
+        cdn: CdnSettings | None = None,
     ) -> None:
         # Wrong channel passwords, per address and channel: the server-wide backoff.
         self.guesses = guesses or PasswordGuesses()
@@ -85,6 +86,7 @@ class Registry:
         self._suspended: dict[str, Suspension] = {}
         self._placement = placement
         self._data_dir = data_dir  # where channels record; None: they do not
+        self._cdn = cdn  # where enable_cdn streams; None: refused
         self._claims: dict[str, trio.Event] = {}  # channels being claimed (cluster mode)
 
     @property
@@ -116,6 +118,7 @@ class Registry:
                 on_idle=self._forget,
                 policy=self._policy,
                 data_dir=self._data_dir,
+                cdn=self._cdn,
                 link=claimed.link if claimed is not None else None,
                 follower=follower,
             )

@@ -19,6 +19,7 @@ from airwave.protocol import DEFAULT_POLICY, Reason, RolePolicy
 
 from .clock import now
 from .counters import ServerMetrics
+from .core.cdn import HLS_FOLDER, CdnSettings
 from .core.guesses import GuessPolicy, PasswordGuesses
 from .gateway import Gateway
 from .log import EventLog, FsyncMode, LogFailed, RecoveryReport, closing_records
@@ -60,6 +61,8 @@ class ServerSettings:
     webhook: WebhookSettings | None = None
     # The browser client served on plain HTTP on the same port; None: the page airwave ships.
     web_folder: Path | None = None
+    # Where enable_cdn streams a channel's mix: Icecast and/or HLS (served under /hls/).
+    cdn: CdnSettings = CdnSettings()
 
 
 class RunningServer:
@@ -131,6 +134,8 @@ async def start_metrics(service: trio.Nursery, server: RunningServer, settings: 
 
 async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
     site = Site.load(settings.web_folder or default_web_folder())
+    if settings.cdn.hls:
+        site = attrs.evolve(site, hls_root=settings.data_dir / HLS_FOLDER)
     event_log, report = EventLog.open(settings.data_dir, settings.fsync)
     if report.truncated_bytes:
         log.warning("event log: dropped a torn tail of %d bytes", report.truncated_bytes)
@@ -158,7 +163,7 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                 registry = Registry(
                     service, append, next_number=next_number, policy=settings.policy,
                     max_channels=settings.max_channels, guesses=PasswordGuesses(settings.password_guesses),
-                    data_dir=settings.data_dir,
+                    data_dir=settings.data_dir, cdn=settings.cdn,
                 )
                 gateway = gateway_for(registry, settings, site, metrics)
                 await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))

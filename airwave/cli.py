@@ -1,4 +1,4 @@
-"""The `airwave` command: serve, token, replay, host, listen, stop, record, admin, top, demo.
+"""The `airwave` command: serve, token, replay, host, listen, stop, record, cdn, admin, top, demo.
 
 Whatever a user gets wrong is one line on stderr that says what to do, and a non-zero exit:
 2 when the command line asks for something that cannot be done, 1 when the run failed.
@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import trio
 
 if TYPE_CHECKING:
+    from airwave.actors.core.cdn import CdnSettings
     from airwave.commands import Quit
 
 
@@ -255,8 +256,13 @@ def _serve(args: argparse.Namespace) -> int:
     elif args.webhook_secret_file:
         print("airwave: --webhook-secret-file needs --webhook URL", file=sys.stderr)
         return 2
+    try:
+        cdn = _cdn_settings(args)
+    except ValueError as exc:
+        print(f"airwave: {exc}", file=sys.stderr)
+        return 2
     settings = ServerSettings(
-        metrics_address=metrics_address, webhook=webhook,
+        metrics_address=metrics_address, webhook=webhook, cdn=cdn,
         host=args.host, port=args.port, data_dir=Path(args.data), fsync=FsyncMode(args.fsync),
         session=SessionSettings(secret=secret), stats_interval=args.stats_interval,
         transport=TransportSettings(allowed_origins=args.allow_origin),
@@ -552,6 +558,46 @@ def _stop(args: argparse.Namespace) -> int:
     ))
 
 
+def _cdn_settings(args: argparse.Namespace) -> CdnSettings:
+    """serve's CDN flags as settings: the Icecast URL checked (icecast://, a host, a port),
+    its password taken from the file when one is named."""
+    from urllib.parse import quote
+
+    from airwave.actors.core.cdn import CdnSettings
+
+    url = args.icecast_url
+    if url is None:
+        if args.icecast_password_file:
+            raise ValueError("--icecast-password-file needs --icecast-url icecast://source@HOST:PORT")
+        return CdnSettings(hls=args.hls)
+    parts = urlsplit(url)
+    if parts.scheme != "icecast" or not parts.hostname or not parts.port:
+        raise ValueError(f"--icecast-url must be icecast://source:PASSWORD@HOST:PORT, not {url.split('@')[-1]!r}")
+    if args.icecast_password_file:
+        try:
+            password = Path(args.icecast_password_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"--icecast-password-file: {exc.strerror}: {args.icecast_password_file}") from None
+        host = parts.netloc.rpartition("@")[2]
+        url = f"icecast://{quote(parts.username or 'source', safe='')}:{quote(password, safe='')}@{host}{parts.path}"
+    elif parts.password is None:
+        raise ValueError("--icecast-url has no password: give icecast://source:PASSWORD@HOST:PORT or --icecast-password-file")
+    return CdnSettings(icecast_url=url, hls=args.hls)
+
+
+def _cdn(args: argparse.Namespace) -> int:
+    from airwave import commands
+
+    try:
+        user_id, token = _identity(args, "cdn", 0)
+    except ValueError as exc:
+        return _failed(str(exc), 2)
+    return _run_client(args, lambda quit: commands.cdn(
+        args.url, args.channel, args.state == "on", key_interval_ms=args.key_interval_ms, user_id=user_id,
+        display_name=args.name or "", password=args.password, token=token, quit=quit,
+    ))
+
+
 def _record(args: argparse.Namespace) -> int:
     from airwave import commands
 
@@ -684,6 +730,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-joining", type=_positive_int, metavar="N",
         help="connections between accept and their first answered request at once (default 64; docs/operations.md)",
     )
+    cdn = serve.add_argument_group("CDN (docs/operations.md): enable_cdn streams a channel's mix to Icecast and/or HLS")
+    cdn.add_argument(
+        "--icecast-url", metavar="URL",
+        help="the Icecast server a channel's source connects to: icecast://source[:PASSWORD]@HOST:PORT; each channel "
+        "streams Ogg/Opus to its own mount /<channel>.opus (a password here is visible in ps: prefer --icecast-password-file)",
+    )
+    cdn.add_argument("--icecast-password-file", metavar="FILE", help="the Icecast source password, from this file")
+    cdn.add_argument(
+        "--hls", action="store_true",
+        help="write each streaming channel's HLS (fMP4, 1 s segments) under DATA/hls/ and serve it on this port at "
+        "/hls/<channel>/index.m3u8",
+    )
     cluster = serve.add_argument_group("cluster mode (docs/operations.md): several nodes share channels over NATS")
     cluster.add_argument(
         "--cluster", metavar="nats://HOST:PORT[,...]",
@@ -774,6 +832,14 @@ def build_parser() -> argparse.ArgumentParser:
         help='what to record, e.g. \'{"mix": true, "tracks": false}\' (default: the mix and one track per speaker)',
     )
     record.set_defaults(run=_record)
+    cdn = command("cdn", "turn streaming a channel's mix to the server's Icecast and HLS on or off (as a host)")
+    client_options(cdn, "cdn")
+    cdn.add_argument("state", choices=("on", "off"), help="on: start streaming; off: stop")
+    cdn.add_argument(
+        "--key-interval-ms", type=int, default=0, metavar="MS",
+        help="the HLS segment length, 1000-10000 ms (enable_cdn's key_interval_ms; default 0: the server's, 1000)",
+    )
+    cdn.set_defaults(run=_cdn)
     def admin_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--url", default="ws://127.0.0.1:8765", help="the server (default ws://127.0.0.1:8765)")
         sub.add_argument("--token", metavar="JWT", help="an admin token (minted by the token command); without one, this command mints its own from the secret, if given")

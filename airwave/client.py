@@ -31,12 +31,14 @@ import trio_websocket
 
 from airwave.audio import AudioReceiver, AudioSender, AudioSource, Recorder, recorder_for
 from airwave.protocol import (
+    CdnState,
     ChannelInfo,
     ChannelState,
     CustomRole,
     CustomState,
     EnableUpload,
     Error,
+    EnableCdn,
     EnableRecord,
     Join,
     Kick,
@@ -320,6 +322,7 @@ class MediaChannel:
         self._upload_wanted = False  # persists across leave and rejoin (client default: off)
         self._custom_property = ""
         self._record_state = RecordState.IDLE
+        self._cdn_state = CdnState.IDLE
         self._member_count = 0
         self._session_token = ""
         self._last_join: tuple[str, JoinParam | None] | None = None
@@ -376,6 +379,11 @@ class MediaChannel:
     def get_record_state(self) -> RecordState:
         """Whether the server records the channel (kept from the join and property changes)."""
         return self._record_state
+
+    def get_cdn_state(self) -> CdnState:
+        """Whether the server streams the channel's mix to Icecast/HLS (kept from the join
+        and property changes)."""
+        return self._cdn_state
 
     def get_statistics(self) -> str:
         """A JSON text with "Config", "Network", "Transport" and "Participants" (the vendor's keys)."""
@@ -472,6 +480,15 @@ class MediaChannel:
         on_error("enable_record", reason, message) to the caller (no_permission, ...)."""
         return self._state is ChannelState.JOINED and self._queue(lambda: self._enable_record(enable, params))
 
+    def enable_cdn(self, enable: bool, key_interval_ms: int = 0) -> bool:
+        """The vendor's enableCdn(enable, keyInterval): the server starts (or stops) streaming
+        the channel's mix to its Icecast mount and/or HLS playlist. Audio has no key frames to
+        space, so ``key_interval_ms`` is the HLS segment length (0: the server's, 1 s; else
+        1000-10000). The outcome comes as on_media_channel_property_change(cdn_state) to
+        everyone, or on_error("enable_cdn", reason, message) to the caller (no_permission;
+        server_error when the server has no CDN output)."""
+        return self._state is ChannelState.JOINED and self._queue(lambda: self._enable_cdn(enable, key_interval_ms))
+
     def refresh_token(self, token: str) -> bool:
         """A fresh join token for this session, before the current one expires; no leave."""
         return self._state is ChannelState.JOINED and self._queue(lambda: self._refresh_token(token))
@@ -523,6 +540,9 @@ class MediaChannel:
     async def enable_record_async(self, enable: bool, params: str = "") -> Reason:
         return await self._ordered(lambda: self._enable_record(enable, params))
 
+    async def enable_cdn_async(self, enable: bool, key_interval_ms: int = 0) -> Reason:
+        return await self._ordered(lambda: self._enable_cdn(enable, key_interval_ms))
+
     async def refresh_token_async(self, token: str) -> Reason:
         return await self._ordered(lambda: self._refresh_token(token))
 
@@ -565,6 +585,7 @@ class MediaChannel:
         self._session_token = info.session_token
         self._custom_property = info.custom_property
         self._record_state = info.record_state
+        self._cdn_state = info.cdn_state
         self._member_count = info.member_count
         self._participants.clear()
         for p in info.participants:
@@ -651,6 +672,13 @@ class MediaChannel:
         except ValueError as exc:  # refused here as the server would refuse it
             return self._refused("enable_record", Reason.INVALID_PARAM, str(exc))
         return self._checked("enable_record", await self._request(EnableRecord, enabled=enable, params=params))
+
+    async def _enable_cdn(self, enable: bool, key_interval_ms: int) -> Reason:
+        try:
+            EnableCdn(id=1, enabled=enable, key_interval_ms=key_interval_ms)
+        except ValueError as exc:  # refused here as the server would refuse it
+            return self._refused("enable_cdn", Reason.INVALID_PARAM, str(exc))
+        return self._checked("enable_cdn", await self._request(EnableCdn, enabled=enable, key_interval_ms=key_interval_ms))
 
     async def _refresh_token(self, token: str) -> Reason:
         reason = self._checked("refresh_token", await self._request(RefreshToken, token=token))
@@ -802,9 +830,10 @@ class MediaChannel:
                     participant = attrs.evolve(p, volume_status=status)
                     self._store(participant)
                     self._emit(VolumeChangeEvent(participant))
-            case PropertyChanged(changes=changes, custom_property=value, record_state=record_state):
+            case PropertyChanged(changes=changes, custom_property=value, record_state=record_state, cdn_state=cdn_state):
                 self._custom_property = value
                 self._record_state = record_state
+                self._cdn_state = cdn_state
                 self._emit(PropertyChangeEvent(PropertyChange(changes)))
             case MessageReceived(msg_type=msg_type, content=content, from_user_id=sender):
                 self._emit(MessageEvent(msg_type, content, sender))

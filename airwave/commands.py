@@ -334,3 +334,27 @@ async def record(
     state = "recording" if enable else "not recording"
     print(f"{channel_id!r} is {state} (the files are under the server's data directory: recordings/)", file=out, flush=True)
     return 0
+
+
+async def cdn(
+    url: str, channel_id: str, enable: bool, *, key_interval_ms: int = 0, user_id: str | None = None, display_name: str = "",
+    password: str | None = None, token: str | None = None, out: TextIO = sys.stdout, quit: Quit | None = None,
+) -> int:
+    """Joins the existing channel as a host, turns the CDN stream of its mix on or off
+    (enable_cdn), and leaves; the stream goes on without it (docs/operations.md, CDN)."""
+    async with _as_host_of_existing(
+        url, channel_id, user_id=user_id, display_name=display_name, password=password, token=token, quit=quit or Quit()
+    ) as channel:
+        reason = await channel.enable_cdn_async(enable, key_interval_ms)
+        if reason is not Reason.NONE:
+            raise CommandFailed(f"cannot turn the CDN stream {'on' if enable else 'off'} in {channel_id!r}", reason)
+        await channel.leave_async()
+    if not enable:
+        print(f"{channel_id!r} is not streaming to the CDN", file=out, flush=True)
+        return 0
+    from airwave.actors.core.cdn import hls_path, icecast_mount
+
+    http = "http" + url[len("ws"):] if url.startswith("ws") else url
+    print(f"{channel_id!r} is streaming: HLS at {http.rstrip('/')}{hls_path(channel_id)} (with serve --hls), "
+          f"Icecast on mount {icecast_mount(channel_id)} (with serve --icecast-url)", file=out, flush=True)
+    return 0

@@ -24,6 +24,11 @@ the kill (measured in tests/test_recording.py).
 The worker holds the GIL only for short stretches (a decode is ~0.04 ms, an encode ~0.2 ms;
 design.md section 3), so the fan-out thread is not starved. ``recording.json`` in the
 directory names the files and, once finalised, what was dropped.
+
+The encoded mix can also go to ``mix_outputs`` (the CDN's Icecast and HLS outputs,
+media/cdn.py): each gets every 20 ms packet of the mix, in order, silence included, the same
+bytes the mix file gets, so the mix is encoded once however many places it goes. A recorder
+with outputs and no files (``mix=""``, ``tracks=False``) writes nothing to disk itself.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import final
+from typing import Protocol, final
 
 import attrs
 import numpy as np
@@ -78,7 +83,18 @@ class RecorderStatistics:
     late: int = 0  # arrived after their place on the timeline was written
     ahead: int = 0  # dropped: more than MAX_AHEAD in front of the wall clock
     malformed: int = 0  # not a server media frame
+    output_errors: int = 0  # a mix output's write or close raised (the mix goes on)
     failed: str = ""  # why the worker stopped early, if it did
+
+
+class MixOutput(Protocol):
+    """Where the encoded mix goes besides the mix file: ``write`` gets each 20 ms Opus packet
+    in order, from the recorder's worker, and should return at once (an output that talks to
+    the network queues and sends on a thread of its own); ``close`` ends it."""
+
+    def write(self, packet: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _media_of(frame: bytes) -> tuple[int, int, int, bytes] | None:
@@ -149,14 +165,20 @@ class Recorder:
         wall_clock: Callable[[], float] = time.time,
         description: dict[str, object] | None = None,
         started_at: float | None = None,
+        mix_outputs: Sequence[MixOutput] = (),
     ) -> None:
         """``started_at`` (wall clock, epoch seconds; default now) is where the files begin: the
         recording_started event's time, which is a moment before the recorder exists (the event
-        was made durable first), so the files line up with the event log."""
+        was made durable first), so the files line up with the event log. ``mix_outputs`` get
+        the encoded mix too (the recorder closes them when it ends); with no mix file and no
+        tracks, ``directory`` is never created and no ``recording.json`` is written."""
         self.directory = directory
         self.stats = RecorderStatistics()
         self._mix_file = mix
         self._tracks_wanted = tracks
+        self._mix_outputs = tuple(mix_outputs)
+        self._writes_files = bool(mix or tracks)
+        self._mixing = bool(mix or self._mix_outputs)  # decode and encode the mix at all
         self._capacity = queue_frames
         self._clock = clock
         self._queue: deque[tuple[float, bytes]] = deque()
@@ -210,17 +232,21 @@ class Recorder:
             self.finished.set()
 
     def _run(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if self._writes_files:
+            self.directory.mkdir(parents=True, exist_ok=True)
         self._silence = _silent_packet()
         self._speakers: dict[str, _Speaker] = {}
         self._by_sid: dict[int, _Speaker] = {}
         self._mix_sink = self._mix_encoder = None
-        if self._mix_file:
+        if self._mixing:
             self._mix_encoder = OpusEncoder(MIX_BITRATE)
+        if self._mix_file:
+            assert self._mix_encoder is not None
             self._mix_sink = self._open(self._mix_file, self._mix_encoder.pre_skip)
         self._mix_pre_skip = self._mix_encoder.pre_skip if self._mix_encoder else DEFAULT_PRE_SKIP
         self._ring = np.zeros(_RING, np.int32)
         self._mixed = 0  # samples of the decoded timeline encoded into the mix so far
+        self._mix_muxed = 0  # samples of mix packets made so far (the muxed timeline)
         self._mix_silent = False
         self._write_manifest()
         try:
@@ -238,6 +264,12 @@ class Recorder:
                     speaker.track.close()
             if self._mix_sink is not None:
                 self._mix_sink.close()
+            for output in self._mix_outputs:
+                try:
+                    output.close()
+                except Exception:
+                    self.stats.output_errors += 1
+                    log.exception("closing the mix output %r failed", output)
             self._closed = True
             self._write_manifest()
 
@@ -291,7 +323,7 @@ class Recorder:
         speaker = self._speakers.get(user_id)
         if speaker is None:
             track = self._open(track_name(user_id), DEFAULT_PRE_SKIP) if self._tracks_wanted else None
-            speaker = _Speaker(user_id, track, OpusDecoder() if self._mix_file else None)
+            speaker = _Speaker(user_id, track, OpusDecoder() if self._mixing else None)
             self._speakers[user_id] = speaker
             self._write_manifest()
         if speaker.sid != -1:
@@ -377,13 +409,12 @@ class Recorder:
         """Encodes every whole frame of the mix that is final: before ``target`` and before
         every speaker's position (their next packet lands there or later). At the end, frames
         until the file's decoded length reaches ``target``."""
-        if self._mix_sink is None or self._mix_encoder is None:
+        if self._mix_encoder is None:
             return
         if not final:
             target = min([target, *(s.position - DEFAULT_PRE_SKIP for s in self._speakers.values())])
-        sink = self._mix_sink
         while True:
-            decoded_length = sink.samples_written - self._mix_pre_skip
+            decoded_length = self._mix_muxed - self._mix_pre_skip
             if final:
                 if decoded_length >= target:
                     break
@@ -393,17 +424,35 @@ class Recorder:
             frame = self._ring[begin : begin + FRAME_SAMPLES]
             silent = not frame.any()
             if silent and self._mix_silent:
-                sink.write(self._silence)  # a run of silence costs no encode
+                packet = self._silence  # a run of silence costs no encode
             else:
                 pcm = np.clip(frame, -32768, 32767).astype(np.int16)
-                sink.write(self._mix_encoder.encode(pcm))
+                packet = self._mix_encoder.encode(pcm)
+            self._emit_mix(packet)
             self._mix_silent = silent
             frame[:] = 0
             self._mixed += FRAME_SAMPLES
 
+    def _emit_mix(self, packet: bytes) -> None:
+        """One encoded frame of the mix to the mix file and to every output. An output that
+        raises is counted and logged, never allowed to end the recording."""
+        if self._mix_sink is not None:
+            self._mix_sink.write(packet)
+        for output in self._mix_outputs:
+            try:
+                output.write(packet)
+            except Exception:
+                self.stats.output_errors += 1
+                if self.stats.output_errors == 1:
+                    log.exception("a mix output failed (counted in output_errors; logged once)")
+        self._mix_muxed += FRAME_SAMPLES
+
     def _write_manifest(self) -> None:
         """``recording.json``: what the directory holds, rewritten when a speaker's track is
-        added and when the recording ends (written to a temporary name, then renamed)."""
+        added and when the recording ends (written to a temporary name, then renamed). A
+        recorder that writes no files (only mix outputs) has no manifest either."""
+        if not self._writes_files:
+            return
         speakers = getattr(self, "_speakers", {})
         stopped = self._stopped_at
         manifest = {

@@ -89,11 +89,14 @@ class OggOpusSink(_ClosedOnExit):
         channels: int = 1,
         pre_skip: int = DEFAULT_PRE_SKIP,
         options: dict[str, str] | None = None,
+        container_format: str = "ogg",
     ) -> None:
         """``options`` are FFmpeg's muxer and format options: the recorder's
-        ``page_duration`` (microseconds of audio per Ogg page) and ``flush_packets``."""
+        ``page_duration`` (microseconds of audio per Ogg page) and ``flush_packets``.
+        ``container_format`` "tee" sends the stream to a tee muxer's slave (``path`` is then
+        ``[f=ogg:...]URL``): the CDN's Icecast source, whose protocol options go there."""
         head = opus_head(channels=channels, pre_skip=pre_skip)
-        container = av.open(os.fspath(path), "w", format="ogg", options=options or {})
+        container = av.open(os.fspath(path), "w", format=container_format, options=options or {})
         try:
             stream = container.add_stream("libopus", rate=SAMPLE_RATE)
             stream.codec_context.layout = "mono" if channels == 1 else "stereo"

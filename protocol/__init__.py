@@ -30,6 +30,7 @@ from .model import (
     AUDIENCE_ROLE,
     HOST_ROLE,
     ON_THE_MIC,
+    CdnState,
     ChannelState,
     CustomRole,
     CustomState,

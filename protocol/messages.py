@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import attrs
 
 from . import limits
-from .model import CustomRole, CustomState, NetStatus, ParticipantType, RecordState, VolumeStatus
+from .model import CdnState, CustomRole, CustomState, NetStatus, ParticipantType, RecordState, VolumeStatus
 from .reasons import Reason
 
 # What ``from .messages import *`` re-exports from airwave.protocol: the messages and the values
@@ -35,6 +35,7 @@ __all__ = [
     "MemberSummary",
     "SERVER_MESSAGE_TYPES",
     "ChannelInfo",
+    "EnableCdn",
     "EnableRecord",
     "EnableUpload",
     "Error",
@@ -256,6 +257,8 @@ class ChannelInfo:
     record_state: RecordState = attrs.field(
         default=RecordState.IDLE, converter=_to_enum(RecordState), validator=_enum_of(RecordState)
     )
+    # Whether the channel's mix is streamed to Icecast and/or HLS (enable_cdn).
+    cdn_state: CdnState = attrs.field(default=CdnState.IDLE, converter=_to_enum(CdnState), validator=_enum_of(CdnState))
 
     @participants.validator
     def _check_participants(self, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
@@ -406,6 +409,29 @@ class EnableRecord:
     id: int = attrs.field(validator=_request_id)
     enabled: bool = attrs.field(validator=_boolean)
     params: str = attrs.field(default="", validator=_record_params_text)
+
+
+# enable_cdn's key_interval_ms: 0 (the server's segment length) or an HLS segment length.
+CDN_KEY_INTERVAL_MS = (1_000, 10_000)
+
+
+def _key_interval(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    low, high = CDN_KEY_INTERVAL_MS
+    if type(value) is not int or not (value == 0 or low <= value <= high):
+        raise ValueError(f"{attribute.name} must be 0 or an integer from {low} to {high}, not {value!r}")
+
+
+@attrs.frozen
+class EnableCdn:
+    """The vendor's enableCdn(enable, keyInterval): start or stop streaming the channel's mix
+    to the server's CDN outputs (Icecast, HLS). Audio has no key frames to space out (every
+    Opus packet is one), so ``key_interval_ms`` is the HLS segment length: 0 takes the
+    server's (docs/protocol.md, enable_cdn)."""
+
+    TYPE: ClassVar[str] = "enable_cdn"
+    id: int = attrs.field(validator=_request_id)
+    enabled: bool = attrs.field(validator=_boolean)
+    key_interval_ms: int = attrs.field(default=0, validator=_key_interval)
 
 
 @attrs.frozen
@@ -596,7 +622,7 @@ class MemberSummary:
 
 Request = (
     Hello | Join | Leave | Stop | SetRole | SetState | EnableUpload | Kick | Query | SendMessage
-    | SetCustomProperty | SubscribeAudio | Ping | RefreshToken | Resume | EnableRecord | AdminRequest
+    | SetCustomProperty | SubscribeAudio | Ping | RefreshToken | Resume | EnableRecord | EnableCdn | AdminRequest
 )
 
 # --- server to client -----------------------------------------------------------------------
@@ -669,6 +695,7 @@ class PropertyChanged:
     record_state: RecordState = attrs.field(
         default=RecordState.IDLE, converter=_to_enum(RecordState), validator=_enum_of(RecordState)
     )
+    cdn_state: CdnState = attrs.field(default=CdnState.IDLE, converter=_to_enum(CdnState), validator=_enum_of(CdnState))
 
 
 @attrs.frozen
@@ -716,7 +743,7 @@ ServerMessage = (
 
 REQUEST_TYPES: tuple[type, ...] = (
     Hello, Join, Leave, Stop, SetRole, SetState, EnableUpload, Kick, Query, SendMessage,
-    SetCustomProperty, SubscribeAudio, Ping, RefreshToken, Resume, EnableRecord, *ADMIN_REQUEST_TYPES,
+    SetCustomProperty, SubscribeAudio, Ping, RefreshToken, Resume, EnableRecord, EnableCdn, *ADMIN_REQUEST_TYPES,
 )
 SERVER_MESSAGE_TYPES: tuple[type, ...] = (
     Reply, ParticipantJoined, ParticipantLeft, ParticipantUpdated, VolumeChanged, PropertyChanged,

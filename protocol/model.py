@@ -112,6 +112,14 @@ class RecordState(enum.IntEnum):
     RECORDING = 1
 
 
+class CdnState(enum.IntEnum):
+    """Whether the server streams the channel's mix to its CDN outputs, Icecast and/or HLS
+    (ChannelInfo.cdn_state, property_changed)."""
+
+    IDLE = 0
+    STREAMING = 1
+
+
 def volume_status_for_level(level: int) -> VolumeStatus:
     """The vendor's buckets: 0 -> zero, 1-30 low, 31-60 mid, 61-100 high."""
     if level <= 0:

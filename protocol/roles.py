@@ -17,10 +17,11 @@ class Permission(enum.IntFlag):
     KICK = 1 << 2
     STOP = 1 << 3
     RECORD = 1 << 4  # start and stop the server's recording of the channel
+    CDN = 1 << 5  # start and stop streaming the channel's mix to Icecast and HLS
 
     @classmethod
     def host(cls) -> Permission:
-        return cls.PUBLISH | cls.MANAGE | cls.KICK | cls.STOP | cls.RECORD
+        return cls.PUBLISH | cls.MANAGE | cls.KICK | cls.STOP | cls.RECORD | cls.CDN
 
 
 def _default_roles() -> dict[CustomRole, Permission]:

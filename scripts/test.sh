@@ -9,9 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian packages the tests need, installed once (CI's machine is fresh): chromium and
 # espeak-ng for the browser tests (Debian's chromium, never a downloaded one: a fake
-# microphone plays espeak-ng speech), nats-server (with JetStream) for the cluster tests.
+# microphone plays espeak-ng speech), nats-server (with JetStream) for the cluster tests,
+# icecast2 for the CDN tests (each command has its package's name).
 missing=""
-for tool in chromium espeak-ng nats-server; do
+for tool in chromium espeak-ng nats-server icecast2; do
     command -v "$tool" >/dev/null || missing="$missing $tool"
 done
 if [ -n "$missing" ]; then

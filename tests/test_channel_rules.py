@@ -24,6 +24,7 @@ from airwave.actors.core import (
     OperatorStop,
     Rejected,
     ChangeCustomProperty,
+    ChangeCdn,
     ChangeRecording,
     ChangeRole,
     ChangeState,
@@ -45,6 +46,8 @@ from airwave.actors.core.events import (
     MuteChanged,
     RecordingStarted,
     RecordingStopped,
+    CdnStarted,
+    CdnStopped,
     RoleChanged,
     StateChanged,
     event_to_record,
@@ -56,6 +59,7 @@ from airwave.protocol import (
     Permission,
     Reason,
     RecordState,
+    CdnState,
     RolePolicy,
     limits,
 )
@@ -945,3 +949,73 @@ def test_a_channel_that_ends_stops_its_recording_first(ending: object, reason: R
     assert [s.reason for s in stops] == [reason]
     assert isinstance(events[-1], ChannelStopped) and events.index(stops[0]) == len(events) - 2
     assert applied(channel, Accepted(events)).recording is None
+
+
+# --- CDN (issue 18): enable_cdn streams the mix to Icecast and HLS; a channel's end stops it -
+
+
+ICE, HLS = "http://127.0.0.1:8000/222.opus", "/hls/222/index.m3u8"
+
+
+def test_enable_cdn_by_host_starts_the_stream_where_the_server_put_it() -> None:
+    channel = hosted("bob")
+
+    events = accepted(decide(channel, ChangeCdn(2.0, "host", True, ICE, HLS)))
+
+    assert [type(e) for e in events] == [CdnStarted]
+    assert (events[0].icecast, events[0].hls, events[0].segment_ms, events[0].by) == (ICE, HLS, 1000, "host")
+    after = applied(channel, Accepted(events))
+    assert after.cdn_state is CdnState.STREAMING and after.cdn is not None and after.cdn.hls == HLS
+
+
+def test_enable_cdn_by_audience_is_refused_no_permission_even_without_outputs() -> None:
+    channel = hosted("bob")
+
+    refused(decide(channel, ChangeCdn(2.0, "bob", True, ICE, HLS)), Reason.NO_PERMISSION)
+    refused(decide(channel, ChangeCdn(2.0, "bob", True)), Reason.NO_PERMISSION)
+    no_cdn = RolePolicy(roles={**DEFAULT_POLICY.roles, HOST: Permission.host() & ~Permission.CDN})
+    refused(decide(channel, ChangeCdn(2.0, "host", True, ICE, HLS), no_cdn), Reason.NO_PERMISSION)
+
+
+def test_enable_cdn_with_neither_icecast_nor_hls_is_invalid_param() -> None:
+    # The channel actor refuses first, with server_error, on a server without CDN outputs.
+    refused(decide(hosted(), ChangeCdn(2.0, "host", True)), Reason.INVALID_PARAM)
+
+
+def test_enable_cdn_key_interval_sets_the_segment_length() -> None:
+    events = accepted(decide(hosted(), ChangeCdn(2.0, "host", True, "", HLS, segment_ms=2000)))
+
+    assert events[0].segment_ms == 2000
+
+
+def test_enable_cdn_twice_changes_nothing_and_disable_stops_it_by_the_host() -> None:
+    channel = hosted()
+    assert accepted(decide(channel, ChangeCdn(2.0, "host", False))) == ()
+    channel = applied(channel, decide(channel, ChangeCdn(2.0, "host", True, ICE, "")))
+    assert accepted(decide(channel, ChangeCdn(3.0, "host", True, ICE, ""))) == ()
+
+    events = accepted(decide(channel, ChangeCdn(4.0, "host", False)))
+
+    assert [(type(e), e.reason, e.by) for e in events] == [(CdnStopped, Reason.NONE, "host")]
+    assert applied(channel, Accepted(events)).cdn_state is CdnState.IDLE
+
+
+@pytest.mark.parametrize(
+    ("ending", "reason"),
+    [
+        (lambda: StopChannel(5.0, "host"), Reason.OVER),
+        (lambda: LeaveChannel(5.0, "host"), Reason.OVER),
+        (lambda: EndChannel(5.0, Reason.SERVER_SHUTDOWN), Reason.SERVER_SHUTDOWN),
+        (lambda: EndChannel(5.0, Reason.SERVER_RESTART), Reason.SERVER_RESTART),
+    ],
+)
+def test_a_channel_that_ends_stops_its_cdn_after_its_recording(ending: object, reason: Reason) -> None:
+    channel = hosted()
+    channel = applied(channel, decide(channel, ChangeRecording(2.0, "host", True)))
+    channel = applied(channel, decide(channel, ChangeCdn(2.0, "host", True, ICE, HLS)))
+
+    events = accepted(decide(channel, ending()))  # type: ignore[operator]
+
+    assert [type(e) for e in events[-3:]] == [RecordingStopped, CdnStopped, ChannelStopped]
+    assert events[-2].reason is reason
+    assert applied(channel, Accepted(events)).cdn is None

@@ -26,6 +26,8 @@ from airwave.actors.core.events import (
     MemberJoined,
     MemberLeft,
     MuteChanged,
+    CdnStarted,
+    CdnStopped,
     RecordingStarted,
     RecordingStopped,
     RoleChanged,
@@ -81,6 +83,7 @@ def test_event_types_cover_every_event_class_under_its_wire_tag() -> None:
     classes = (
         ChannelCreated, MemberJoined, RoleChanged, StateChanged, AudioUploadChanged,
         CustomPropertyChanged, MemberLeft, MuteChanged, ChannelStopped, RecordingStarted, RecordingStopped,
+        CdnStarted, CdnStopped,
     )
 
     assert EVENT_TYPES == {cls.TYPE: cls for cls in classes}

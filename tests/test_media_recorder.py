@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from airwave.media.opus import OpusEncoder
+from airwave.media.opus import OpusEncoder, packet_samples
 from airwave.media.recorder import Recorder, track_name
 from airwave.protocol.media import encode_client_media, relay_frame
 from airwave.protocol.wsframe import server_binary_frame
@@ -58,3 +58,45 @@ def test_recorder_names_a_track_by_user_slug_and_lists_it_in_the_manifest(tmp_pa
     assert manifest["finalised"] and manifest["tracks"] == {"ann/../x": track_name("ann/../x")}
     assert track_name("ann/../x") == "speaker-ann%2F%2E%2E%2Fx.opus"
     assert (tmp_path / "r" / track_name("ann/../x")).exists()
+
+
+class Collected:
+    """A mix output that keeps what it is given."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.packets: list[bytes] = []
+        self.closed = False
+        self.fail = fail
+
+    def write(self, packet: bytes) -> None:
+        if self.fail:
+            raise OSError("the network is away")
+        self.packets.append(packet)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_recorder_with_mix_outputs_only_writes_no_files_and_feeds_every_20_ms_of_the_mix(tmp_path: Path) -> None:
+    outputs, failing = Collected(), Collected(fail=True)
+    started_at = time.time()
+    recorder = Recorder(tmp_path / "cdn", mix="", tracks=False, mix_outputs=(failing, outputs), started_at=started_at)
+    recorder.name(7, "ann")
+    worker = threading.Thread(target=recorder.run)
+    worker.start()
+    for seq in range(10):
+        recorder.send_frame_nowait(media_frame(7, seq), droppable=True)
+        time.sleep(0.02)
+    time.sleep(0.2)
+    stopped_at = time.time()
+    recorder.stop(stopped_at)
+    worker.join(5)
+
+    assert not (tmp_path / "cdn").exists()  # no directory, no recording.json, no track
+    assert outputs.closed and failing.closed and not recorder.stats.failed
+    # Continuous from the start to the stop, silence included: a packet per 20 ms (the
+    # decoded length counts from the encoder's pre-skip: one more, at most).
+    frames = (stopped_at - started_at) / 0.020
+    assert frames - 0.5 <= len(outputs.packets) <= frames + 1.5, (len(outputs.packets), frames)
+    assert all(packet_samples(p) == 960 for p in outputs.packets)
+    assert recorder.stats.output_errors == len(outputs.packets)  # the failing one, counted, never fatal

@@ -24,6 +24,7 @@ from airwave.protocol import (
     ChannelInfo,
     CustomRole,
     CustomState,
+    EnableCdn,
     EnableRecord,
     EnableUpload,
     Error,
@@ -49,6 +50,7 @@ from airwave.protocol import (
     QueryInfo,
     Reason,
     RecordState,
+    CdnState,
     Reply,
     SendMessage,
     SetCustomProperty,
@@ -376,6 +378,16 @@ REQUEST_GOLDEN: list[tuple[Any, bytes]] = [
         ),
     ),
     (
+        EnableCdn(id=20, enabled=True, key_interval_ms=2000),
+        _h(
+            "84",  # map, 4 entries
+            "a474797065 aa656e61626c655f63646e",  # type
+            "a26964 14",  # id
+            "a7656e61626c6564 c3",  # enabled
+            "af6b65795f696e74657276616c5f6d73 cd07d0",  # key_interval_ms
+        ),
+    ),
+    (
         EnableRecord(id=19, enabled=True, params='{"tracks": false}'),
         _h(
             "84",  # map, 4 entries
@@ -483,12 +495,13 @@ SERVER_GOLDEN: list[tuple[Any, bytes]] = [
     (
         PropertyChanged(changes=8, custom_property="{}"),
         _h(
-            "85",  # map, 5 entries
+            "86",  # map, 6 entries
             "a474797065 b070726f70657274795f6368616e676564",  # type
             "a76368616e676573 08",  # changes
             "af637573746f6d5f70726f7065727479 a27b7d",  # custom_property
             "a57469746c65 a0",  # title
             "ac7265636f72645f7374617465 00",  # record_state
+            "a963646e5f7374617465 00",  # cdn_state
         ),
     ),
     (
@@ -693,7 +706,7 @@ DOC_FRAMES: dict[str, bytes] = {
         "ab6d61785f73656e64657273c0a5746f6b656ec0"
     ),
     "join_reply": _h(
-        "85a474797065a57265706c79a2696402a6726561736f6e00a76d657373616765a0a6726573756c748eaa6368"
+        "85a474797065a57265706c79a2696402a6726561736f6e00a76d657373616765a0a6726573756c748faa6368"
         "616e6e656c5f6964a5726164696fab6368616e6e656c5f757269ad616972776176653a726164696fae636861"
         "6e6e656c5f6e756d62657201a57469746c65a0af637573746f6d5f70726f7065727479a0a863617061636974"
         "79cd2710ac6861735f70617373776f7264c2ac6d656d6265725f636f756e7401ae6865617274626561745f74"
@@ -701,7 +714,7 @@ DOC_FRAMES: dict[str, bytes] = {
         "7473918aa7757365725f6964a5616c696365a373696401ac646973706c61795f6e616d65a5416c696365a472"
         "6f6c65cd1000a5737461746500a5617564696fc3ad766f6c756d655f73746174757301aa6e65745f73746174"
         "757304a47479706500aa69735f63726561746f72c3ad73657373696f6e5f746f6b656eb66e51345a62583263"
-        "52376d547130774c733945764b67ac7265636f72645f737461746500"
+        "52376d547130774c733945764b67ac7265636f72645f737461746500a963646e5f737461746500"
     ),
     "refresh_token_request": _h(
         "83a474797065ad726566726573685f746f6b656ea2696403a5746f6b656ed9c565794a68624763694f694a49"
@@ -871,6 +884,7 @@ REQUEST_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     Ping: st.builds(Ping, id=request_ids),
     RefreshToken: st.builds(RefreshToken, id=request_ids, token=tokens),
     Resume: st.builds(Resume, id=request_ids, session_token=session_tokens),
+    EnableCdn: st.builds(EnableCdn, id=request_ids, enabled=st.booleans(), key_interval_ms=st.sampled_from([0, 1000, 2000, 10000])),
     EnableRecord: st.builds(
         EnableRecord, id=request_ids, enabled=st.booleans(),
         params=st.sampled_from(["", "{}", '{"mix": true}', '{"tracks": false}', '{"mix": false, "tracks": true}']),
@@ -912,6 +926,7 @@ channel_infos = st.builds(
     participants=st.lists(participants, max_size=4),
     session_token=st.just("") | session_tokens,
     record_state=st.sampled_from(RecordState),
+    cdn_state=st.sampled_from(CdnState),
 )
 query_infos = st.builds(
     QueryInfo, channel_id=channel_ids, channel_number=channel_numbers, client_count=counts,
@@ -939,6 +954,7 @@ SERVER_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         custom_property=_utf8(0, limits.MAX_PROPERTY_BYTES),
         title=_utf8(0, limits.MAX_PROPERTY_BYTES),
         record_state=st.sampled_from(RecordState),
+        cdn_state=st.sampled_from(CdnState),
     ),
     MessageReceived: st.builds(
         MessageReceived,

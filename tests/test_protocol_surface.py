@@ -40,7 +40,7 @@ PUBLIC_NAMES = sorted(
     """
     ADMIN_REQUEST_TYPES AdminChannels AdminEndSession AdminKick AdminMembers AdminMute AdminRequest
     AdminStop ChannelSummary MemberSummary summaries_from_wire
-    AUDIENCE_ROLE ChannelInfo ChannelState CustomRole CustomState DEFAULT_POLICY EnableRecord EnableUpload
+    AUDIENCE_ROLE CdnState ChannelInfo ChannelState CustomRole CustomState DEFAULT_POLICY EnableCdn EnableRecord EnableUpload
     Error HOST_ROLE Hello Join Kick Leave Left MediaPacket MemberCount MessageReceived NetStatus
     ON_THE_MIC ParticipantChange ParticipantInfo ParticipantJoined ParticipantLeft ParticipantType
     ParticipantUpdated Permission Ping PropertyChange PropertyChanged ProtocolError Query QueryInfo
@@ -76,7 +76,7 @@ def test_protocol_wire_type_tags_are_pinned() -> None:
     assert [cls.TYPE for cls in REQUEST_TYPES] == [
         "hello", "join", "leave", "stop", "set_role", "set_state", "enable_upload", "kick", "query",
         "send_message", "set_custom_property", "subscribe_audio", "ping", "refresh_token", "resume",
-        "enable_record",
+        "enable_record", "enable_cdn",
         "admin_channels", "admin_members", "admin_kick", "admin_stop", "admin_mute", "admin_end_session",
     ]
     assert [cls.TYPE for cls in SERVER_MESSAGE_TYPES] == [
@@ -216,7 +216,7 @@ def test_volume_status_for_level_uses_the_vendors_buckets(level: int, status: Vo
 
 
 def test_default_policy_host_role_0_does_everything_and_the_rest_listen() -> None:
-    host = Permission.PUBLISH | Permission.MANAGE | Permission.KICK | Permission.STOP | Permission.RECORD
+    host = Permission.PUBLISH | Permission.MANAGE | Permission.KICK | Permission.STOP | Permission.RECORD | Permission.CDN
     assert [DEFAULT_POLICY.permissions(role, CustomState.NONE) for role in CustomRole] == [
         Permission.NONE, host, Permission.NONE, Permission.NONE, Permission.NONE
     ]

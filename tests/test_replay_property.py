@@ -37,6 +37,7 @@ from airwave.actors.core import (
     OperatorStop,
     Rejected,
     ChangeCustomProperty,
+    ChangeCdn,
     ChangeRecording,
     ChangeRole,
     ChangeState,
@@ -265,6 +266,12 @@ class ChannelWorld(RuleBasedStateMachine):
         channel_id = data.draw(self.channel_ids)
         actor = self.someone(data, channel_id, prefer=self.a_host)
         self.run(channel_id, lambda t: ChangeRecording(t, actor, enabled, mix, tracks))
+
+    @rule(data=st.data(), enabled=st.sampled_from([True, True, False]), outputs=st.sampled_from([("", ""), ("http://ice/a.opus", ""), ("", "/hls/a/index.m3u8")]))
+    def enable_cdn(self, data: st.DataObject, enabled: bool, outputs: tuple[str, str]) -> None:
+        channel_id = data.draw(self.channel_ids)
+        actor = self.someone(data, channel_id, prefer=self.a_host)
+        self.run(channel_id, lambda t: ChangeCdn(t, actor, enabled, *outputs))
 
     # --- what must hold after every step ----------------------------------------------------
 

@@ -18,6 +18,7 @@ import msgpack
 from airwave.protocol import CustomRole, CustomState, Reason
 
 from ..core import (
+    ChangeCdn,
     ChangeCustomProperty,
     ChangeRecording,
     ChangeRole,
@@ -38,7 +39,7 @@ COMMAND_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
         JoinChannel, LeaveChannel, StopChannel, EndChannel, ChangeRole, ChangeState, ChangeUpload, KickMember,
-        ChangeCustomProperty, ChangeRecording, OperatorKick, OperatorStop, OperatorMute,
+        ChangeCustomProperty, ChangeRecording, ChangeCdn, OperatorKick, OperatorStop, OperatorMute,
     )
 }
 # Fields whose values are enums or sets of them; every other field is a plain msgpack value.

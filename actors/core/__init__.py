@@ -5,7 +5,9 @@ arrive inside the commands, so ``decide`` and ``evolve`` are plain functions, te
 I/O, and replay is the same fold as the live channel.
 """
 
+from .cdn import CdnSettings, hls_folder, icecast_mount
 from .commands import (
+    ChangeCdn,
     ChangeCustomProperty,
     ChangeRecording,
     ChangeRole,
@@ -25,6 +27,8 @@ from .commands import (
 from .decide import Accepted, Decision, Rejected, decide
 from .events import (
     AudioUploadChanged,
+    CdnStarted,
+    CdnStopped,
     ChannelCreated,
     ChannelStopped,
     CustomPropertyChanged,
@@ -42,7 +46,7 @@ from .events import (
 )
 from .passwords import SALT_BYTES, hash_password, password_matches
 from .recordings import MIX_FILE, RECORDINGS_FOLDER, recording_directory
-from .state import URI_PREFIX, Channel, EventOutOfPlace, Member, Recording, channel_uri, evolve, fold
+from .state import URI_PREFIX, Cdn, Channel, EventOutOfPlace, Member, Recording, channel_uri, evolve, fold
 
 __all__ = [
     "MIX_FILE",
@@ -51,6 +55,11 @@ __all__ = [
     "URI_PREFIX",
     "Accepted",
     "AudioUploadChanged",
+    "Cdn",
+    "CdnSettings",
+    "CdnStarted",
+    "CdnStopped",
+    "ChangeCdn",
     "ChangeCustomProperty",
     "ChangeRecording",
     "ChangeRole",
@@ -91,6 +100,8 @@ __all__ = [
     "evolve",
     "fold",
     "hash_password",
+    "hls_folder",
+    "icecast_mount",
     "password_matches",
     "recording_directory",
 ]

@@ -108,6 +108,20 @@ class ChangeRecording:
     tracks: bool = True
 
 
+@attrs.frozen
+class ChangeCdn:
+    """enable_cdn: start or stop streaming the mix. ``icecast`` and ``hls`` are where it would
+    go (the listen URL, the playlist path; "" where the server has no such output), filled in
+    from the server's settings by the channel actor; ``segment_ms`` 0: the server's."""
+
+    time: float
+    actor: str
+    enabled: bool
+    icecast: str = ""
+    hls: str = ""
+    segment_ms: int = 0
+
+
 # --- an operator's commands (admin requests): the operator is not a member, so they are
 # decided on the channel alone, and the events name the operator instead of a member.
 
@@ -137,5 +151,5 @@ OperatorCommand = OperatorKick | OperatorStop | OperatorMute
 
 Command = (
     JoinChannel | LeaveChannel | StopChannel | EndChannel | ChangeRole | ChangeState | ChangeUpload | KickMember
-    | ChangeCustomProperty | ChangeRecording | OperatorCommand
+    | ChangeCustomProperty | ChangeRecording | ChangeCdn | OperatorCommand
 )

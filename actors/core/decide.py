@@ -10,6 +10,7 @@ import attrs
 from airwave.protocol import DEFAULT_POLICY, CustomRole, CustomState, Permission, Reason, RolePolicy, limits
 
 from .commands import (
+    ChangeCdn,
     ChangeCustomProperty,
     ChangeRecording,
     ChangeRole,
@@ -27,6 +28,8 @@ from .commands import (
 )
 from .events import (
     AudioUploadChanged,
+    CdnStarted,
+    CdnStopped,
     ChannelCreated,
     ChannelStopped,
     CustomPropertyChanged,
@@ -39,6 +42,7 @@ from .events import (
     RoleChanged,
     StateChanged,
 )
+from .cdn import DEFAULT_SEGMENT_MS
 from .passwords import hash_password, password_matches
 from .recordings import MIX_FILE, recording_directory
 from .state import Channel, Member, evolve
@@ -70,7 +74,7 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
         return _decide_operator(channel, command)
     actor_id = (
         command.actor
-        if isinstance(command, ChangeRole | ChangeState | KickMember | ChangeCustomProperty | ChangeRecording)
+        if isinstance(command, ChangeRole | ChangeState | KickMember | ChangeCustomProperty | ChangeRecording | ChangeCdn)
         else command.user_id
     )
     actor = channel.members.get(actor_id)
@@ -84,7 +88,7 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
             if not granted & Permission.STOP:
                 return Rejected(Reason.NO_PERMISSION, "only a host may stop the channel")
             stopped = ChannelStopped(command.time, channel.channel_id, channel.number, Reason.OVER, actor.user_id)
-            return Accepted((*_recording_stops(channel, command.time, Reason.OVER), stopped))
+            return Accepted((*_stream_stops(channel, command.time, Reason.OVER), stopped))
         case KickMember():
             if not granted & Permission.KICK:
                 return Rejected(Reason.NO_PERMISSION, "only a host may kick")
@@ -128,6 +132,8 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
                 command.tracks, actor.user_id,
             )
             return Accepted((started,))
+        case ChangeCdn():
+            return _decide_cdn(channel, command, actor, granted)
     raise TypeError(f"not a channel command: {command!r}")  # pragma: no cover
 
 
@@ -248,7 +254,7 @@ def _decide_operator(channel: Channel, command: OperatorKick | OperatorStop | Op
     """An operator is no member and has every permission; only the target must exist."""
     if isinstance(command, OperatorStop):
         stopped = ChannelStopped(command.time, channel.channel_id, channel.number, Reason.OVER, None, command.operator)
-        return Accepted((*_recording_stops(channel, command.time, Reason.OVER), stopped))
+        return Accepted((*_stream_stops(channel, command.time, Reason.OVER), stopped))
     target = channel.members.get(command.target)
     if target is None:
         return Rejected(Reason.NOT_FOUND, f"{command.target!r} is not in channel {channel.channel_id!r}")
@@ -267,9 +273,9 @@ def _leave_events(
 ) -> tuple[Event, ...]:
     left = MemberLeft(time, channel.channel_id, channel.number, user_id, reason, by, operator)
     if len(channel.members) == 1:
-        # Decision 9: the channel ends with its last member, and so does its recording.
+        # Decision 9: the channel ends with its last member, and so do its recording and CDN.
         stopped = ChannelStopped(time, channel.channel_id, channel.number, Reason.NONE, None)
-        return (left, *_recording_stops(channel, time, Reason.OVER), stopped)
+        return (left, *_stream_stops(channel, time, Reason.OVER), stopped)
     return (left,)
 
 
@@ -278,7 +284,7 @@ def _end_events(channel: Channel, time: float, reason: Reason) -> tuple[Event, .
         MemberLeft(time, channel.channel_id, channel.number, m.user_id, reason) for m in channel.members_in_join_order()
     )
     return (
-        *lefts, *_recording_stops(channel, time, reason), ChannelStopped(time, channel.channel_id, channel.number, Reason.NONE, None)
+        *lefts, *_stream_stops(channel, time, reason), ChannelStopped(time, channel.channel_id, channel.number, Reason.NONE, None)
     )
 
 
@@ -287,3 +293,30 @@ def _recording_stops(channel: Channel, time: float, reason: Reason) -> tuple[Eve
     if channel.recording is None:
         return ()
     return (RecordingStopped(time, channel.channel_id, channel.number, channel.recording.directory, reason, None),)
+
+
+def _cdn_stops(channel: Channel, time: float, reason: Reason) -> tuple[Event, ...]:
+    """The cdn_stopped a channel's end logs, if it was streaming (none otherwise)."""
+    if channel.cdn is None:
+        return ()
+    return (CdnStopped(time, channel.channel_id, channel.number, reason, None),)
+
+
+def _stream_stops(channel: Channel, time: float, reason: Reason) -> tuple[Event, ...]:
+    """What a channel's end stops first: its recording, then its CDN stream."""
+    return (*_recording_stops(channel, time, reason), *_cdn_stops(channel, time, reason))
+
+
+def _decide_cdn(channel: Channel, cmd: ChangeCdn, actor: Member, granted: Permission) -> Decision:
+    if not granted & Permission.CDN:
+        return Rejected(Reason.NO_PERMISSION, "your role may not stream the channel to the CDN")
+    if cmd.enabled == (channel.cdn is not None):
+        return Accepted(())  # already as asked: nothing to log, nobody to tell
+    if not cmd.enabled:
+        return Accepted((CdnStopped(cmd.time, channel.channel_id, channel.number, Reason.NONE, actor.user_id),))
+    if not (cmd.icecast or cmd.hls):
+        return Rejected(Reason.INVALID_PARAM, "a CDN stream needs Icecast, HLS or both")
+    started = CdnStarted(
+        cmd.time, channel.channel_id, channel.number, cmd.icecast, cmd.hls, cmd.segment_ms or DEFAULT_SEGMENT_MS, actor.user_id,
+    )
+    return Accepted((started,))

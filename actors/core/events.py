@@ -182,6 +182,35 @@ class RecordingStopped:
 
 
 @_event
+class CdnStarted:
+    """The channel's mix streams from ``time`` to its CDN outputs: ``icecast`` the listen URL
+    of its mount (no credentials), ``hls`` the HTTP path of its playlist ("" for an output
+    the server does not have), HLS segments ``segment_ms`` long."""
+
+    TYPE: ClassVar[str] = "cdn_started"
+    time: float
+    channel: str
+    number: int
+    icecast: str
+    hls: str
+    segment_ms: int
+    by: str
+
+
+@_event
+class CdnStopped:
+    """The CDN stream ended: disabled (reason none, ``by`` who), the channel ended (over), or
+    the server stopped (server_shutdown) or crashed (server_restart)."""
+
+    TYPE: ClassVar[str] = "cdn_stopped"
+    time: float
+    channel: str
+    number: int
+    reason: Reason = attrs.field(converter=_enum(Reason))
+    by: str | None = None
+
+
+@_event
 class MemberLeft:
     TYPE: ClassVar[str] = "participant_left"
     time: float
@@ -222,12 +251,14 @@ class ChannelStopped:
 Event = (
     ChannelCreated | MemberJoined | RoleChanged | StateChanged | AudioUploadChanged
     | CustomPropertyChanged | MemberLeft | MuteChanged | ChannelStopped | RecordingStarted | RecordingStopped
+    | CdnStarted | CdnStopped
 )
 EVENT_TYPES: dict[str, type] = {
     cls.TYPE: cls
     for cls in (
         ChannelCreated, MemberJoined, RoleChanged, StateChanged, AudioUploadChanged,
         CustomPropertyChanged, MemberLeft, MuteChanged, ChannelStopped, RecordingStarted, RecordingStopped,
+        CdnStarted, CdnStopped,
     )
 }
 

@@ -12,10 +12,12 @@ from collections.abc import Iterable, Mapping
 import attrs
 import immutables
 
-from airwave.protocol import CustomRole, CustomState, Reason, RecordState
+from airwave.protocol import CdnState, CustomRole, CustomState, Reason, RecordState
 
 from .events import (
     AudioUploadChanged,
+    CdnStarted,
+    CdnStopped,
     ChannelCreated,
     ChannelStopped,
     CustomPropertyChanged,
@@ -75,6 +77,17 @@ class Recording:
 
 
 @attrs.frozen
+class Cdn:
+    """The mix streaming to the CDN: where listeners find it (cdn_started's fields)."""
+
+    icecast: str
+    hls: str
+    segment_ms: int
+    started_at: float
+    by: str
+
+
+@attrs.frozen
 class Channel:
     """One channel instance.
 
@@ -101,6 +114,7 @@ class Channel:
     ended_reason: Reason | None = None
     ended_by: str | None = None
     recording: Recording | None = None
+    cdn: Cdn | None = None
 
     @property
     def uri(self) -> str:
@@ -109,6 +123,10 @@ class Channel:
     @property
     def record_state(self) -> RecordState:
         return RecordState.IDLE if self.recording is None else RecordState.RECORDING
+
+    @property
+    def cdn_state(self) -> CdnState:
+        return CdnState.IDLE if self.cdn is None else CdnState.STREAMING
 
     def members_in_join_order(self) -> list[Member]:
         return sorted(self.members.values(), key=_join_order)
@@ -175,9 +193,18 @@ def evolve(channel: Channel | None, event: Event) -> Channel:
             if channel.recording is None or channel.recording.directory != event.directory:
                 raise EventOutOfPlace(event, f"recording_stopped of {event.directory!r}, not the one channel #{channel.number} records")
             return attrs.evolve(channel, recording=None)
+        case CdnStarted():
+            if channel.cdn is not None:
+                raise EventOutOfPlace(event, f"cdn_started while channel #{channel.number} streams")
+            return attrs.evolve(channel, cdn=Cdn(event.icecast, event.hls, event.segment_ms, event.time, event.by))
+        case CdnStopped():
+            if channel.cdn is None:
+                raise EventOutOfPlace(event, f"cdn_stopped while channel #{channel.number} does not stream")
+            return attrs.evolve(channel, cdn=None)
         case ChannelStopped():
             return attrs.evolve(
-                channel, members=immutables.Map(), ended=True, ended_reason=event.reason, ended_by=event.by, recording=None
+                channel, members=immutables.Map(), ended=True, ended_reason=event.reason, ended_by=event.by,
+                recording=None, cdn=None,
             )
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover
 

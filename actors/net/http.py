@@ -9,8 +9,11 @@ request on the same connection would read as garbage frames).
 
 The files are read once, at start-up, into a `Site`: a request names a key of that map,
 never a filesystem path, so nothing outside the web folder can be reached however the
-path is spelled (``..``, ``%2e%2e``, backslashes, absolute paths). Pure: no trio, no
-sockets; the request head is parsed by h11, the sans-IO HTTP/1.1 parser trio-websocket's
+path is spelled (``..``, ``%2e%2e``, backslashes, absolute paths). The one exception is
+HLS (``/hls/<channel>/<file>``, when the server streams to a CDN): its files change every
+second, so they are read per request, by the caller, from a path built here out of the
+channel id's file-name slug and a file name of a fixed pattern, never out of the URL's text.
+Pure: no trio, no sockets; the request head is parsed by h11, the sans-IO HTTP/1.1 parser trio-websocket's
 wsproto already uses.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
@@ -25,13 +29,17 @@ from urllib.parse import unquote
 import attrs
 import h11
 
+from airwave.protocol.text import file_slug
+
 __all__ = [
     "MAX_REQUEST_HEAD",
     "Answer",
+    "DiskFile",
     "Site",
     "StaticFile",
     "Upgrade",
     "default_web_folder",
+    "disk_answer",
     "end_of_head",
     "error_answer",
     "route",
@@ -74,6 +82,14 @@ _REASONS = {
     200: "OK", 304: "Not Modified", 400: "Bad Request", 404: "Not Found",
     405: "Method Not Allowed", 431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported",
 }
+HLS_PREFIX = "/hls/"
+# The only names in a channel's HLS folder that are served (media/cdn.py writes them).
+HLS_FILE = re.compile(r"index\.m3u8|init\.mp4|seg-[0-9]{5,9}\.m4s")
+HLS_CONTENT_TYPES: Mapping[str, str] = {
+    ".m3u8": "application/vnd.apple.mpegurl",  # RFC 8216's type
+    ".mp4": "audio/mp4",
+    ".m4s": "audio/mp4",
+}
 INDEX = "index.html"
 STATIC_PREFIX = "/static/"
 CHANNEL_PREFIX = "/c/"
@@ -103,6 +119,7 @@ class Site:
     read once. ``/`` and ``/c/CHANNEL`` are the page itself (``index.html``)."""
 
     files: Mapping[str, StaticFile]
+    hls_root: Path | None = None  # where channels' HLS folders are (the data dir's hls/)
 
     @classmethod
     def load(cls, folder: Path) -> Site:
@@ -128,6 +145,15 @@ class Site:
 
 
 @attrs.frozen(slots=True)
+class DiskFile:
+    """An HLS file to read and send (`disk_answer`): it changes while the server runs."""
+
+    path: Path
+    content_type: str
+    method: bytes
+
+
+@attrs.frozen(slots=True)
 class Upgrade:
     """The request asks for a WebSocket: trio-websocket takes it from here, unchanged.
     ``host`` is its Host header (wsproto does not hand it on), for the Origin check."""
@@ -150,7 +176,7 @@ def end_of_head(buffer: bytes) -> int:
     return -1 if found < 0 else found + len(_END_OF_HEAD)
 
 
-def route(head: bytes, site: Site) -> Upgrade | Answer:
+def route(head: bytes, site: Site) -> Upgrade | Answer | DiskFile:
     """What to do with one request head (the bytes up to and including the blank line)."""
     if len(head) > MAX_REQUEST_HEAD:
         return error_answer(431, "request head too large")
@@ -173,13 +199,38 @@ def route(head: bytes, site: Site) -> Upgrade | Answer:
         return _answer(405, "text/plain; charset=utf-8", b"only GET and HEAD are served here\n", method, extra=(("Allow", "GET, HEAD"),))
     if not target.startswith(b"/"):
         return error_answer(400, "bad request: the target must be a path")
-    path = unquote(target.split(b"?", 1)[0].decode("ascii", "replace"), errors="replace")
+    raw_path = target.split(b"?", 1)[0].decode("ascii", "replace")
+    if site.hls_root is not None and raw_path.startswith(HLS_PREFIX):
+        return _hls_file(raw_path, site.hls_root, method)
+    path = unquote(raw_path, errors="replace")
     found = site.lookup(path)
     if found is None:
         return _answer(404, "text/plain; charset=utf-8", b"not found\n", method)
     if found.etag in (tag.strip() for tag in headers.get(b"if-none-match", b"").decode("latin-1").split(",")):
         return _answer(304, found.content_type, found.body, b"HEAD", etag=found.etag)  # headers only
     return _answer(200, found.content_type, found.body, method, etag=found.etag)
+
+
+def _hls_file(raw_path: str, root: Path, method: bytes) -> DiskFile | Answer:
+    """``/hls/<channel id, URL-quoted>/<file>``: split before unquoting (an id may hold a
+    ``/``), the folder named by the id's slug (which has no ``/`` or ``.``), the file only one
+    of HLS_FILE's names."""
+    parts = raw_path[len(HLS_PREFIX):].split("/")
+    if len(parts) != 2 or not parts[0]:
+        return _answer(404, "text/plain; charset=utf-8", b"not found\n", method)
+    channel, name = unquote(parts[0], errors="replace"), unquote(parts[1], errors="replace")
+    if not HLS_FILE.fullmatch(name):
+        return _answer(404, "text/plain; charset=utf-8", b"not found\n", method)
+    suffix = name[name.rindex("."):]
+    return DiskFile(root / file_slug(channel) / name, HLS_CONTENT_TYPES[suffix], method)
+
+
+def disk_answer(file: DiskFile, body: bytes | None) -> Answer:
+    """The answer for an HLS file read as ``body`` (None: it is not there, 404). Any origin
+    may fetch it (a player on another site's page), and nobody may cache a playlist."""
+    if body is None:
+        return _answer(404, "text/plain; charset=utf-8", b"not found\n", file.method)
+    return _answer(200, file.content_type, body, file.method, extra=(("Access-Control-Allow-Origin", "*"),))
 
 
 def error_answer(status: int, why: str) -> Answer:

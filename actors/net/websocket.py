@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
 
 from .connection import Connection
-from .http import MAX_REQUEST_HEAD, Answer, Site, end_of_head, error_answer, route
+from .http import MAX_REQUEST_HEAD, Answer, DiskFile, Site, disk_answer, end_of_head, error_answer, route
 
 __all__ = ["accept_websocket"]
 
@@ -100,6 +101,15 @@ async def _answer_http(conn: Connection, answer: Answer, line: str) -> None:
     await conn.aclose()
 
 
+async def _read_file(path: Path) -> bytes | None:
+    """An HLS file's bytes (a few KiB; on a thread all the same: a disk may stall), or None
+    if it is not there (not streaming, or a segment already deleted)."""
+    try:
+        return await trio.to_thread.run_sync(path.read_bytes)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
 async def accept_websocket(
     conn: Connection,
     nursery: trio.Nursery,
@@ -142,6 +152,8 @@ async def accept_websocket(
                 return None
             end = end_of_head(head)
             outcome = route(head[:end], site) if end >= 0 else error_answer(431, "request head too large")
+            if isinstance(outcome, DiskFile):
+                outcome = disk_answer(outcome, await _read_file(outcome.path))
             if isinstance(outcome, Answer):
                 first_line = head.split(b"\r\n", 1)[0][:100].decode("latin-1")
                 try:
