@@ -57,18 +57,18 @@ async def test_replay_export_writes_what_was_said_around_an_event_and_lists_the_
     # From the join on: bob's tone (his first packet comes a moment after his join).
     assert abs(dominant_frequency(pcm[9_600:]) - 660.0) < 5.0
 
-    # A second before the join: the host's tone, then bob's; his leave is in the clip too, which
-    # ends with the recording (it stopped a moment after bob left).
-    assert main(["replay", str(data_dir), "--at", str(joined), "--seconds", "5", "--export", str(clip), "--json"]) == 0
+    # Half a second before the join: the host's tone, then bob's; his leave is in the clip too,
+    # which ends with the recording (it stopped a moment after bob left).
+    assert main(["replay", str(data_dir), "--at", str(joined), "--before", "0.5", "--seconds", "5", "--export", str(clip), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     times = {i.event.TYPE: i.event.time for i in events}
     rest = times["recording_stopped"] - times["participant_joined"]
-    assert report["seconds"] == pytest.approx(1.0 + rest, abs=0.03) and report["at"] == joined
+    assert report["seconds"] == pytest.approx(0.5 + rest, abs=0.03) and report["at"] == joined
     assert [e["seq"] for e in report["events"] if e["participant"] == "bob"] == [joined, left]
-    assert [e["clip_offset"] for e in report["events"] if e["seq"] == joined] == [1.0]
+    assert [e["clip_offset"] for e in report["events"] if e["seq"] == joined] == [0.5]
     pcm = read_wav(clip)
-    assert abs(dominant_frequency(pcm[: 48_000 * 8 // 10]) - 440.0) < 5.0
-    assert abs(dominant_frequency(pcm[48_000 * 12 // 10 : 48_000 * 18 // 10]) - 660.0) < 5.0
+    assert abs(dominant_frequency(pcm[: 48_000 * 4 // 10]) - 440.0) < 5.0
+    assert abs(dominant_frequency(pcm[48_000 * 7 // 10 : 48_000 * 13 // 10]) - 660.0) < 5.0
     with wave.open(str(clip)) as wav:
         assert (wav.getnchannels(), wav.getframerate(), wav.getsampwidth()) == (1, 48_000, 2)
 
