@@ -208,13 +208,13 @@ def test_quick_start_scripts_set_up_once_and_reinstall_only_when_pyproject_chang
     upgrade = "python -m pip install --quiet --upgrade pip warnings="
     assert run("demo.sh", "--dir", "x") == ["venv .venv", upgrade, install.format("."), "airwave demo --dir x"]
     assert run("demo.sh") == ["airwave demo"]
-    assert run("test.sh", "-q") == [install.format(".[test]"), "python -m pytest -q warnings="]
-    assert run("test.sh") == ["python -m pytest warnings="]
+    assert run("test.sh", "-q") == [install.format(".[test]"), "python -m pytest -n 2 --dist loadgroup -q warnings="]
+    assert run("test.sh") == ["python -m pytest -n 2 --dist loadgroup warnings="]
     assert run("demo.sh") == ["airwave demo"]  # the test install has everything the demo needs
     with open(clone / "pyproject.toml", "a") as pyproject:
         pyproject.write("# a new dependency, say\n")
     assert run("demo.sh") == [install.format("."), "airwave demo"]
-    assert run("test.sh") == [install.format(".[test]"), "python -m pytest warnings="]
+    assert run("test.sh") == [install.format(".[test]"), "python -m pytest -n 2 --dist loadgroup warnings="]
 
 
 def test_serve_metrics_serves_prometheus_text_and_refuses_a_bad_address(tmp_path: Path) -> None:
