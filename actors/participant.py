@@ -58,6 +58,7 @@ from airwave.protocol import (
 
 from airwave.protocol.messages import record_params
 from airwave.protocol.ratelimit import TokenBucket
+from airwave.protocol.sessiontoken import NONCE_BYTES, new_session_token, resume_key
 from airwave.protocol.text import shown
 from airwave.protocol.tokens import TokenClaims, verify_admin_token, verify_token
 
@@ -148,7 +149,7 @@ class ParticipantActor:
         "_frames_offered", "_heartbeat", "_held", "_hello_deadline", "_kernel_watches",
         "_last_ping", "_last_refusal_reply", "_last_sent", "_media_bucket", "_metrics",
         "_nursery", "_peer", "_registry", "_session_token", "_settings", "_sid", "_strikes",
-        "_token_deadline", "_ws", "connected_at", "end_reason", "output", "state", "stats", "user_id",
+        "_token_deadline", "_ws", "connected_at", "end_reason", "output", "resume_key", "state", "stats", "user_id",
     )
 
     def __init__(
@@ -186,6 +187,7 @@ class ParticipantActor:
         self._token_deadline = math.inf  # trio clock; the session's token expiry
         self._claims: TokenClaims | None = None  # token mode: what the session's token grants
         self._session_token = ""
+        self.resume_key = ""  # the session token's, announced in cluster roll calls (never the token)
         self._control_bucket = TokenBucket(settings.control_rate, settings.control_burst)
         self._media_bucket = TokenBucket(settings.media_rate, settings.media_burst)
         self._strikes = 0
@@ -464,23 +466,34 @@ class ParticipantActor:
         return self._joined_reply(request.id, answer)
 
     def _joined_reply(self, request_id: int, answer: ChannelReply) -> Reply:
-        self._session_token = secrets.token_urlsafe(24)
+        channel_id = answer.info.channel_id if answer.info is not None else ""
+        self._session_token = new_session_token(channel_id, secrets.token_bytes(NONCE_BYTES))
+        self.resume_key = resume_key(self._session_token)
         info = None if answer.info is None else attrs.evolve(answer.info, session_token=self._session_token)
         return Reply(request_id, result=None if info is None else to_wire(info))
 
     async def _resume(self, request: Resume) -> Reply:
+        """Resumes a session held on this node; in cluster mode also one this node never held
+        (its node died, or the client moved): the channel's owner recognises it by the
+        token's resume key (`registry.Registry.resume_elsewhere`)."""
         suspension = self._registry.claim(request.session_token)
-        if suspension is None:
-            return Reply(request.id, Reason.NOT_FOUND, "no dropped session to resume (grace period over?)")
+        answer = ChannelReply(Reason.NOT_FOUND, "no dropped session to resume (grace period over?)")
+        channel_id = ""
         self._held = []
-        dropped = suspension.session
-        answer = await self._registry.submit(suspension.channel_id, Reattach(suspension.user_id, dropped), self)  # type: ignore[arg-type]
+        if suspension is not None:
+            dropped = suspension.session
+            channel_id = suspension.channel_id
+            answer = await self._registry.submit(channel_id, Reattach(suspension.user_id, dropped), self)  # type: ignore[arg-type]
+            if answer.reason is Reason.NONE:
+                answer = attrs.evolve(answer, user_id=suspension.user_id)
+                if isinstance(dropped, ParticipantActor):
+                    self._token_deadline, self._claims = dropped._token_deadline, dropped._claims
+        if answer.reason is Reason.NOT_FOUND and self._registry.clustered:
+            channel_id, answer = await self._registry.resume_elsewhere(request.session_token, self)
         if answer.reason is not Reason.NONE:
             return Reply(request.id, answer.reason, answer.message)
-        self.user_id = suspension.user_id
-        if isinstance(dropped, ParticipantActor):
-            self._token_deadline, self._claims = dropped._token_deadline, dropped._claims
-        log.info("%s resumed %s in %s", self._peer, shown(self.user_id), shown(suspension.channel_id))
+        self.user_id = answer.user_id
+        log.info("%s resumed %s in %s", self._peer, shown(self.user_id), shown(channel_id))
         return self._joined_reply(request.id, answer)
 
     def _check_token(self, token: str | None, user_id: str, channel_id: str) -> TokenClaims:

@@ -185,6 +185,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
+    return value
+
+
 def _is_origin(text: str) -> bool:
     """What a browser sends as Origin: scheme://host[:port] and nothing after it (or '*')."""
     if text == "*":
@@ -250,7 +257,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         metrics_address=metrics_address, webhook=webhook,
         host=args.host, port=args.port, data_dir=Path(args.data), fsync=FsyncMode(args.fsync),
-        session=SessionSettings(secret=secret), stats_interval=args.stats_interval,
+        session=SessionSettings(secret=secret, resume_grace=args.resume_grace), stats_interval=args.stats_interval,
         transport=TransportSettings(allowed_origins=args.allow_origin),
         **({"max_joining": args.max_joining} if args.max_joining else {}),
     )
@@ -618,6 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics", metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 (default: off; docs/operations.md)",
+    )
+    serve.add_argument(
+        "--resume-grace", type=_non_negative_float, default=15.0, metavar="S",
+        help="seconds a dropped connection's session is held for resume, unseen by the others; "
+        "0: a drop is a leave (default %(default)s; docs/operations.md)",
     )
     serve.add_argument(
         "--max-joining", type=_positive_int, metavar="N",

@@ -42,9 +42,10 @@ LEASE = LeaseSettings(ttl=TTL, renew_every=TTL / 3)
 
 
 @asynccontextmanager
-async def cluster_node(nats: NatsServer, node: str, tmp_path: Path) -> AsyncIterator[ClusterServer]:
+async def cluster_node(nats: NatsServer, node: str, tmp_path: Path, **session: object) -> AsyncIterator[ClusterServer]:
+    """A node in this process; ``session``: SessionSettings fields (resume_grace, ...)."""
     async with trio.open_nursery() as nursery:
-        settings = fast_settings(tmp_path / node)
+        settings = fast_settings(tmp_path / node, **session)
         server: ClusterServer = await nursery.start(serve_cluster, settings, ClusterSettings((nats.url,), node, LEASE))
         try:
             yield server
@@ -132,12 +133,13 @@ async def test_cluster_graceful_shutdown_ends_the_nodes_channels_and_frees_them_
 
 # --- real node processes: SIGKILL and SIGSTOP ---
 
-def start_node_process(nats: NatsServer, node: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_node_process(nats: NatsServer, node: str, tmp_path: Path, *options: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`airwave serve --cluster` as a process (``options``: more of its flags)."""
     port = free_port()
     log_file = (tmp_path / f"{node}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "airwave.cli", "serve", "--port", str(port), "--data", str(tmp_path / node),
-         "--cluster", nats.url, "--node", node, "--lease-ttl", str(TTL)],
+         "--cluster", nats.url, "--node", node, "--lease-ttl", str(TTL), *options],
         stdout=log_file, stderr=subprocess.STDOUT,
     )
     return process, f"ws://127.0.0.1:{port}/"

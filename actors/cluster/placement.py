@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+import nats.errors
 import trio
 
 from airwave.protocol import Reason
@@ -38,13 +39,17 @@ from ..clock import now
 from ..core import Accepted, Channel, EndChannel, decide, event_from_record, event_to_record, evolve
 from ..log.replay import fold_replayed, replay_records
 from ..registry import Claimed, Registry
+from ..rollcall import RollSettings
 from .bridge import NatsBridge
 from .jetlog import ChannelLog, ClusterLogError, Fenced, StreamSettings, ensure_stream, read_records
 from .lease import HeldElsewhere, Lease, Leases, LeaseSettings, NumberPool, ensure_buckets
+from .forwarded import unpack
 from .link import ChannelLink, CommandInboxes, ask_owner
-from .subjects import command_subject
+from .subjects import command_subject, where_subject
 
 log = logging.getLogger("airwave.cluster.placement")
+
+LOCATE_TIMEOUT = 1.0  # a node with the channel answers at once; none: NoResponders at once
 
 LogAppend = Callable[[list[dict[str, object]]], Awaitable[object]]
 
@@ -85,9 +90,12 @@ def closing_records(records: Sequence[Mapping[str, Any]], time: float) -> list[d
 class ClusterPlacement:
     """`registry.Placement` over NATS: leases, the fenced JetStream log, channel numbers."""
 
-    def __init__(self, bridge: NatsBridge, settings: ClusterSettings, nursery: trio.Nursery) -> None:
+    def __init__(self, bridge: NatsBridge, settings: ClusterSettings, nursery: trio.Nursery, *, resume_grace: float = 15.0) -> None:
         self._bridge = bridge
         self.settings = settings
+        # A node is announced as often as it renews its leases, and is taken for gone as
+        # late as its leases would be: one TTL (`actors/rollcall.py`).
+        self.roll = RollSettings(settings.lease.renew_every, settings.lease.ttl, resume_grace)
         self._nursery = nursery
         self.leases = Leases(bridge, settings.node, settings.lease, self._lease_lost)
         self.numbers = NumberPool(bridge)
@@ -117,7 +125,7 @@ class ClusterPlacement:
             return await self._follow(channel_id, lease.holder)
         link: ChannelLink | None = None
         try:
-            link = await ChannelLink.open(self._bridge, channel_id, inboxes=self.inboxes)
+            link = await ChannelLink.open(self._bridge, channel_id, node=self.node, roll=self.roll, inboxes=self.inboxes)
             channel_log, records = await ChannelLog.take(self._bridge, channel_id)
             closing = closing_records(records, now())
             if closing:
@@ -183,7 +191,7 @@ class ClusterPlacement:
         """Another node owns the channel: follow it from the stream's last record on."""
         link: ChannelLink | None = None
         try:
-            link = await ChannelLink.open(self._bridge, channel_id)
+            link = await ChannelLink.open(self._bridge, channel_id, node=self.node, roll=self.roll)
             records = await read_records(self._bridge, channel=channel_id)
             channel = current_instance(records)
         except Exception as exc:
@@ -212,6 +220,21 @@ class ClusterPlacement:
             return QueryInfo(channel, number, count, tuple(members))
         except Exception:
             return ChannelReply(Reason.SERVER_ERROR, "the channel's owner answered something unreadable")
+
+    @property
+    def node(self) -> str:
+        return self.settings.node
+
+    async def locate(self, channel_key: str) -> str | None:
+        try:
+            data = await self._bridge.request(where_subject(channel_key), b"", LOCATE_TIMEOUT)
+            channel_id = unpack(data)["c"]
+        except nats.errors.NoRespondersError:
+            return None  # no node has the channel
+        except Exception as exc:
+            log.warning("cannot ask the cluster where channel key %s is: %s", channel_key, exc or type(exc).__name__)
+            return None
+        return channel_id if isinstance(channel_id, str) else None
 
     def allocate_number(self) -> int:
         return self.numbers.peek()
