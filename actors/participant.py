@@ -596,7 +596,7 @@ class ParticipantActor:
         proxied connection is pinged even while it receives media."""
         return not self.output.forwarded and self.output.watch_acknowledgements(timeout)
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, awake_since: float = -math.inf) -> None:
         """The heartbeat, driven by the gateway's one sweep over every connection (a sleeping
         task per connection cost memory, timers and GC churn at thousands of listeners).
 
@@ -609,6 +609,8 @@ class ParticipantActor:
         its pongs cost the server a read each, and on loopback they also switch the
         client's TCP to delayed acknowledgements, which the sender then pays for
         (docs/performance.md section 9.1). An expired token ends its membership.
+        ``awake_since``: this process was away until then (paused), so silence before it
+        is not the peer's.
         """
         if self._closing is not None:  # being closed
             return
@@ -621,7 +623,7 @@ class ParticipantActor:
         if self._kernel_watches and output.frames_offered != self._frames_offered:
             self._frames_offered = output.frames_offered
             self._last_sent = now
-        if now - max(output.last_received, self._last_sent) >= timeout:
+        if now - max(output.last_received, self._last_sent, awake_since) >= timeout:
             log.info("%s (%s) timed out", self._peer, shown(self.user_id or "-"))
             self._metrics.heartbeat_timeouts += 1
             self._nursery.start_soon(self.close, 1001, "heartbeat timeout", Reason.TIMEOUT)
