@@ -554,7 +554,8 @@ class ChannelActor:
                 self.roll.heard(user_id, key, at)
 
     def _roll_call(self, at: float) -> None:
-        """Every tick (cluster mode): announce this node's members when due; the owner ends
+        """Each roll call (cluster mode: every ``every`` seconds, and at the tick after a
+        change): announce this node's members; the owner ends
         members nobody announced for silent_after + grace (network, as a drop past its grace);
         a follower takes over from an owner silent for silent_after."""
         assert self.link is not None and self.channel is not None
@@ -562,9 +563,10 @@ class ChannelActor:
         if at - self._ticked_at > settings.silent_after:
             self.roll.rebase(at)  # this node was away itself (paused): hear the others anew first
         self._ticked_at = at
-        if self._roll_due or at - self._rolled_at >= settings.every:
-            self._roll_due, self._rolled_at = False, at
-            self.link.announce([(u, s.resume_key) for u, s in self._sessions.items()], owner=not self.follower)
+        if not (self._roll_due or at - self._rolled_at >= settings.every):
+            return
+        self._roll_due, self._rolled_at = False, at
+        self.link.announce([(u, s.resume_key) for u, s in self._sessions.items()], owner=not self.follower)
         if self.follower:
             if at - self.roll.owner_heard_at > settings.silent_after and self._taking_over is None and self._nursery is not None:
                 self.roll.owner_heard_at = at - settings.silent_after + settings.every  # next try: one interval on
@@ -577,8 +579,8 @@ class ChannelActor:
             try:
                 self.mailbox.send_nowait(Envelope(LeaveChannel(wall_clock(), user_id, Reason.NETWORK), None, None))
             except trio.WouldBlock:
-                return  # a full mailbox: the next tick tries again
-            log.info("%s in %s: no node holds it any more; leaves after the grace", shown(user_id), shown(self.channel_id))
+                return  # a full mailbox: the next roll call tries again
+            log.info("%s in %s: no node announced it past the grace: it leaves (network)", shown(user_id), shown(self.channel_id))
             self.roll.forget(user_id)
             self.roll.expect(user_id, at)  # not asked to leave again before another wait
 

@@ -10,7 +10,8 @@ What is promised (docs/operations.md section 10, "What each failure does"):
 - members of a dead node are ghosts no longer: the owner, hearing no roll call for them
   for one lease TTL, holds them for the resume grace and then ends them with network;
 - the owner's death is noticed by a follower through the roll call (its owner falls
-  silent), which takes the channel over: the instance goes on, the others are unaffected.
+  silent), which takes the channel over: the instance goes on, the others are unaffected,
+  and the dead owner's members may resume on a survivor within the grace.
 """
 
 from __future__ import annotations
@@ -108,15 +109,22 @@ async def test_cluster_owner_killed_its_members_leave_after_the_grace_and_the_ot
     ):
         await wait_listening(d_url, process)
         with trio.fail_after(30):
-            async with open_wire(d_url) as early, open_wire(b.url) as host, open_wire(a.url) as fan:
+            async with (
+                open_wire(d_url) as early, open_wire(b.url) as host, open_wire(a.url) as fan,
+                Client.connect([d_url, a.url], user_id="mover", reconnect=ReconnectPolicy(0.05, 0.2, 10.0)) as m,
+            ):
                 ok(await early.request(Join, channel="show", user_id="early"))  # node-d owns the channel
                 joined = ok(await host.request(Join, channel="show", user_id="host", role=HOST, upload=True))
                 ok(await fan.request(Join, channel="show", user_id="fan"))
+                mover = MediaChannel.create(m, MediaDevice.create())
+                assert (await mover.join_async("show")).result  # on node-d too; it will come back on node-a
                 followers = [node.registry.find("show") for node in (a, b)]
                 assert all(f is not None and f.follower for f in followers)
                 await wait_until(
-                    lambda: all(f is not None and f.roll.heard_at("early") is not None for f in followers), "node-d announced early"
+                    lambda: all(f is not None and f.roll.member_with_key(resume_key(mover._session_token)) == "mover" for f in followers),
+                    "node-d announced its members",
                 )
+                sid = followers[0].channel.members["mover"].sid  # type: ignore[union-attr]
                 async with steady_media(host, [fan], channel_info_from_wire(joined.result).self_sid, min_frames=200):
                     process.send_signal(signal.SIGKILL)
                     killed = trio.current_time()
@@ -133,10 +141,18 @@ async def test_cluster_owner_killed_its_members_leave_after_the_grace_and_the_ot
                     print(f"\nSIGKILL of the owner -> taken over after {took_over:.2f} s; its member ended after {gone:.2f} s")
                     assert grace <= gone <= TTL * 2 + grace + 1.0  # held for the grace, then ended
                     ok(await host.request(SetCustomProperty, value="after the owner died"))  # the new owner decides
+                    # The SDK member of the dead node resumed on node-a (through the take-over):
+                    # the same member, hearing the host again.
+                    heard = mover.receiver.stats.packets
+                    await wait_until(lambda: mover.receiver.stats.packets > heard + 10, "the mover hears the host")
+                    assert m.url == a.url and mover.state is ChannelState.JOINED
+                    assert owner.channel.members["mover"].sid == sid  # type: ignore[union-attr]
+                    assert a.registry.find("show").session("mover") is not None  # type: ignore[union-attr]
                 records = await read_records(bridge, channel="show")
                 assert events_of(records) == [
                     "channel_created show#1 early", "participant_joined show#1 early", "participant_joined show#1 host",
-                    "participant_joined show#1 fan", "participant_left show#1 early network", "custom_property_changed show#1 ",
+                    "participant_joined show#1 fan", "participant_joined show#1 mover", "participant_left show#1 early network",
+                    "custom_property_changed show#1 ",
                 ]
                 live = fold(item.event for item in replay_records(records, None))
                 assert list(live.values()) == [owner.channel]  # type: ignore[union-attr]
