@@ -106,6 +106,7 @@ class Session(Protocol):
     user_id: str
     output: FrameSink  # the connection's one ordered output, fed directly by the media router
     resume_key: str  # its session token's resume key (`protocol/sessiontoken.py`); "" before the join reply
+    token_expires_at: float | None  # token mode: when its join token expires (epoch seconds)
 
     def send_frame(self, frame: bytes) -> None:
         """Queue a control frame; never blocks (a backlogged session becomes a slow consumer)."""
@@ -151,6 +152,7 @@ class ChannelReply:
     info: ChannelInfo | None = None
     sid: int | None = None
     user_id: str = ""  # a resume by resume key: whose membership it took
+    token_expires_at: float | None = None  # ... and when that member's join token expires (token mode)
     # Cluster mode: no owner answered a forwarded command (the channel ended there, or its
     # owner is gone): the registry looks the channel up again before answering.
     moved: bool = False
@@ -165,6 +167,7 @@ class Forwarded:
     seq: int = 0  # the owner's last record when it answered: applied here before replying
     moved: bool = False  # no owner answered
     user_id: str = ""  # a resume: the member it took over
+    token_expires_at: float | None = None  # ... and its join token's expiry (token mode)
 
 
 @attrs.frozen
@@ -202,8 +205,8 @@ class Link(Protocol):
     async def aclose(self) -> None:
         """Ends the link's subscriptions (the actor ended)."""
 
-    def announce(self, members: list[tuple[str, str]], *, owner: bool) -> None:
-        """This node's roll call: the members it holds, each with its resume key."""
+    def announce(self, members: list[tuple[str, str, float | None]], *, owner: bool) -> None:
+        """This node's roll call: the members it holds, each with its resume key and token expiry."""
 
     def release(self, user_id: str, to: str) -> None:
         """Owner: ``user_id`` resumed on node ``to``: every other node lets its hold go."""
@@ -243,6 +246,7 @@ class Attach:
     """Follower: the owner gave ``user_id``'s membership to this envelope's session."""
 
     user_id: str
+    token_expires_at: float | None = None
 
 
 @attrs.frozen
@@ -501,15 +505,17 @@ class ChannelActor:
         member = self.channel.members.get(user_id) if user_id and self.live and self.channel else None
         if member is None:
             return ChannelReply(Reason.NOT_FOUND, "no dropped session to resume (grace period over?)")
+        held = self._sessions.get(member.user_id)
+        expires = held.token_expires_at if held is not None else self.roll.token_expiry(member.user_id)
         self.roll.resumed(member.user_id, trio.current_time())
         if self.link is not None:
             self.link.release(member.user_id, to=command.node)
         if session is None:
             self._let_go(member.user_id, keep=None)
-            return ChannelReply(Reason.NONE, sid=member.sid, user_id=member.user_id)
-        return self._attach_resumed(member.user_id, session)
+            return ChannelReply(Reason.NONE, sid=member.sid, user_id=member.user_id, token_expires_at=expires)
+        return self._attach_resumed(member.user_id, session, expires)
 
-    def _attach_resumed(self, user_id: str, session: Session | None) -> ChannelReply:
+    def _attach_resumed(self, user_id: str, session: Session | None, token_expires_at: float | None) -> ChannelReply:
         """The member ``user_id`` is ``session``'s from now on (the owner said so)."""
         member = self.channel.members.get(user_id) if self.live and self.channel else None
         if member is None or session is None:
@@ -522,7 +528,7 @@ class ChannelActor:
         self.router.add_member(member.sid, session.output, publishing=member.upload)
         session.attached(self, member.sid)
         self._roll_due = True
-        return ChannelReply(Reason.NONE, info=self._channel_info(member), sid=member.sid, user_id=user_id)
+        return ChannelReply(Reason.NONE, info=self._channel_info(member), sid=member.sid, user_id=user_id, token_expires_at=token_expires_at)
 
     def _let_go(self, user_id: str, keep: Session | None) -> None:
         """This node's session of ``user_id`` (unless it is ``keep``) no longer holds the
@@ -541,17 +547,18 @@ class ChannelActor:
         old.removed(self.channel_id, Reason.DUPLICATE_SESSION)
         log.info("%s in %s resumed on another connection", shown(user_id), shown(self.channel_id))
 
-    def heard_roll(self, owner: bool, members: list[tuple[str, str]]) -> None:
-        """Another node's roll call (cluster mode): it holds ``members`` (user id, resume key)."""
+    def heard_roll(self, owner: bool, members: list[tuple[str, str, float | None]]) -> None:
+        """Another node's roll call (cluster mode): it holds ``members`` (user id, resume key,
+        token expiry)."""
         at = trio.current_time()
         if owner:
             self.roll.owner_heard_at = at
         channel = self.channel
         if channel is None:
             return
-        for user_id, key in members:
+        for user_id, key, expires in members:
             if user_id in channel.members:
-                self.roll.heard(user_id, key, at)
+                self.roll.heard(user_id, key, at, expires)
 
     def _roll_call(self, at: float) -> None:
         """Each roll call (cluster mode: every ``every`` seconds, and at the tick after a
@@ -566,7 +573,7 @@ class ChannelActor:
         if not (self._roll_due or at - self._rolled_at >= settings.every):
             return
         self._roll_due, self._rolled_at = False, at
-        self.link.announce([(u, s.resume_key) for u, s in self._sessions.items()], owner=not self.follower)
+        self.link.announce([(u, s.resume_key, s.token_expires_at) for u, s in self._sessions.items()], owner=not self.follower)
         if self.follower:
             if at - self.roll.owner_heard_at > settings.silent_after and self._taking_over is None and self._nursery is not None:
                 self.roll.owner_heard_at = at - settings.silent_after + settings.every  # next try: one interval on
@@ -775,7 +782,7 @@ class ChannelActor:
                     envelope.reply.set(self._reply_for(envelope, decision))
                 continue
             if isinstance(command, Attach):  # the owner accepted a resume on this node
-                answer = self._attach_resumed(command.user_id, envelope.session)
+                answer = self._attach_resumed(command.user_id, envelope.session, command.token_expires_at)
                 if envelope.reply is not None:
                     envelope.reply.set(answer)
                 continue
@@ -809,7 +816,7 @@ class ChannelActor:
                 return
             if isinstance(command, ResumeElsewhere) and answer.reason is Reason.NONE:
                 # The member is this session's now: the actor attaches it in its own loop.
-                await self.mailbox.send(Envelope(Attach(answer.user_id), envelope.session, envelope.reply))
+                await self.mailbox.send(Envelope(Attach(answer.user_id, answer.token_expires_at), envelope.session, envelope.reply))
                 return
         except trio.Cancelled:  # the actor ends: the requester looks for the channel again
             if envelope.reply is not None:

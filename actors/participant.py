@@ -24,6 +24,7 @@ import trio_websocket
 from airwave.protocol import (
     ADMIN_REQUEST_TYPES,
     AdminRequest,
+    CustomRole,
     EnableUpload,
     Error,
     Hello,
@@ -197,6 +198,11 @@ class ParticipantActor:
         self._admitted = admitted
         self.end_reason = Reason.NETWORK  # a drop, unless something else ends the session
         self._closing: trio.Event | None = None  # set when a close the server began is over
+
+    @property
+    def token_expires_at(self) -> float | None:
+        """Token mode: when the session's join token expires (epoch seconds); None in open mode."""
+        return self._claims.expires_at if self._claims is not None else None
 
     # --- the mailbox: called by the channel actor ---
 
@@ -488,11 +494,18 @@ class ParticipantActor:
                 answer = attrs.evolve(answer, user_id=suspension.user_id)
                 if isinstance(dropped, ParticipantActor):
                     self._token_deadline, self._claims = dropped._token_deadline, dropped._claims
-        if answer.reason is Reason.NOT_FOUND and self._registry.clustered:
+        elsewhere = answer.reason is Reason.NOT_FOUND and self._registry.clustered
+        if elsewhere:
             channel_id, answer = await self._registry.resume_elsewhere(request.session_token, self)
         if answer.reason is not Reason.NONE:
             return Reply(request.id, answer.reason, answer.message)
         self.user_id = answer.user_id
+        if elsewhere and self._settings.secret is not None:
+            # Token mode: the session keeps its join token's expiry (unknown: expired now, so
+            # the heartbeat sweep ends it with token_expired); what the token granted is the
+            # member's granted roles (in its state), for this channel only.
+            expires = answer.token_expires_at if answer.token_expires_at is not None else now()
+            self._hold_token(TokenClaims(channel_id, self.user_id, _granted(self._channel, self.user_id), expires))
         log.info("%s resumed %s in %s", self._peer, shown(self.user_id), shown(channel_id))
         return self._joined_reply(request.id, answer)
 
@@ -669,6 +682,13 @@ class ParticipantActor:
             self._registry.suspend(self._session_token, channel.channel_id, self, self.user_id, self._settings.resume_grace, now)
             return
         await self._registry.submit(channel.channel_id, LeaveChannel(now(), self.user_id, Reason(reason)), self)
+
+
+def _granted(actor: ChannelActor | None, user_id: str) -> frozenset[CustomRole]:
+    """The roles ``user_id``'s token granted (as its participant_joined logged them)."""
+    member = actor.channel.members.get(user_id) if actor is not None and actor.channel else None
+    mask = member.granted_roles if member is not None and member.granted_roles is not None else 0
+    return frozenset(role for role in CustomRole if role and mask & role)
 
 
 def query_info(channel: Channel) -> QueryInfo:

@@ -43,6 +43,7 @@ class RollSettings:
 class Heard:
     at: float  # monotonic seconds, this node's clock
     key: str  # the member's resume key; "" if not known (yet)
+    token_expires_at: float | None = None  # token mode: its join token's expiry (epoch seconds)
 
 
 class RollCall:
@@ -53,14 +54,14 @@ class RollCall:
         self._by_key: dict[str, str] = {}  # resume key -> user id
         self.owner_heard_at = now  # the owner's last announcement (a follower's view)
 
-    def heard(self, user_id: str, key: str, at: float) -> None:
+    def heard(self, user_id: str, key: str, at: float, token_expires_at: float | None = None) -> None:
         """A node holds ``user_id`` now (``key`` "" keeps the key known before)."""
         old = self._heard.get(user_id)
         if not key and old is not None:
             key = old.key
         if old is not None and old.key != key:
             self._by_key.pop(old.key, None)
-        self._heard[user_id] = Heard(at, key)
+        self._heard[user_id] = Heard(at, key, token_expires_at)
         if key:
             self._by_key[key] = user_id
 
@@ -87,12 +88,16 @@ class RollCall:
         """This node itself heard nothing for a while (it was paused, or starved of CPU): what
         it missed says nothing of the others, so everyone counts as heard at ``at``. Without
         this an owner woken from a pause would end every remote member at once."""
-        self._heard = {u: Heard(at, h.key) for u, h in self._heard.items()}
+        self._heard = {u: attrs.evolve(h, at=at) for u, h in self._heard.items()}
         self.owner_heard_at = at
 
     def heard_at(self, user_id: str) -> float | None:
         heard = self._heard.get(user_id)
         return heard.at if heard is not None else None
+
+    def token_expiry(self, user_id: str) -> float | None:
+        heard = self._heard.get(user_id)
+        return heard.token_expires_at if heard is not None else None
 
     def member_with_key(self, key: str) -> str | None:
         return self._by_key.get(key) if key else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import trio
@@ -27,8 +28,9 @@ from airwave.actors.core import fold
 from airwave.actors.log.replay import replay_records
 from airwave.audio import ToneSource
 from airwave.client import Client, ConnectionState, ConnectionStateEvent, JoinResult, MediaChannel, MediaDevice, ReconnectPolicy
-from airwave.protocol import ChannelState, CustomRole, Join, SetCustomProperty, channel_info_from_wire
+from airwave.protocol import ChannelState, CustomRole, Join, Resume, SetCustomProperty, channel_info_from_wire, encode_client_media
 from airwave.protocol.sessiontoken import resume_key
+from airwave.protocol.tokens import mint_token
 from airwave.wire import open_wire
 
 from helpers import HOST, ok, steady_media, wait_until
@@ -159,3 +161,44 @@ async def test_cluster_owner_killed_its_members_leave_after_the_grace_and_the_ot
                 other = next(f for f in followers if f is not owner)
                 assert other is not None
                 await wait_until(lambda: other.channel == owner.channel, "the other node applied the same events")  # type: ignore[union-attr]
+
+
+async def test_cluster_dropped_session_resumed_on_another_live_node_moves_there_with_its_token_expiry(
+    nats_server: NatsServer, bridge: NatsBridge, tmp_path: Path
+) -> None:
+    """Token mode, both nodes alive: a session dropped on node-a (held there for the grace)
+    resumes on node-b. The member moves (same sid, nothing logged), node-a lets its held
+    session go, so its grace timer ends nothing; the session keeps its join token's expiry."""
+    secret, grace = b"a cluster's shared secret for the tests", 1.0
+    expires = time.time() + 600
+
+    def token(user: str, role: CustomRole) -> str:
+        return mint_token(secret, channel="show", user_id=user, roles=[role], now=expires - 600, ttl=600)
+
+    async with (
+        cluster_node(nats_server, "node-a", tmp_path, secret=secret, resume_grace=grace) as a,
+        cluster_node(nats_server, "node-b", tmp_path, secret=secret, resume_grace=grace) as b,
+    ):
+        with trio.fail_after(15):
+            async with open_wire(a.url) as host, open_wire(a.url) as fan:
+                ok(await host.request(Join, channel="show", user_id="host", role=HOST, upload=True, token=token("host", HOST)))
+                reply = ok(await fan.request(Join, channel="show", user_id="fan", token=token("fan", CustomRole.ROLE_1)))
+                info = channel_info_from_wire(reply.result)
+                await fan.ws._stream.aclose()  # the network drops it
+                await wait_until(lambda: a.registry.suspensions("show"), "node-a holds the dropped session")
+                async with open_wire(b.url) as again:
+                    resumed = ok(await again.request(Resume, session_token=info.session_token))
+                    assert channel_info_from_wire(resumed.result).self_sid == info.self_sid
+                    follower, owner = b.registry.find("show"), a.registry.find("show")
+                    assert follower is not None and owner is not None
+                    session = follower.session("fan")
+                    assert session is not None and session.token_expires_at == int(expires)
+                    assert owner.session("fan") is None  # node-a let it go
+                    await host.send_bytes(encode_client_media(7, 0, b"\xf8x"))
+                    with trio.fail_after(2):
+                        assert (await again.media.receive()).seq == 7  # heard on node-b
+                    await trio.sleep(grace + 0.3)  # node-a's grace timer has fired: refused as stale
+                    assert "fan" in owner.channel.members  # type: ignore[union-attr]
+        assert events_of(await read_records(bridge, channel="show")) == [
+            "channel_created show#1 host", "participant_joined show#1 host", "participant_joined show#1 fan",
+        ]

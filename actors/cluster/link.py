@@ -195,10 +195,10 @@ class ChannelLink:
             return answer
         return Forwarded(
             Reason(answer.get("r", Reason.SERVER_ERROR)), str(answer.get("m", "")), int(answer.get("s", 0)),
-            bool(answer.get("moved")), str(answer.get("u", "")),
+            bool(answer.get("moved")), str(answer.get("u", "")), _expiry(answer.get("x")),
         )
 
-    def announce(self, members: list[tuple[str, str]], *, owner: bool) -> None:
+    def announce(self, members: list[tuple[str, str, float | None]], *, owner: bool) -> None:
         self._bridge.publish_nowait(self._roll_subject, pack({"n": self.node, "o": owner, "m": members}))
 
     def release(self, user_id: str, to: str) -> None:
@@ -256,7 +256,10 @@ class ChannelLink:
         answer: ChannelReply = await reply.wait()
         respond(
             delivery.reply,
-            pack({"r": int(answer.reason), "m": answer.message, "s": self._published, "moved": answer.moved, "u": answer.user_id}),
+            pack({
+                "r": int(answer.reason), "m": answer.message, "s": self._published, "moved": answer.moved,
+                "u": answer.user_id, "x": answer.token_expires_at,
+            }),
         )
 
     # --- follower ---
@@ -331,7 +334,7 @@ class ChannelLink:
                         if message["to"] != self.node:
                             await actor.mailbox.send(Envelope(LetGo(str(message["let_go"])), None, None))
                         continue
-                    members = [(str(user_id), str(key)) for user_id, key in message["m"]]
+                    members = [(str(user_id), str(key), _expiry(expires)) for user_id, key, expires in message["m"]]
                     owner = bool(message["o"])
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return  # the actor ended
@@ -347,6 +350,11 @@ class ChannelLink:
             for delivery in await where.receive_batch():
                 if delivery.reply:
                     self._bridge.publish_nowait(delivery.reply, answer)
+
+
+def _expiry(value: object) -> float | None:
+    """A token expiry off the wire: epoch seconds, or None (open mode)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class CommandInboxes:
