@@ -292,6 +292,13 @@ def test_cluster_serve_bad_options_exit_2_with_the_reason(args: list[str], reaso
     assert reason in capsys.readouterr().err
 
 
+def test_serve_resume_grace_below_zero_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "0", "--resume-grace", "-1"])
+    assert exited.value.code == 2
+    assert "--resume-grace: must be a number of seconds, 0 or more, got -1" in capsys.readouterr().err
+
+
 def test_cluster_serve_without_nats_exits_1_saying_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--port", "0", "--data", str(tmp_path), "--cluster", f"nats://127.0.0.1:{free_port()}", "--node", "a"]) == 1
     err = capsys.readouterr().err
