@@ -34,9 +34,8 @@ import nats.errors
 import trio
 
 from airwave.protocol import Reason
-from airwave.protocol.text import shown
-
 from airwave.protocol.sessiontoken import channel_key
+from airwave.protocol.text import shown
 
 from ..channel import Apply, ChannelReply, Envelope, Forwarded, LetGo, OneShot, ResumeElsewhere
 from ..core import Command
@@ -321,7 +320,6 @@ class ChannelLink:
                     continue
                 if isinstance(frame, bytes) and isinstance(sender, str) and (to is None or isinstance(to, str)):
                     actor.deliver_text(frame, to, sender)
-
 
     async def _hear_roll_calls(self, actor: ChannelActor) -> None:
         """Other nodes' roll calls to the actor; the owner's "let go" as a `LetGo` command."""
