@@ -348,8 +348,9 @@ class ChannelActor:
         return list(self._sessions.values())
 
     def adopt(self, channel: Channel | None, seq: int) -> None:
-        """Follower: starts from the channel as the stream has it up to ``seq`` (every member
-        is on another node so far), before the actor runs."""
+        """Starts from the channel as the stream has it up to ``seq`` (every member is on
+        another node so far), before the actor runs: a follower, or an owner that goes on
+        with an instance whose owner died."""
         self.channel, self.applied_seq = channel, seq
         if channel is None or channel.ended:
             return

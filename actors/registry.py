@@ -38,7 +38,7 @@ class Claimed:
 
     log_append: LogAppend | None  # the owner's fenced log; None: a follower, another node decides
     link: Link  # the channel's other nodes
-    channel: Channel | None = None  # follower: the channel as the stream has it so far
+    channel: Channel | None = None  # follower, or owner going on with a live instance: the channel as the stream has it
     seq: int = 0  # ... up to this record
 
 
@@ -128,8 +128,8 @@ class Registry:
                 link=claimed.link if claimed is not None else None,
                 follower=follower,
             )
-            if claimed is not None and follower:
-                actor.adopt(claimed.channel, claimed.seq)
+            if claimed is not None and claimed.channel is not None:
+                actor.adopt(claimed.channel, claimed.seq)  # a follower, or an owner going on with an instance
             self._actors[channel_id] = actor
             self._nursery.start_soon(self._supervise, actor)
         return actor

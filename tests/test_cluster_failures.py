@@ -24,6 +24,7 @@ from pathlib import Path
 import trio
 
 from airwave.actors.cluster import NatsBridge, read_records
+from airwave.actors.cluster.lease import LeaseSettings
 from airwave.actors.core import fold
 from airwave.actors.log.replay import replay_records
 from airwave.audio import ToneSource
@@ -201,4 +202,35 @@ async def test_cluster_dropped_session_resumed_on_another_live_node_moves_there_
                     assert "fan" in owner.channel.members  # type: ignore[union-attr]
         assert events_of(await read_records(bridge, channel="show")) == [
             "channel_created show#1 host", "participant_joined show#1 host", "participant_joined show#1 fan",
+        ]
+
+
+async def test_cluster_owner_killed_a_fresh_node_that_claims_the_channel_goes_on_with_its_instance(
+    nats_server: NatsServer, bridge: NatsBridge, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """The dead owner's lease expired before any follower took over (node-a's roll call waits
+    3 s here), and a join arrives at node-b, which never had the channel: node-b takes the
+    lease and, since node-a still follows the instance, goes on with it instead of ending
+    it: nothing ends for node-a's member, and both nodes agree on the channel."""
+    process, d_url = start_node_process(nats_server, "node-d", tmp_path)
+    processes.append(process)
+    await wait_listening(d_url, process)  # first: the lease bucket (its TTL) is node-d's
+    async with (
+        cluster_node(nats_server, "node-a", tmp_path, lease=LeaseSettings(ttl=3.0, renew_every=1.0)) as a,
+        cluster_node(nats_server, "node-b", tmp_path) as b,
+    ):
+        with trio.fail_after(15):
+            async with open_wire(d_url) as early, open_wire(a.url) as fan, open_wire(b.url) as late:
+                ok(await early.request(Join, channel="show", user_id="early"))  # node-d owns the channel
+                ok(await fan.request(Join, channel="show", user_id="fan"))
+                process.send_signal(signal.SIGKILL)
+                await trio.sleep(TTL + 0.4)  # node-d's lease has expired; node-a waits for 3 s of silence
+                ok(await late.request(Join, channel="show", user_id="late"))
+                owner, follower = b.registry.find("show"), a.registry.find("show")
+                assert owner is not None and not owner.follower and follower is not None and follower.follower
+                await wait_until(lambda: follower.channel == owner.channel, "node-a applied node-b's records")
+                assert follower.session("fan") is not None
+        assert events_of(await read_records(bridge, channel="show")) == [
+            "channel_created show#1 early", "participant_joined show#1 early", "participant_joined show#1 fan",
+            "participant_joined show#1 late",
         ]

@@ -42,11 +42,13 @@ LEASE = LeaseSettings(ttl=TTL, renew_every=TTL / 3)
 
 
 @asynccontextmanager
-async def cluster_node(nats: NatsServer, node: str, tmp_path: Path, **session: object) -> AsyncIterator[ClusterServer]:
+async def cluster_node(
+    nats: NatsServer, node: str, tmp_path: Path, *, lease: LeaseSettings = LEASE, **session: object
+) -> AsyncIterator[ClusterServer]:
     """A node in this process; ``session``: SessionSettings fields (resume_grace, ...)."""
     async with trio.open_nursery() as nursery:
         settings = fast_settings(tmp_path / node, **session)
-        server: ClusterServer = await nursery.start(serve_cluster, settings, ClusterSettings((nats.url,), node, LEASE))
+        server: ClusterServer = await nursery.start(serve_cluster, settings, ClusterSettings((nats.url,), node, lease))
         try:
             yield server
         finally:

@@ -6,9 +6,11 @@ To decide for a channel a node must hold its lease (`lease.Leases`). Claiming a 
 2. read the channel's records from the stream and fence the log on the last of them
    (`jetlog.ChannelLog.take`);
 3. if the stream says an instance is still live there (its owner died, or stepped down,
-   with members), end it as a crash restart does: its members leave with server_restart
-   and the channel stops (decision 7); the SDK rejoins by itself. Those records are also
-   what fences a paused old owner, should it wake and try to append;
+   with members): if some other node still follows it (it answers ``airwave.where``), go on
+   with it as a follower's take-over does (the roll call ends the members nobody holds,
+   after the grace); if none does, end it as a crash restart does: its members leave with
+   server_restart and the channel stops (decision 7); the SDK rejoins by itself. Those
+   records are also what fences a paused old owner, should it wake and try to append;
 4. hand the registry an append function that refuses (`LogRefused`) once the lease is
    lost or the log is fenced, so the actor steps down without acting on anything unlogged.
 
@@ -30,6 +32,7 @@ import nats.errors
 import trio
 
 from airwave.protocol import Reason
+from airwave.protocol.sessiontoken import channel_key
 from airwave.protocol.text import shown
 
 from airwave.protocol import QueryInfo
@@ -128,6 +131,13 @@ class ClusterPlacement:
             link = await ChannelLink.open(self._bridge, channel_id, node=self.node, roll=self.roll, inboxes=self.inboxes)
             channel_log, records = await ChannelLog.take(self._bridge, channel_id)
             closing = closing_records(records, now())
+            if closing and await self.locate(channel_key(channel_id)) is not None:
+                # Other nodes still have members of it: its instance goes on, decided here.
+                self.takeovers += 1
+                self._logs[channel_id] = channel_log
+                link.published_from(channel_log.last_subject_seq)
+                log.info("took over %s from a previous owner: its instance goes on", shown(channel_id))
+                return Claimed(self._appender(channel_id, channel_log, link), link, current_instance(records), records[-1]["seq"])
             if closing:
                 self.takeovers += 1
                 prev = channel_log.last_subject_seq
