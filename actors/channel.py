@@ -78,8 +78,10 @@ from .core import (
     evolve,
     hls_folder,
 )
+from .clock import now as wall_clock
 from .logcontext import LOG_SUBJECT
 from .net import frame_of
+from .rollcall import RollCall, RollSettings
 
 if TYPE_CHECKING:
     from airwave.media.recorder import Recorder
@@ -109,6 +111,8 @@ class Session(Protocol):
 
     user_id: str
     output: FrameSink  # the connection's one ordered output, fed directly by the media router
+    resume_key: str  # its session token's resume key (`protocol/sessiontoken.py`); "" before the join reply
+    token_expires_at: float | None  # token mode: when its join token expires (epoch seconds)
 
     def send_frame(self, frame: bytes) -> None:
         """Queue a control frame; never blocks (a backlogged session becomes a slow consumer)."""
@@ -153,6 +157,8 @@ class ChannelReply:
     message: str = ""
     info: ChannelInfo | None = None
     sid: int | None = None
+    user_id: str = ""  # a resume by resume key: whose membership it took
+    token_expires_at: float | None = None  # ... and when that member's join token expires (token mode)
     # Cluster mode: no owner answered a forwarded command (the channel ended there, or its
     # owner is gone): the registry looks the channel up again before answering.
     moved: bool = False
@@ -166,6 +172,8 @@ class Forwarded:
     message: str = ""
     seq: int = 0  # the owner's last record when it answered: applied here before replying
     moved: bool = False  # no owner answered
+    user_id: str = ""  # a resume: the member it took over
+    token_expires_at: float | None = None  # ... and its join token's expiry (token mode)
 
 
 @attrs.frozen
@@ -184,6 +192,8 @@ class Link(Protocol):
     """Cluster mode: the channel's other nodes, as the actor sees them."""
 
     relay: FrameSink  # carries this node's publishers' frames to the other nodes, once each
+    node: str  # this node's name
+    roll: RollSettings  # the roll call's timing (`actors/rollcall.py`)
 
     async def run(self, actor: ChannelActor) -> None:
         """Feeds the actor what other nodes send (relayed media and texts; on a follower the
@@ -201,6 +211,15 @@ class Link(Protocol):
     async def aclose(self) -> None:
         """Ends the link's subscriptions (the actor ended)."""
 
+    def announce(self, members: list[tuple[str, str, float | None]], *, owner: bool) -> None:
+        """This node's roll call: the members it holds, each with its resume key and token expiry."""
+
+    def release(self, user_id: str, to: str) -> None:
+        """Owner: ``user_id`` resumed on node ``to``: every other node lets its hold go."""
+
+    async def forward_resume(self, key: str) -> Forwarded:
+        """Follower: the owner's answer to a resume by resume key (``user_id``: whose)."""
+
     async def take_over(self, actor: ChannelActor) -> Callable[[list[dict[str, object]]], object] | None:
         """Follower whose owner is gone: takes the channel's lease if it is free, brings the
         actor up to the stream's last record and returns the fenced append (this node owns
@@ -217,10 +236,37 @@ class Reattach:
 
 
 @attrs.frozen
+class ResumeElsewhere:
+    """Cluster mode: a connection resumes a session this node does not hold (its node died,
+    or the client moved to another node), named by its token's resume key. The owner finds
+    the member by the key its node announced (`rollcall.RollCall`) and moves it to the new
+    connection: same member, same sid, nothing logged, nobody told (decision 7); the node
+    that held it lets it go. ``node``: where the session resumes."""
+
+    key: str
+    node: str
+
+
+@attrs.frozen
+class Attach:
+    """Follower: the owner gave ``user_id``'s membership to this envelope's session."""
+
+    user_id: str
+    token_expires_at: float | None = None
+
+
+@attrs.frozen
+class LetGo:
+    """Follower: ``user_id`` resumed on another node; this node's session of it ends (no log)."""
+
+    user_id: str
+
+
+@attrs.frozen
 class Envelope:
     """A command for the channel; ``session`` is None for the server's own commands."""
 
-    command: Command | Reattach | Apply | Nudge
+    command: Command | Reattach | Apply | Nudge | ResumeElsewhere | Attach | LetGo
     session: Session | None
     reply: OneShot | None
 
@@ -283,6 +329,11 @@ class ChannelActor:
         self._count_sent_at = -math.inf
         self._volumes: dict[int, VolumeStatus] = {}
         self._announced: set[str] = set()  # hosts and publishers: who everyone sees
+        # Cluster mode: the members other nodes hold, as their roll calls say (`actors/rollcall.py`).
+        self.roll = RollCall(trio.current_time())
+        self._roll_due = True  # announce this node's members at the next tick
+        self._rolled_at = -math.inf
+        self._ticked_at = trio.current_time()
         self._data_dir = data_dir
         self._cdn = cdn if cdn is not None and cdn.enabled and data_dir is not None else None
         self.recorder: Recorder | None = None
@@ -307,8 +358,9 @@ class ChannelActor:
         return list(self._sessions.values())
 
     def adopt(self, channel: Channel | None, seq: int) -> None:
-        """Follower: starts from the channel as the stream has it up to ``seq`` (every member
-        is on another node so far), before the actor runs."""
+        """Starts from the channel as the stream has it up to ``seq`` (every member is on
+        another node so far), before the actor runs: a follower, or an owner that goes on
+        with an instance whose owner died."""
         self.channel, self.applied_seq = channel, seq
         if channel is None or channel.ended:
             return
@@ -381,13 +433,20 @@ class ChannelActor:
 
     async def _process(self, batch: list[Envelope]) -> None:
         outcomes: list[tuple[Envelope, Accepted | Rejected, list[tuple[Event, Channel | None, Channel]]]] = []
+        resumed: list[tuple[Envelope, ChannelReply]] = []
         records: list[dict[str, object]] = []
         for envelope in batch:
             command = envelope.command
-            if isinstance(command, Nudge | Apply):  # a follower's business, never an owner's
+            if isinstance(command, Nudge | Apply | Attach):  # a follower's business, never an owner's
+                continue
+            if isinstance(command, LetGo):
+                self._let_go(command.user_id, keep=None)
                 continue
             if isinstance(command, Reattach):
                 outcomes.append((envelope, self._reattach(command, envelope.session), []))
+                continue
+            if isinstance(command, ResumeElsewhere):
+                resumed.append((envelope, self._resume_member(command, envelope.session)))
                 continue
             if isinstance(command, JoinChannel):
                 command = attrs.evolve(command, new_number=self._allocate_number())
@@ -434,6 +493,9 @@ class ChannelActor:
                 self._act(envelope.session, event, before, after)
             if envelope.reply is not None:
                 envelope.reply.set(self._reply_for(envelope, decision))
+        for envelope, answer in resumed:
+            if envelope.reply is not None:
+                envelope.reply.set(answer)
 
     def _reattach(self, command: Reattach, session: Session | None) -> Accepted | Rejected:
         member = self.channel.members.get(command.user_id) if self.live and self.channel else None
@@ -445,6 +507,105 @@ class ChannelActor:
         self.router.add_member(member.sid, session.output, publishing=member.upload)
         session.attached(self, member.sid)
         return Accepted(())
+
+    # --- resume on another node (cluster mode): the member moves, nothing is logged ---
+
+    def _resume_member(self, command: ResumeElsewhere, session: Session | None) -> ChannelReply:
+        """Owner: gives the member whose resume key is ``command.key`` to the resuming
+        connection (``session``, on this node; None: on node ``command.node``). The node that
+        held it lets it go; a session still connected there ends with duplicate_session, as
+        an older session does when the same user joins again (decision 8)."""
+        user_id = self.roll.member_with_key(command.key) or next(
+            (u for u, s in self._sessions.items() if s.resume_key == command.key), None
+        )
+        member = self.channel.members.get(user_id) if user_id and self.live and self.channel else None
+        if member is None:
+            return ChannelReply(Reason.NOT_FOUND, "no dropped session to resume (grace period over?)")
+        held = self._sessions.get(member.user_id)
+        expires = held.token_expires_at if held is not None else self.roll.token_expiry(member.user_id)
+        self.roll.resumed(member.user_id, trio.current_time())
+        if self.link is not None:
+            self.link.release(member.user_id, to=command.node)
+        if session is None:
+            self._let_go(member.user_id, keep=None)
+            return ChannelReply(Reason.NONE, sid=member.sid, user_id=member.user_id, token_expires_at=expires)
+        return self._attach_resumed(member.user_id, session, expires)
+
+    def _attach_resumed(self, user_id: str, session: Session | None, token_expires_at: float | None) -> ChannelReply:
+        """The member ``user_id`` is ``session``'s from now on (the owner said so)."""
+        member = self.channel.members.get(user_id) if self.live and self.channel else None
+        if member is None or session is None:
+            return ChannelReply(Reason.NOT_FOUND, "left the channel while resuming")
+        self._let_go(user_id, keep=session)
+        self.roll.resumed(user_id, trio.current_time())
+        self._owners[user_id] = self._sessions[user_id] = session
+        if self._policy.is_host(member.role):
+            self._hosts[user_id] = session
+        self.router.add_member(member.sid, session.output, publishing=member.upload)
+        session.attached(self, member.sid)
+        self._roll_due = True
+        return ChannelReply(Reason.NONE, info=self._channel_info(member), sid=member.sid, user_id=user_id, token_expires_at=token_expires_at)
+
+    def _let_go(self, user_id: str, keep: Session | None) -> None:
+        """This node's session of ``user_id`` (unless it is ``keep``) no longer holds the
+        membership: the member is on another connection now. Nothing is logged; the old
+        session is told duplicate_session (a dropped one never hears it, and its grace
+        timer's leave is refused as stale)."""
+        old = self._sessions.get(user_id)
+        if old is None or old is keep:
+            return
+        del self._sessions[user_id]
+        self._owners.pop(user_id, None)
+        self._hosts.pop(user_id, None)
+        member = self.channel.members.get(user_id) if self.channel else None
+        if member is not None:
+            self.router.add_member(member.sid, None, publishing=member.upload)
+        old.removed(self.channel_id, Reason.DUPLICATE_SESSION)
+        log.info("%s in %s resumed on another connection", shown(user_id), shown(self.channel_id))
+
+    def heard_roll(self, owner: bool, members: list[tuple[str, str, float | None]]) -> None:
+        """Another node's roll call (cluster mode): it holds ``members`` (user id, resume key,
+        token expiry)."""
+        at = trio.current_time()
+        if owner:
+            self.roll.owner_heard_at = at
+        channel = self.channel
+        if channel is None:
+            return
+        for user_id, key, expires in members:
+            if user_id in channel.members:
+                self.roll.heard(user_id, key, at, expires)
+
+    def _roll_call(self, at: float) -> None:
+        """Each roll call (cluster mode: every ``every`` seconds, and at the tick after a
+        change): announce this node's members; the owner ends
+        members nobody announced for silent_after + grace (network, as a drop past its grace);
+        a follower takes over from an owner silent for silent_after."""
+        assert self.link is not None and self.channel is not None
+        settings = self.link.roll
+        if at - self._ticked_at > settings.silent_after:
+            self.roll.rebase(at)  # this node was away itself (paused): hear the others anew first
+        self._ticked_at = at
+        if not (self._roll_due or at - self._rolled_at >= settings.every):
+            return
+        self._roll_due, self._rolled_at = False, at
+        self.link.announce([(u, s.resume_key, s.token_expires_at) for u, s in self._sessions.items()], owner=not self.follower)
+        if self.follower:
+            if at - self.roll.owner_heard_at > settings.silent_after and self._taking_over is None and self._nursery is not None:
+                self.roll.owner_heard_at = at - settings.silent_after + settings.every  # next try: one interval on
+                self._nursery.start_soon(self._take_over)
+            return
+        remote = [u for u in self.channel.members if u not in self._sessions]
+        for user_id in remote:
+            self.roll.expect(user_id, at)  # a member nobody announced yet counts from now
+        for user_id in self.roll.unheard(remote, at, settings.silent_after + settings.grace):
+            try:
+                self.mailbox.send_nowait(Envelope(LeaveChannel(wall_clock(), user_id, Reason.NETWORK), None, None))
+            except trio.WouldBlock:
+                return  # a full mailbox: the next roll call tries again
+            log.info("%s in %s: no node announced it past the grace: it leaves (network)", shown(user_id), shown(self.channel_id))
+            self.roll.forget(user_id)
+            self.roll.expect(user_id, at)  # not asked to leave again before another wait
 
     def _track_owner(self, event: Event, session: Session | None) -> None:
         if isinstance(event, MemberJoined) and session is not None:
@@ -526,6 +687,7 @@ class ChannelActor:
                 if joining is not None:
                     self._sessions[member.user_id] = joining
                     joining.attached(self, member.sid)
+                    self._roll_due = True
                     if self._policy.is_host(member.role):
                         self._hosts[member.user_id] = joining
                 self.router.add_member(member.sid, joining.output if joining is not None else None, publishing=member.upload)
@@ -553,6 +715,7 @@ class ChannelActor:
                 self._volumes.pop(member.sid, None)
                 self._announced.discard(member.user_id)
                 self.router.remove_member(member.sid)
+                self.roll.forget(member.user_id)
                 self._count_dirty = True
                 if session is not None and event.reason is not Reason.QUIT:
                     session.removed(after.channel_id, event.reason)
@@ -644,8 +807,16 @@ class ChannelActor:
                 if envelope.reply is not None:
                     envelope.reply.set(self._reply_for(envelope, decision))
                 continue
+            if isinstance(command, Attach):  # the owner accepted a resume on this node
+                answer = self._attach_resumed(command.user_id, envelope.session, command.token_expires_at)
+                if envelope.reply is not None:
+                    envelope.reply.set(answer)
+                continue
+            if isinstance(command, LetGo):
+                self._let_go(command.user_id, keep=None)
+                continue
             if (
-                not isinstance(command, JoinChannel)
+                not isinstance(command, JoinChannel | ResumeElsewhere)
                 and envelope.session is not None
                 and self._owners.get(envelope.session.user_id) is not envelope.session
             ):
@@ -662,12 +833,16 @@ class ChannelActor:
             else:
                 self._nursery.start_soon(self._forward, envelope, command)
 
-    async def _forward(self, envelope: Envelope, command: Command) -> None:
+    async def _forward(self, envelope: Envelope, command: Command | ResumeElsewhere) -> None:
         try:
             answer = await self._answer_of(command)
             if answer.moved and await self._take_over():
                 # The owner is gone and this node took the channel: decide it here, as owner.
                 await self.mailbox.send(envelope)
+                return
+            if isinstance(command, ResumeElsewhere) and answer.reason is Reason.NONE:
+                # The member is this session's now: the actor attaches it in its own loop.
+                await self.mailbox.send(Envelope(Attach(answer.user_id, answer.token_expires_at), envelope.session, envelope.reply))
                 return
         except trio.Cancelled:  # the actor ends: the requester looks for the channel again
             if envelope.reply is not None:
@@ -711,6 +886,7 @@ class ChannelActor:
             if append is not None:
                 self._log_append = append
                 self.follower = False
+                self._roll_due = True  # tell the others at once who decides now
                 log.warning("took over channel %s: its owner is gone", shown(self.channel_id))
         finally:
             self._taking_over = None
@@ -721,10 +897,13 @@ class ChannelActor:
         """Follower: applies records read from the stream at once (a take-over's catch-up)."""
         self._apply(records)
 
-    async def _answer_of(self, command: Command) -> Forwarded:
+    async def _answer_of(self, command: Command | ResumeElsewhere) -> Forwarded:
         """The owner's answer, once this follower has applied the records it answered after."""
         assert self.link is not None
-        answer = await self.link.forward(command)
+        if isinstance(command, ResumeElsewhere):
+            answer = await self.link.forward_resume(command.key)
+        else:
+            answer = await self.link.forward(command)
         with trio.move_on_after(CATCH_UP_AFTER):
             await self._caught_up(answer.seq)
             return answer
@@ -841,6 +1020,8 @@ class ChannelActor:
             ticks += 1
             if self.channel is None or self.channel.ended:
                 continue
+            if self.link is not None:
+                self._roll_call(trio.current_time())
             self._announce_volumes()
             if ticks % MEMBER_COUNT_EVERY_TICKS == 0 and self._count_dirty:
                 self._push_member_count(trio.current_time())

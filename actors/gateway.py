@@ -25,6 +25,7 @@ log = logging.getLogger("airwave.gateway")
 # trio-websocket closes a connection (1009) for messages above this; smaller oversized
 # messages (above the protocol's own limit) get a too_large error and the connection stays.
 WEBSOCKET_MAX_MESSAGE = 1 << 20
+AWAY_AFTER = 1.0  # a heartbeat sweep this late: the process itself was paused, not its peers silent
 
 
 class JoinAdmission:
@@ -180,13 +181,21 @@ class Gateway:
                 nursery.start_soon(participant.close, 1001, reason, Reason.SERVER_SHUTDOWN)
 
     async def run_heartbeats(self, period: float) -> None:
-        """One task for every connection's heartbeat (see ParticipantActor.tick)."""
+        """One task for every connection's heartbeat (see ParticipantActor.tick).
+
+        A sweep that comes far later than its period means this process itself was away
+        (SIGSTOP, a VM freeze, a swap storm): its peers could not be heard meanwhile, so
+        silence is counted only from then on (``awake_since``), never against them."""
+        awake_since = last = trio.current_time()
         while True:
             await trio.sleep(period)
             now = trio.current_time()
+            if now - last > max(AWAY_AFTER, 10 * period):
+                awake_since = now
+            last = now
             self.admission.expire(now)
             unjoined = 0
             for participant in list(self._open):
-                participant.tick(now)
+                participant.tick(now, awake_since)
                 unjoined += participant.state is not SessionState.JOINED
             self._unjoined = unjoined

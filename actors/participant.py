@@ -24,6 +24,7 @@ import trio_websocket
 from airwave.protocol import (
     ADMIN_REQUEST_TYPES,
     AdminRequest,
+    CustomRole,
     EnableUpload,
     Error,
     Hello,
@@ -59,6 +60,7 @@ from airwave.protocol import (
 
 from airwave.protocol.messages import record_params
 from airwave.protocol.ratelimit import TokenBucket
+from airwave.protocol.sessiontoken import NONCE_BYTES, new_session_token, resume_key
 from airwave.protocol.text import shown
 from airwave.protocol.tokens import TokenClaims, verify_admin_token, verify_token
 
@@ -150,7 +152,7 @@ class ParticipantActor:
         "_frames_offered", "_heartbeat", "_held", "_hello_deadline", "_kernel_watches",
         "_last_ping", "_last_refusal_reply", "_last_sent", "_media_bucket", "_metrics",
         "_nursery", "_peer", "_registry", "_session_token", "_settings", "_sid", "_strikes",
-        "_token_deadline", "_ws", "connected_at", "end_reason", "output", "state", "stats", "user_id",
+        "_token_deadline", "_ws", "connected_at", "end_reason", "output", "resume_key", "state", "stats", "user_id",
     )
 
     def __init__(
@@ -188,6 +190,7 @@ class ParticipantActor:
         self._token_deadline = math.inf  # trio clock; the session's token expiry
         self._claims: TokenClaims | None = None  # token mode: what the session's token grants
         self._session_token = ""
+        self.resume_key = ""  # the session token's, announced in cluster roll calls (never the token)
         self._control_bucket = TokenBucket(settings.control_rate, settings.control_burst)
         self._media_bucket = TokenBucket(settings.media_rate, settings.media_burst)
         self._strikes = 0
@@ -197,6 +200,11 @@ class ParticipantActor:
         self._admitted = admitted
         self.end_reason = Reason.NETWORK  # a drop, unless something else ends the session
         self._closing: trio.Event | None = None  # set when a close the server began is over
+
+    @property
+    def token_expires_at(self) -> float | None:
+        """Token mode: when the session's join token expires (epoch seconds); None in open mode."""
+        return self._claims.expires_at if self._claims is not None else None
 
     # --- the mailbox: called by the channel actor ---
 
@@ -468,23 +476,41 @@ class ParticipantActor:
         return self._joined_reply(request.id, answer)
 
     def _joined_reply(self, request_id: int, answer: ChannelReply) -> Reply:
-        self._session_token = secrets.token_urlsafe(24)
+        channel_id = answer.info.channel_id if answer.info is not None else ""
+        self._session_token = new_session_token(channel_id, secrets.token_bytes(NONCE_BYTES))
+        self.resume_key = resume_key(self._session_token)
         info = None if answer.info is None else attrs.evolve(answer.info, session_token=self._session_token)
         return Reply(request_id, result=None if info is None else to_wire(info))
 
     async def _resume(self, request: Resume) -> Reply:
+        """Resumes a session held on this node; in cluster mode also one this node never held
+        (its node died, or the client moved): the channel's owner recognises it by the
+        token's resume key (`registry.Registry.resume_elsewhere`)."""
         suspension = self._registry.claim(request.session_token)
-        if suspension is None:
-            return Reply(request.id, Reason.NOT_FOUND, "no dropped session to resume (grace period over?)")
+        answer = ChannelReply(Reason.NOT_FOUND, "no dropped session to resume (grace period over?)")
+        channel_id = ""
         self._held = []
-        dropped = suspension.session
-        answer = await self._registry.submit(suspension.channel_id, Reattach(suspension.user_id, dropped), self)  # type: ignore[arg-type]
+        if suspension is not None:
+            dropped = suspension.session
+            channel_id = suspension.channel_id
+            answer = await self._registry.submit(channel_id, Reattach(suspension.user_id, dropped), self)  # type: ignore[arg-type]
+            if answer.reason is Reason.NONE:
+                answer = attrs.evolve(answer, user_id=suspension.user_id)
+                if isinstance(dropped, ParticipantActor):
+                    self._token_deadline, self._claims = dropped._token_deadline, dropped._claims
+        elsewhere = answer.reason is Reason.NOT_FOUND and self._registry.clustered
+        if elsewhere:
+            channel_id, answer = await self._registry.resume_elsewhere(request.session_token, self)
         if answer.reason is not Reason.NONE:
             return Reply(request.id, answer.reason, answer.message)
-        self.user_id = suspension.user_id
-        if isinstance(dropped, ParticipantActor):
-            self._token_deadline, self._claims = dropped._token_deadline, dropped._claims
-        log.info("%s resumed %s in %s", self._peer, shown(self.user_id), shown(suspension.channel_id))
+        self.user_id = answer.user_id
+        if elsewhere and self._settings.secret is not None:
+            # Token mode: the session keeps its join token's expiry (unknown: expired now, so
+            # the heartbeat sweep ends it with token_expired); what the token granted is the
+            # member's granted roles (in its state), for this channel only.
+            expires = answer.token_expires_at if answer.token_expires_at is not None else now()
+            self._hold_token(TokenClaims(channel_id, self.user_id, _granted(self._channel, self.user_id), expires))
+        log.info("%s resumed %s in %s", self._peer, shown(self.user_id), shown(channel_id))
         return self._joined_reply(request.id, answer)
 
     def _check_token(self, token: str | None, user_id: str, channel_id: str) -> TokenClaims:
@@ -587,7 +613,7 @@ class ParticipantActor:
         proxied connection is pinged even while it receives media."""
         return not self.output.forwarded and self.output.watch_acknowledgements(timeout)
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, awake_since: float = -math.inf) -> None:
         """The heartbeat, driven by the gateway's one sweep over every connection (a sleeping
         task per connection cost memory, timers and GC churn at thousands of listeners).
 
@@ -600,6 +626,8 @@ class ParticipantActor:
         its pongs cost the server a read each, and on loopback they also switch the
         client's TCP to delayed acknowledgements, which the sender then pays for
         (docs/performance.md section 9.1). An expired token ends its membership.
+        ``awake_since``: this process was away until then (paused), so silence before it
+        is not the peer's.
         """
         if self._closing is not None:  # being closed
             return
@@ -612,7 +640,7 @@ class ParticipantActor:
         if self._kernel_watches and output.frames_offered != self._frames_offered:
             self._frames_offered = output.frames_offered
             self._last_sent = now
-        if now - max(output.last_received, self._last_sent) >= timeout:
+        if now - max(output.last_received, self._last_sent, awake_since) >= timeout:
             log.info("%s (%s) timed out", self._peer, shown(self.user_id or "-"))
             self._metrics.heartbeat_timeouts += 1
             self._nursery.start_soon(self.close, 1001, "heartbeat timeout", Reason.TIMEOUT)
@@ -658,6 +686,13 @@ class ParticipantActor:
             self._registry.suspend(self._session_token, channel.channel_id, self, self.user_id, self._settings.resume_grace, now)
             return
         await self._registry.submit(channel.channel_id, LeaveChannel(now(), self.user_id, Reason(reason)), self)
+
+
+def _granted(actor: ChannelActor | None, user_id: str) -> frozenset[CustomRole]:
+    """The roles ``user_id``'s token granted (as its participant_joined logged them)."""
+    member = actor.channel.members.get(user_id) if actor is not None and actor.channel else None
+    mask = member.granted_roles if member is not None and member.granted_roles is not None else 0
+    return frozenset(role for role in CustomRole if role and mask & role)
 
 
 def query_info(channel: Channel) -> QueryInfo:

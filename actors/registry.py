@@ -19,9 +19,10 @@ import attrs
 import trio
 
 from airwave.protocol import DEFAULT_POLICY, QueryInfo, Reason, RolePolicy
+from airwave.protocol.sessiontoken import channel_key, channel_key_of, resume_key
 from airwave.protocol.text import shown
 
-from .channel import ChannelActor, ChannelReply, Envelope, Link, LogRefused, OneShot
+from .channel import ChannelActor, ChannelReply, Envelope, Link, LogRefused, OneShot, ResumeElsewhere
 from .core import CdnSettings, Channel, Command, EndChannel, LeaveChannel
 from .core.guesses import PasswordGuesses
 
@@ -37,7 +38,7 @@ class Claimed:
 
     log_append: LogAppend | None  # the owner's fenced log; None: a follower, another node decides
     link: Link  # the channel's other nodes
-    channel: Channel | None = None  # follower: the channel as the stream has it so far
+    channel: Channel | None = None  # follower, or owner going on with a live instance: the channel as the stream has it
     seq: int = 0  # ... up to this record
 
 
@@ -49,6 +50,14 @@ class Placement(Protocol):
 
     async def query(self, channel_id: str) -> QueryInfo | ChannelReply:
         """The channel's facts from its owner, for a node with no actor of it."""
+
+    async def locate(self, channel_key: str) -> str | None:
+        """The id of the channel some node serves under ``channel_key``
+        (`protocol/sessiontoken.py`), None if none does."""
+
+    @property
+    def node(self) -> str:
+        """This node's name in the cluster."""
 
     def allocate_number(self) -> int:
         """The number a channel created now would get (unique over the shared log)."""
@@ -122,8 +131,8 @@ class Registry:
                 link=claimed.link if claimed is not None else None,
                 follower=follower,
             )
-            if claimed is not None and follower:
-                actor.adopt(claimed.channel, claimed.seq)
+            if claimed is not None and claimed.channel is not None:
+                actor.adopt(claimed.channel, claimed.seq)  # a follower, or an owner going on with an instance
             self._actors[channel_id] = actor
             self._nursery.start_soon(self._supervise, actor)
         return actor
@@ -191,6 +200,19 @@ class Registry:
                 await trio.sleep(0.02 * moved)
                 continue
             return answer
+
+    async def resume_elsewhere(self, session_token: str, session: object) -> tuple[str, ChannelReply]:
+        """Cluster mode: resumes a session this node does not hold. The token names its
+        channel (by key); the channel's owner knows the member by the token's resume key."""
+        assert self._placement is not None
+        key = channel_key_of(session_token)
+        channel_id = None
+        if key is not None:
+            channel_id = next((c for c in self._actors if channel_key(c) == key), None) or await self._placement.locate(key)
+        if channel_id is None:
+            return "", ChannelReply(Reason.NOT_FOUND, "no dropped session to resume (grace period over?)")
+        command = ResumeElsewhere(resume_key(session_token), self._placement.node)
+        return channel_id, await self.submit(channel_id, command, session)  # type: ignore[arg-type]
 
     # --- sessions whose connection dropped: held for a grace period (decision 7) ---
 

@@ -264,7 +264,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         metrics_address=metrics_address, webhook=webhook, cdn=cdn,
         host=args.host, port=args.port, data_dir=Path(args.data), fsync=FsyncMode(args.fsync),
-        session=SessionSettings(secret=secret), stats_interval=args.stats_interval,
+        session=SessionSettings(secret=secret, resume_grace=args.resume_grace), stats_interval=args.stats_interval,
         transport=TransportSettings(allowed_origins=args.allow_origin),
         **({"max_joining": args.max_joining} if args.max_joining else {}),
     )
@@ -725,6 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics", metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 (default: off; docs/operations.md)",
+    )
+    serve.add_argument(
+        "--resume-grace", type=_seconds, default=15.0, metavar="S",
+        help="seconds a dropped connection's session is held for resume, unseen by the others; "
+        "0: a drop is a leave (default %(default)s; docs/operations.md)",
     )
     serve.add_argument(
         "--max-joining", type=_positive_int, metavar="N",

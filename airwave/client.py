@@ -133,6 +133,10 @@ OPERATION_QUEUE = 256  # sync calls waiting to be sent; beyond it a call returns
 EVENT_QUEUE = 1024
 TICK = 0.020
 FLUSH_SECONDS = 3.0  # leaving a Client block waits at most this long for the calls already queued
+# A resume answered server_error is tried again this many times, 0.2 s, 0.4 s, ... apart (6.2 s
+# in all: past a default lease TTL of 3 s and the take-over after it), before the SDK rejoins.
+RESUME_TRIES = 6
+RESUME_RETRY_FIRST = 0.2
 
 T = TypeVar("T")
 E = TypeVar("E", bound=ChannelEvent)
@@ -785,10 +789,16 @@ class MediaChannel:
         if self._state is ChannelState.IDLE or self._last_join is None:
             return
         channel_id, param = self._last_join
-        reply = await self._request(Resume, session_token=self._session_token)
-        if reply.ok:
-            self._apply_channel_info(channel_info_from_wire(reply.result))
-            return
+        for attempt in range(RESUME_TRIES):
+            reply = await self._request(Resume, session_token=self._session_token)
+            if reply.ok:
+                self._apply_channel_info(channel_info_from_wire(reply.result))
+                return
+            if reply.reason is not Reason.SERVER_ERROR or attempt == RESUME_TRIES - 1:
+                break
+            # A cluster moving the channel (its owner just died: no node decides for it for
+            # up to a lease TTL) answers server_error: the session may still be resumed.
+            await trio.sleep(RESUME_RETRY_FIRST * 2**attempt)
         log.info("resume refused (%s); rejoining %s", reply.reason.reason_name, channel_id)
         self._set_state(ChannelState.IDLE)
         self._reset_channel()

@@ -42,10 +42,13 @@ LEASE = LeaseSettings(ttl=TTL, renew_every=TTL / 3)
 
 
 @asynccontextmanager
-async def cluster_node(nats: NatsServer, node: str, tmp_path: Path) -> AsyncIterator[ClusterServer]:
+async def cluster_node(
+    nats: NatsServer, node: str, tmp_path: Path, *, lease: LeaseSettings = LEASE, **session: object
+) -> AsyncIterator[ClusterServer]:
+    """A node in this process; ``session``: SessionSettings fields (resume_grace, ...)."""
     async with trio.open_nursery() as nursery:
-        settings = fast_settings(tmp_path / node)
-        server: ClusterServer = await nursery.start(serve_cluster, settings, ClusterSettings((nats.url,), node, LEASE))
+        settings = fast_settings(tmp_path / node, **session)
+        server: ClusterServer = await nursery.start(serve_cluster, settings, ClusterSettings((nats.url,), node, lease))
         try:
             yield server
         finally:
@@ -132,12 +135,13 @@ async def test_cluster_graceful_shutdown_ends_the_nodes_channels_and_frees_them_
 
 # --- real node processes: SIGKILL and SIGSTOP ---
 
-def start_node_process(nats: NatsServer, node: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_node_process(nats: NatsServer, node: str, tmp_path: Path, *options: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`airwave serve --cluster` as a process (``options``: more of its flags)."""
     port = free_port()
     log_file = (tmp_path / f"{node}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "airwave.cli", "serve", "--port", str(port), "--data", str(tmp_path / node),
-         "--cluster", nats.url, "--node", node, "--lease-ttl", str(TTL)],
+         "--cluster", nats.url, "--node", node, "--lease-ttl", str(TTL), *options],
         stdout=log_file, stderr=subprocess.STDOUT,
     )
     return process, f"ws://127.0.0.1:{port}/"
@@ -220,23 +224,37 @@ async def test_cluster_owner_killed_its_channel_passes_to_another_node_after_the
         assert b.placement.takeovers == 1
 
 
+PAUSE = 10.0  # the issue's SIGSTOP: 10 s, many TTLs
+
+
 async def test_cluster_paused_owner_cannot_append_after_another_took_over(
     nats_server: NatsServer, bridge: NatsBridge, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    """SIGSTOP the owner past its TTL, let another node take the channel, SIGCONT: the old
-    owner's member asks for a change; it is refused (server_restart) and nothing it decided
-    reaches the stream; no event is lost or written twice."""
+    """SIGSTOP the owner for 10 s, then SIGCONT. Meanwhile node-b, a follower, hears no roll
+    call from its owner for a TTL, takes the channel over (the instance goes on), ends the
+    paused node's member after the grace (network: nobody announced it), and decides a
+    change. Woken, the old owner's member asks for a change: refused, it is told
+    server_restart, and nothing the old owner decided reaches the stream; no event is lost
+    or written twice."""
     process, url = start_node_process(nats_server, "node-a", tmp_path)
     processes.append(process)
     await wait_listening(url, process)
     async with cluster_node(nats_server, "node-b", tmp_path) as b:
-        async with open_wire(url) as host:
+        async with open_wire(url) as host, open_wire(b.url) as carol:
             ok(await host.request(Join, channel="show", user_id="host", role=HOST))
+            ok(await carol.request(Join, channel="show", user_id="carol", role=HOST))  # node-b follows node-a
+            ok(await host.request(SetCustomProperty, value="before the pause"))
+            follower = b.registry.find("show")
+            assert follower is not None and follower.follower
+            await wait_until(lambda: follower.roll.heard_at("host") is not None, "node-a announced its member")
             process.send_signal(signal.SIGSTOP)
+            stopped = time.monotonic()
             try:
-                await trio.sleep(TTL + 0.4)  # past the lease: node-b claims the channel (see above)
-                with trio.fail_after(TTL + 5):
-                    await join_when_served(b.url, "show", "carol")
+                with trio.fail_after(PAUSE - 1):
+                    await wait_until(lambda: not follower.follower, "node-b took over", timeout=PAUSE)
+                    await wait_until(lambda: "host" not in follower.channel.members, "the paused node's member ended", timeout=PAUSE)  # type: ignore[union-attr]
+                    ok(await carol.request(SetCustomProperty, value="during the pause"))  # decided on node-b
+                await trio.sleep(max(0.0, stopped + PAUSE - time.monotonic()))
             finally:
                 process.send_signal(signal.SIGCONT)
             with trio.fail_after(5):
@@ -245,16 +263,19 @@ async def test_cluster_paused_owner_cannot_append_after_another_took_over(
                 late = await host.request(SetCustomProperty, value="from the paused owner")
                 assert not late.ok
                 assert (await next_push(host, Left, timeout=5)).reason is Reason.SERVER_RESTART
+            ok(await carol.request(SetCustomProperty, value="after the pause"))
         records = await read_records(bridge, channel="show")
         assert events_of(records) == [
-            "channel_created show#1 host", "participant_joined show#1 host",
-            "participant_left show#1 host server_restart", "channel_stopped show#1  none",
-            "channel_created show#2 carol", "participant_joined show#2 carol",
+            "channel_created show#1 host", "participant_joined show#1 host", "participant_joined show#1 carol",
+            "custom_property_changed show#1 ", "participant_left show#1 host network",
+            "custom_property_changed show#1 ", "custom_property_changed show#1 ",
         ]
-        assert len({r["seq"] for r in records}) == len(records)
-        show = b.registry.find("show")
-        assert show is not None and show.channel is not None
-        assert fold(item.event for item in replay_records(records, None))[show.channel.number] == show.channel
+        assert [r.get("value") for r in records if r["type"] == "custom_property_changed"] == [
+            "before the pause", "during the pause", "after the pause",
+        ]
+        seqs = [r["seq"] for r in records]
+        assert seqs == sorted(set(seqs))
+        assert fold(item.event for item in replay_records(records, None))[follower.channel.number] == follower.channel  # type: ignore[union-attr]
 
 
 # --- the command line ---
@@ -271,6 +292,13 @@ async def test_cluster_paused_owner_cannot_append_after_another_took_over(
 def test_cluster_serve_bad_options_exit_2_with_the_reason(args: list[str], reason: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--port", "0", *args]) == 2
     assert reason in capsys.readouterr().err
+
+
+def test_serve_resume_grace_below_zero_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "0", "--resume-grace", "-1"])
+    assert exited.value.code == 2
+    assert "--resume-grace: must be a number of seconds, 0 or more, got -1" in capsys.readouterr().err
 
 
 def test_cluster_serve_without_nats_exits_1_saying_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,13 @@ const CONNECTION_WORDS = {
 const RAISE_HAND = "raise_hand"; // the co-host request: a message hosts act on
 const PLAYED_KEPT = 3000;
 
-const session = new Session(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`);
+// The page's own server first (behind a load balancer that is all it takes: a reconnect
+// lands on a live node); `?servers=ws://b:8702/,ws://c:8703/` adds a cluster's other nodes
+// for a page served by one of them directly (each must allow this page's origin).
+const ownServer = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
+const otherServers = (new URLSearchParams(location.search).get("servers") ?? "")
+  .split(",").map((url) => url.trim()).filter((url) => /^wss?:\/\/[^\s]+$/.test(url) && url !== ownServer);
+const session = new Session([ownServer, ...otherServers]);
 const engine = new AudioEngine();
 const hands = new Map(); // user_id -> display name, for hosts
 // For tests and figures: each played packet's arrival and play time (epoch ms).

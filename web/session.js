@@ -17,9 +17,14 @@ const RESUME_FOR = 20000; // ms: past the server's resume grace (15 s by default
 const MEDIA_BACKLOG = 64 * 1024; // bytes the socket may hold before media frames are dropped here
 
 export class Session extends EventTarget {
-  constructor(url) {
+  /** `urls`: one WebSocket URL, or several addresses of the same service (a cluster's
+   *  nodes): a connection that cannot be made moves on to the next one, so a session whose
+   *  node died resumes on another (the server holds it for its grace period). */
+  constructor(urls) {
     super();
-    this.url = url;
+    this.urls = Array.isArray(urls) ? urls : [urls];
+    if (this.urls.length === 0) throw new Error("a Session needs a URL");
+    this.url = this.urls[0];
     this.ws = null;
     this.nextId = 1;
     this.pending = new Map();
@@ -41,9 +46,19 @@ export class Session extends EventTarget {
     this.dispatchEvent(new CustomEvent(field, { detail: { [field]: value } }));
   }
 
-  /** Opens a WebSocket and says hello; resolves once the server answered. */
+  /** Opens a WebSocket and says hello; resolves once the server answered. A failed attempt
+   *  makes the next URL the one the next attempt tries. */
   async _open() {
-    const ws = new WebSocket(this.url);
+    try {
+      await this._openAt(this.url);
+    } catch (error) {
+      this.url = this.urls[(this.urls.indexOf(this.url) + 1) % this.urls.length];
+      throw error;
+    }
+  }
+
+  async _openAt(url) {
+    const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     this.nextId = 1;
@@ -240,7 +255,9 @@ export class Session extends EventTarget {
         this._set("connection", "resumed");
         return;
       }
-      if (reply.reason !== 3) break; // the server answered: the session is gone
+      // 3: no connection (the next URL is tried); 13: a cluster moving the channel (its
+      // owner died) answers server_error until a node takes over: try again.
+      if (reply.reason !== 3 && reply.reason !== 13) break; // the server answered: the session is gone
       if (this.ws) this.ws.close();
       this.ws = null;
     }

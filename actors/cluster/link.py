@@ -9,6 +9,11 @@ members of it) holds one `ChannelLink`, made by `placement.ClusterPlacement.clai
   other nodes publish to ``router.deliver``: one message per packet per node, whatever the
   number of listeners. The bridge's connection is ``no_echo``, so a node never gets its own.
 - **texts**: ``airwave.text.<channel>`` carries text messages for members on other nodes.
+- **roll call**: ``airwave.roll.<channel>`` carries each node's members of the channel, every
+  ``roll.every`` seconds and after a change (`actors/rollcall.py`), and the owner's word that
+  a member resumed on another node (every other node lets its session of it go).
+- **where**: ``airwave.where.<channel key>`` (a queue group: one node answers) tells a node
+  that never saw a session which channel its token's key names (a resume elsewhere).
 - **owner**: subscribes to ``airwave.cmd.<channel>``; a forwarded command goes into the
   actor's mailbox as a command without a session, and is answered once decided and
   appended, with the seq of the last record published to the followers. After each append
@@ -29,14 +34,16 @@ import nats.errors
 import trio
 
 from airwave.protocol import Reason
+from airwave.protocol.sessiontoken import channel_key
 from airwave.protocol.text import shown
 
-from ..channel import Apply, ChannelReply, Envelope, Forwarded, OneShot
+from ..channel import Apply, ChannelReply, Envelope, Forwarded, LetGo, OneShot, ResumeElsewhere
 from ..core import Command
+from ..rollcall import RollSettings
 from .bridge import BridgeClosed, Delivery, NatsBridge, Subscription
 from .forwarded import decode_command, encode_command, pack, pack_records, unpack, unpack_records
 from .jetlog import read_records
-from .subjects import command_subject, live_subject, media_subject, text_subject
+from .subjects import command_subject, live_subject, media_subject, roll_subject, text_subject, where_subject
 
 if TYPE_CHECKING:
     from ..channel import ChannelActor
@@ -70,10 +77,15 @@ class ChannelLink:
         subscriptions: dict[str, Subscription],
         *,
         owner: bool,
+        node: str,
+        roll: RollSettings,
         inboxes: CommandInboxes | None = None,
         last_seen: int = 0,
     ) -> None:
         self._bridge = bridge
+        self.node = node
+        self.roll = roll
+        self._roll_subject = roll_subject(channel_id)
         self._inboxes = inboxes
         self.channel_id = channel_id
         self.owner = owner
@@ -93,17 +105,20 @@ class ChannelLink:
         self.on_take_over: Callable[[ChannelLink, ChannelActor], Awaitable[Any]] | None = None
 
     @classmethod
-    async def open(cls, bridge: NatsBridge, channel_id: str, *, inboxes: CommandInboxes | None = None) -> ChannelLink:
+    async def open(
+        cls, bridge: NatsBridge, channel_id: str, *, node: str, roll: RollSettings, inboxes: CommandInboxes | None = None
+    ) -> ChannelLink:
         """An owner's link (given this node's command inboxes) or a follower's. Subscribes
         first, so nothing published from now on is missed (a follower reads the stream after
         this, and skips what it has read when the live messages come)."""
-        subjects = {"media": media_subject(channel_id), "texts": text_subject(channel_id)}
+        subjects = {"media": media_subject(channel_id), "texts": text_subject(channel_id), "roll": roll_subject(channel_id)}
         if inboxes is None:
             subjects["live"] = live_subject(channel_id)
         subscriptions: dict[str, Subscription] = {}
         try:
             for name, subject in subjects.items():
                 subscriptions[name] = await bridge.subscribe(subject)
+            subscriptions["where"] = await bridge.subscribe(where_subject(channel_key(channel_id)), queue="where")
             if inboxes is not None:
                 subscriptions["commands"] = await inboxes.take(channel_id)
         except BaseException:
@@ -111,7 +126,7 @@ class ChannelLink:
                 for subscription in subscriptions.values():
                     await subscription.aclose()
             raise
-        return cls(bridge, channel_id, subscriptions, owner=inboxes is not None, inboxes=inboxes)
+        return cls(bridge, channel_id, subscriptions, owner=inboxes is not None, node=node, roll=roll, inboxes=inboxes)
 
     def published_from(self, seq: int) -> None:
         """Owner: the channel's last record when this node took it."""
@@ -138,6 +153,8 @@ class ChannelLink:
             self._nursery = nursery
             nursery.start_soon(self._relay_media, actor)
             nursery.start_soon(self._relay_texts, actor)
+            nursery.start_soon(self._hear_roll_calls, actor)
+            nursery.start_soon(self._answer_where)
             if self.owner:
                 nursery.start_soon(self._serve_commands, actor)
             else:
@@ -171,6 +188,21 @@ class ChannelLink:
             return answer
         return Forwarded(Reason(answer.get("r", Reason.SERVER_ERROR)), str(answer.get("m", "")), int(answer.get("s", 0)), bool(answer.get("moved")))
 
+    async def forward_resume(self, key: str) -> Forwarded:
+        answer = await self.ask({"op": "resume", "k": key, "n": self.node})
+        if isinstance(answer, Forwarded):
+            return answer
+        return Forwarded(
+            Reason(answer.get("r", Reason.SERVER_ERROR)), str(answer.get("m", "")), int(answer.get("s", 0)),
+            bool(answer.get("moved")), str(answer.get("u", "")), _expiry(answer.get("x")),
+        )
+
+    def announce(self, members: list[tuple[str, str, float | None]], *, owner: bool) -> None:
+        self._bridge.publish_nowait(self._roll_subject, pack({"n": self.node, "o": owner, "m": members}))
+
+    def release(self, user_id: str, to: str) -> None:
+        self._bridge.publish_nowait(self._roll_subject, pack({"n": self.node, "let_go": user_id, "to": to}))
+
     async def catch_up(self, actor: ChannelActor) -> None:
         async with self._catching_up:
             await self._read_after(actor)
@@ -200,7 +232,9 @@ class ChannelLink:
         try:
             request = unpack(delivery.data)
             op = request["op"]
-            command = decode_command(request["c"]) if op == "cmd" else None
+            command: Command | ResumeElsewhere | None = decode_command(request["c"]) if op == "cmd" else None
+            if op == "resume":
+                command = ResumeElsewhere(str(request["k"]), str(request["n"]))
         except Exception as exc:
             respond(delivery.reply, pack({"r": int(Reason.PROTOCOL_ERROR), "m": f"bad forwarded request: {exc}"[:200]}))
             return
@@ -219,7 +253,13 @@ class ChannelLink:
             respond(delivery.reply, _MOVED)
             return
         answer: ChannelReply = await reply.wait()
-        respond(delivery.reply, pack({"r": int(answer.reason), "m": answer.message, "s": self._published, "moved": answer.moved}))
+        respond(
+            delivery.reply,
+            pack({
+                "r": int(answer.reason), "m": answer.message, "s": self._published, "moved": answer.moved,
+                "u": answer.user_id, "x": answer.token_expires_at,
+            }),
+        )
 
     # --- follower ---
 
@@ -280,6 +320,39 @@ class ChannelLink:
                     continue
                 if isinstance(frame, bytes) and isinstance(sender, str) and (to is None or isinstance(to, str)):
                     actor.deliver_text(frame, to, sender)
+
+    async def _hear_roll_calls(self, actor: ChannelActor) -> None:
+        """Other nodes' roll calls to the actor; the owner's "let go" as a `LetGo` command."""
+        roll = self._subscriptions["roll"]
+        while True:
+            for delivery in await roll.receive_batch():
+                try:
+                    message = unpack(delivery.data)
+                    if "let_go" in message:
+                        if message["to"] != self.node:
+                            await actor.mailbox.send(Envelope(LetGo(str(message["let_go"])), None, None))
+                        continue
+                    members = [(str(user_id), str(key), _expiry(expires)) for user_id, key, expires in message["m"]]
+                    owner = bool(message["o"])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the actor ended
+                except Exception as exc:
+                    log.warning("%s: unreadable roll call: %s", shown(self.channel_id), exc)
+                    continue
+                actor.heard_roll(owner, members)
+
+    async def _answer_where(self) -> None:
+        where = self._subscriptions["where"]
+        answer = pack({"c": self.channel_id})
+        while True:
+            for delivery in await where.receive_batch():
+                if delivery.reply:
+                    self._bridge.publish_nowait(delivery.reply, answer)
+
+
+def _expiry(value: object) -> float | None:
+    """A token expiry off the wire: epoch seconds, or None (open mode)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class CommandInboxes:

@@ -6,9 +6,11 @@ To decide for a channel a node must hold its lease (`lease.Leases`). Claiming a 
 2. read the channel's records from the stream and fence the log on the last of them
    (`jetlog.ChannelLog.take`);
 3. if the stream says an instance is still live there (its owner died, or stepped down,
-   with members), end it as a crash restart does: its members leave with server_restart
-   and the channel stops (decision 7); the SDK rejoins by itself. Those records are also
-   what fences a paused old owner, should it wake and try to append;
+   with members): if some other node still follows it (it answers ``airwave.where``), go on
+   with it as a follower's take-over does (the roll call ends the members nobody holds,
+   after the grace); if none does, end it as a crash restart does: its members leave with
+   server_restart and the channel stops (decision 7); the SDK rejoins by itself. Those
+   records are also what fences a paused old owner, should it wake and try to append;
 4. hand the registry an append function that refuses (`LogRefused`) once the lease is
    lost or the log is fenced, so the actor steps down without acting on anything unlogged.
 
@@ -26,9 +28,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+import nats.errors
 import trio
 
 from airwave.protocol import Reason
+from airwave.protocol.sessiontoken import channel_key
 from airwave.protocol.text import shown
 
 from airwave.protocol import QueryInfo
@@ -38,13 +42,17 @@ from ..clock import now
 from ..core import Accepted, Channel, EndChannel, decide, event_from_record, event_to_record, evolve
 from ..log.replay import fold_replayed, replay_records
 from ..registry import Claimed, Registry
+from ..rollcall import RollSettings
 from .bridge import NatsBridge
 from .jetlog import ChannelLog, ClusterLogError, Fenced, StreamSettings, ensure_stream, read_records
 from .lease import HeldElsewhere, Lease, Leases, LeaseSettings, NumberPool, ensure_buckets
+from .forwarded import unpack
 from .link import ChannelLink, CommandInboxes, ask_owner
-from .subjects import command_subject
+from .subjects import command_subject, where_subject
 
 log = logging.getLogger("airwave.cluster.placement")
+
+LOCATE_TIMEOUT = 1.0  # a node with the channel answers at once; none: NoResponders at once
 
 LogAppend = Callable[[list[dict[str, object]]], Awaitable[object]]
 
@@ -85,9 +93,12 @@ def closing_records(records: Sequence[Mapping[str, Any]], time: float) -> list[d
 class ClusterPlacement:
     """`registry.Placement` over NATS: leases, the fenced JetStream log, channel numbers."""
 
-    def __init__(self, bridge: NatsBridge, settings: ClusterSettings, nursery: trio.Nursery) -> None:
+    def __init__(self, bridge: NatsBridge, settings: ClusterSettings, nursery: trio.Nursery, *, resume_grace: float = 15.0) -> None:
         self._bridge = bridge
         self.settings = settings
+        # A node is announced as often as it renews its leases, and is taken for gone as
+        # late as its leases would be: one TTL (`actors/rollcall.py`).
+        self.roll = RollSettings(settings.lease.renew_every, settings.lease.ttl, resume_grace)
         self._nursery = nursery
         self.leases = Leases(bridge, settings.node, settings.lease, self._lease_lost)
         self.numbers = NumberPool(bridge)
@@ -117,9 +128,16 @@ class ClusterPlacement:
             return await self._follow(channel_id, lease.holder)
         link: ChannelLink | None = None
         try:
-            link = await ChannelLink.open(self._bridge, channel_id, inboxes=self.inboxes)
+            link = await ChannelLink.open(self._bridge, channel_id, node=self.node, roll=self.roll, inboxes=self.inboxes)
             channel_log, records = await ChannelLog.take(self._bridge, channel_id)
             closing = closing_records(records, now())
+            if closing and await self.locate(channel_key(channel_id)) is not None:
+                # Other nodes still have members of it: its instance goes on, decided here.
+                self.takeovers += 1
+                self._logs[channel_id] = channel_log
+                link.published_from(channel_log.last_subject_seq)
+                log.info("took over %s from a previous owner: its instance goes on", shown(channel_id))
+                return Claimed(self._appender(channel_id, channel_log, link), link, current_instance(records), records[-1]["seq"])
             if closing:
                 self.takeovers += 1
                 prev = channel_log.last_subject_seq
@@ -183,7 +201,7 @@ class ClusterPlacement:
         """Another node owns the channel: follow it from the stream's last record on."""
         link: ChannelLink | None = None
         try:
-            link = await ChannelLink.open(self._bridge, channel_id)
+            link = await ChannelLink.open(self._bridge, channel_id, node=self.node, roll=self.roll)
             records = await read_records(self._bridge, channel=channel_id)
             channel = current_instance(records)
         except Exception as exc:
@@ -212,6 +230,21 @@ class ClusterPlacement:
             return QueryInfo(channel, number, count, tuple(members))
         except Exception:
             return ChannelReply(Reason.SERVER_ERROR, "the channel's owner answered something unreadable")
+
+    @property
+    def node(self) -> str:
+        return self.settings.node
+
+    async def locate(self, channel_key: str) -> str | None:
+        try:
+            data = await self._bridge.request(where_subject(channel_key), b"", LOCATE_TIMEOUT)
+            channel_id = unpack(data)["c"]
+        except nats.errors.NoRespondersError:
+            return None  # no node has the channel
+        except Exception as exc:
+            log.warning("cannot ask the cluster where channel key %s is: %s", channel_key, exc or type(exc).__name__)
+            return None
+        return channel_id if isinstance(channel_id, str) else None
 
     def allocate_number(self) -> int:
         return self.numbers.peek()

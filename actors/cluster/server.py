@@ -58,7 +58,7 @@ async def serve_cluster(
     site = Site.load(settings.web_folder or default_web_folder())
     async with open_bridge(list(cluster.servers), name=f"airwave-{cluster.node}", no_echo=True) as bridge:
         async with trio.open_nursery() as root:
-            placement = ClusterPlacement(bridge, cluster, root)
+            placement = ClusterPlacement(bridge, cluster, root, resume_grace=settings.session.resume_grace)
             listener = open_listener(settings.host, settings.port)
             try:
                 async with trio.open_nursery() as service:

@@ -19,6 +19,8 @@ MEDIA_SUBJECT_PREFIX = "airwave.media."
 COMMAND_SUBJECT_PREFIX = "airwave.cmd."  # requests to a channel's owner (forwarded commands, queries)
 LIVE_SUBJECT_PREFIX = "airwave.live."  # core NATS: the records the owner just appended, for followers
 TEXT_SUBJECT_PREFIX = "airwave.text."  # core NATS: text messages for members on other nodes
+ROLL_SUBJECT_PREFIX = "airwave.roll."  # core NATS: each node's members of a channel (`actors/rollcall.py`)
+WHERE_SUBJECT_PREFIX = "airwave.where."  # requests: which channel has this channel key (a resume elsewhere)
 LEASE_BUCKET = "airwave_leases"
 
 _PLAIN = re.compile(rb"[A-Za-z0-9-]")
@@ -75,3 +77,12 @@ def live_subject(channel_id: str) -> str:
 
 def text_subject(channel_id: str) -> str:
     return TEXT_SUBJECT_PREFIX + channel_token(channel_id)
+
+
+def roll_subject(channel_id: str) -> str:
+    return ROLL_SUBJECT_PREFIX + channel_token(channel_id)
+
+
+def where_subject(channel_key: str) -> str:
+    """``channel_key`` (`protocol/sessiontoken.py`) is base64url: a valid subject token."""
+    return WHERE_SUBJECT_PREFIX + channel_key
