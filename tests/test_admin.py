@@ -201,7 +201,9 @@ async def test_sdk_host_muted_stops_sending_and_after_unmute_uploads_again_by_it
             await wait_until(lambda: host.self_participant is not None and not host.self_participant.audio, "the host to learn it is muted")
             sent = host.media_sent
             await trio.sleep(0.2)  # ten frames' time: none may go out while muted
-            assert host.media_sent == sent and host.media_refusals == 0
+            # None is sent once the host knows. (Frames already on their way when the mute was
+            # decided are refused, and those refusals may arrive after the update: not counted.)
+            assert host.media_sent == sent
             ok(await admin.request(AdminMute, channel="air", user_id="dj", muted=False))
             heard = fan.receiver.stats.packets
             await wait_until(lambda: fan.receiver.stats.packets > heard + 10, "the fan to hear the host again, with no call by the host")
