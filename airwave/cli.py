@@ -471,7 +471,9 @@ async def _on_signals(signals: AsyncIterator[int], quit: Quit, command: trio.Can
             command.deadline = trio.current_time() + QUIT_GRACE
 
 
-def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[int]], *, interrupt_quits: bool = False) -> int:
+def _run_client(
+    args: argparse.Namespace, command: Callable[[Quit], Awaitable[int]], *, interrupt_quits: bool = False, one_url: bool = False,
+) -> int:
     """Runs a client command; any failure is one line with its reason and a non-zero exit,
     and Ctrl-C or SIGTERM is a clean leave, one line, and 130 or 143 (128 + the signal).
     ``interrupt_quits``: Ctrl-C is how the command is meant to end (a live view): exit 0."""
@@ -479,9 +481,16 @@ def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[in
 
     from airwave.commands import CommandFailed, Quit
 
-    if (problem := _url_problem(args.url)) is not None:
-        print(f"airwave: {problem}", file=sys.stderr)
-        return 2
+    # --url ws://a/,ws://b/: the nodes of one cluster, tried in turn (to connect, and to resume
+    # on another when one goes away); ``one_url`` commands ask one node about itself.
+    given = args.url
+    urls = [url.strip() for url in given.split(",")]
+    if one_url and len(urls) > 1:
+        return _failed(f"--url takes one address here, not {len(urls)}: this command asks one node", 2)
+    for url in urls:
+        if (problem := _url_problem(url)) is not None:
+            return _failed(problem, 2)
+    args.url = urls[0] if len(urls) == 1 else tuple(urls)
     quit = Quit()
 
     async def main() -> int:
@@ -502,7 +511,7 @@ def _run_client(args: argparse.Namespace, command: Callable[[Quit], Awaitable[in
         failed = _leaf(group)
         failure = (str(failed), failed.exit_code if isinstance(failed, CommandFailed) else 1)
     except* (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as group:
-        failure = (_connect_failure(group, args.url), 1)
+        failure = (_connect_failure(group, urls[-1]) + (f" (and none of the {len(urls) - 1} before it in --url)" if len(urls) > 1 else ""), 1)
     if quit.signal_number == signal.SIGINT and interrupt_quits and failure is None:
         return 0
     if quit.signal_number is not None:
@@ -638,7 +647,7 @@ def _admin(args: argparse.Namespace) -> int:
         return _failed(str(exc), 2)
     return _run_client(args, lambda quit: admin.run(
         args.url, args.action, channel=args.channel, user_id=args.target, token=token, as_json=args.json,
-    ))
+    ), one_url=True)
 
 
 def _top(args: argparse.Namespace) -> int:
@@ -648,7 +657,7 @@ def _top(args: argparse.Namespace) -> int:
         token = _admin_token(args)
     except ValueError as exc:
         return _failed(str(exc), 2)
-    return _run_client(args, lambda quit: top.run(args.url, token=token, interval=args.interval), interrupt_quits=True)
+    return _run_client(args, lambda quit: top.run(args.url, token=token, interval=args.interval), interrupt_quits=True, one_url=True)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -796,7 +805,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_options(sub: argparse.ArgumentParser, default_user: str) -> None:
         sub.add_argument("channel", help="the channel id")
-        sub.add_argument("--url", default="ws://127.0.0.1:8765", help="the server (default ws://127.0.0.1:8765)")
+        sub.add_argument(
+            "--url", default="ws://127.0.0.1:8765",
+            help="the server (default ws://127.0.0.1:8765); a cluster's nodes as ws://a:8765/,ws://b:8765/: tried in turn, "
+            "and on a node's loss the session resumes on the next",
+        )
         sub.add_argument("--token", metavar="JWT", help="a join token (airwave token ...), for a server with a secret: it says who you are")
         sub.add_argument("--dev", action="store_true", help="mint a token with the dev secret (a server run with --dev)")
         sub.add_argument(

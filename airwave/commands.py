@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import secrets
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TextIO
@@ -182,7 +182,7 @@ def check_input(input_path: str) -> None:
 
 
 async def host(
-    url: str,
+    url: str | Sequence[str],
     channel_id: str,
     source: AudioSource,
     *,
@@ -238,7 +238,7 @@ def check_output(output: str, *, force: bool = False) -> None:
 
 
 async def listen(
-    url: str,
+    url: str | Sequence[str],
     channel_id: str,
     output: str | None,
     *,
@@ -289,7 +289,7 @@ async def listen(
 
 @asynccontextmanager
 async def _as_host_of_existing(
-    url: str, channel_id: str, *, user_id: str | None, display_name: str, password: str | None, token: str | None,
+    url: str | Sequence[str], channel_id: str, *, user_id: str | None, display_name: str, password: str | None, token: str | None,
     quit: Quit,
 ) -> AsyncIterator[MediaChannel]:
     """Joined as a host of the existing channel (uri mode: it must exist), for one host
@@ -304,7 +304,7 @@ async def _as_host_of_existing(
 
 
 async def stop(
-    url: str, channel_id: str, *, user_id: str | None = None, display_name: str = "", password: str | None = None,
+    url: str | Sequence[str], channel_id: str, *, user_id: str | None = None, display_name: str = "", password: str | None = None,
     token: str | None = None, out: TextIO = sys.stdout, quit: Quit | None = None,
 ) -> int:
     """Joins the existing channel as a host and stops it."""
@@ -319,7 +319,7 @@ async def stop(
 
 
 async def record(
-    url: str, channel_id: str, enable: bool, *, params: str = "", user_id: str | None = None, display_name: str = "",
+    url: str | Sequence[str], channel_id: str, enable: bool, *, params: str = "", user_id: str | None = None, display_name: str = "",
     password: str | None = None, token: str | None = None, out: TextIO = sys.stdout, quit: Quit | None = None,
 ) -> int:
     """Joins the existing channel as a host, turns the server's recording on or off
@@ -337,7 +337,7 @@ async def record(
 
 
 async def cdn(
-    url: str, channel_id: str, enable: bool, *, key_interval_ms: int = 0, user_id: str | None = None, display_name: str = "",
+    url: str | Sequence[str], channel_id: str, enable: bool, *, key_interval_ms: int = 0, user_id: str | None = None, display_name: str = "",
     password: str | None = None, token: str | None = None, out: TextIO = sys.stdout, quit: Quit | None = None,
 ) -> int:
     """Joins the existing channel as a host, turns the CDN stream of its mix on or off
@@ -354,6 +354,7 @@ async def cdn(
         return 0
     from airwave.actors.core.cdn import hls_path, icecast_mount
 
+    url = url if isinstance(url, str) else url[0]  # (a cluster has no CDN yet: any node would do)
     http = "http" + url[len("ws"):] if url.startswith("ws") else url
     print(f"{channel_id!r} is streaming: HLS at {http.rstrip('/')}{hls_path(channel_id)} (with serve --hls), "
           f"Icecast on mount {icecast_mount(channel_id)} (with serve --icecast-url)", file=out, flush=True)
