@@ -764,7 +764,8 @@ def _short_frame(frame: str) -> str:
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median of every numeric figure over runs (nested dicts too); others from the first run."""
+    """Median of every numeric figure over runs (nested dicts, and lists of dicts of equal
+    length, too); others from the first run."""
     out: dict[str, Any] = {}
     for key, value in runs[0].items():
         values = [r.get(key) for r in runs]
@@ -775,6 +776,10 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = round(m, 6) if isinstance(m, float) else m
         elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in values):
             out[key] = median_of(values)
+        elif (isinstance(value, list) and value and all(isinstance(v, list) and len(v) == len(value) for v in values)
+              and all(isinstance(item, dict) for v in values for item in v)):
+            # a list of per-item figures (the cluster's nodes): item by item, not the first run's
+            out[key] = [median_of([v[i] for v in values]) for i in range(len(value))]
         else:
             out[key] = value
     return out
