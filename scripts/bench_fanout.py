@@ -9,6 +9,7 @@
     python scripts/bench_fanout.py --listeners 750 --systems airwave --profile 10
     python scripts/bench_fanout.py --channels 10 --listeners-per-channel 50 --systems airwave,recording --runs 3
     python scripts/bench_fanout.py --listeners 1000 --nodes 2 --runs 3   # cluster: 2 nodes over NATS
+    python scripts/bench_fanout.py --sweep --nodes 2 --sweep-start 1000  # largest N: one node and the cluster
 
 Each run starts a fresh server as its own process (``airwave serve --port P --data TMPDIR``,
 or one of the two baselines in scripts/fanout_baselines.py) pinned to one core, and the load
@@ -33,7 +34,13 @@ Figures (docs/performance.md says how each is measured):
 publisher on node0 and the listeners spread over the nodes in turn; one channel. It reports
 each node's listeners (loss, latency), each node's CPU per delivery to its own listeners,
 nats-server's CPU, and the NATS hop: latency of the listeners on other nodes minus that of
-node0's own listeners in the same run, and beside the single-node "airwave" run.
+node0's own listeners in the same run, and beside the single-node "airwave" run: each
+relaying node's added p50/p99 and CPU per delivery as a ratio (medians of interleaved
+rounds, and per round), deliveries per server CPU-second, and the issue's targets (≤ +2 ms
+p50, ≤ +5 ms p99, ≤ 1.15× CPU). With --sweep, --nodes K searches the largest N at zero
+loss and p99 ≤ 20 ms on every node for one node and for the cluster, their steps
+interleaved, no step started after --sweep-budget seconds. Owner failover is measured by
+scripts/bench_failover.py.
 
 Every loop is bounded in count and time; children are stopped on exit and on Ctrl-C, and
 die with this process (PR_SET_PDEATHSIG). Loopback only.
@@ -75,6 +82,10 @@ TARGET_P99_MS = 20.0
 TARGET_FLOOR_RATIO = 1.25
 TARGET_KB_PER_LISTENER = 30.0
 TARGET_JOIN_SECONDS = 3.0
+# issue 16: a relaying node's listeners over one node's at 1,000 listeners
+TARGET_HOP_P50_MS = 2.0
+TARGET_HOP_P99_MS = 5.0
+TARGET_CLUSTER_CPU_RATIO = 1.15
 
 _children: list[subprocess.Popen] = []
 
@@ -662,6 +673,7 @@ def cluster_figures(r: dict[str, Any], groups: dict[str, Any], wall: float) -> d
             "latency_ms": {q: (g.get("latency_ms") or {}).get(q) for q in ("p50", "p99", "max")},
             "cpu_percent": round(100 * cpu / wall, 1) if wall else None,
             "us_per_delivery": round(1e6 * cpu / received, 2) if received else None,
+            "deliveries_per_cpu_second": round(received / cpu) if cpu else None,
         })
     expected = sum((groups.get(f"node{k}") or {}).get("packets_expected") or 0 for k in range(len(per_node)))
     received = sum((groups.get(f"node{k}") or {}).get("packets_received") or 0 for k in range(len(per_node)))
@@ -677,6 +689,11 @@ def cluster_figures(r: dict[str, Any], groups: dict[str, Any], wall: float) -> d
         "server_us_per_delivery": round(1e6 * node_cpu / received, 2) if received else None,
         "nats_cpu_percent": round(100 * nats_cpu / wall, 1) if wall else None,
         "cluster_us_per_delivery_with_nats": round(1e6 * (node_cpu + nats_cpu) / received, 2) if received else None,
+        # what one CPU-second of the servers buys: the nodes alone, and with nats-server's share
+        "deliveries_per_cpu_second": round(received / node_cpu) if node_cpu else None,
+        "deliveries_per_cpu_second_with_nats": round(received / (node_cpu + nats_cpu)) if node_cpu + nats_cpu else None,
+        # the worst node's p99: a cluster holds N only if every node's listeners do
+        "worst_node_p99_ms": max((n["latency_ms"]["p99"] for n in per_node if n["latency_ms"]["p99"] is not None), default=None),
         "hop_added_ms": {q: round(far["latency_ms"][q] - per_node[0]["latency_ms"][q], 3)
                          if far["latency_ms"][q] is not None and per_node[0]["latency_ms"][q] is not None else None
                          for q in ("p50", "p99")},
@@ -747,7 +764,8 @@ def _short_frame(frame: str) -> str:
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median of every numeric figure over runs (nested dicts too); others from the first run."""
+    """Median of every numeric figure over runs (nested dicts, and lists of dicts of equal
+    length, too); others from the first run."""
     out: dict[str, Any] = {}
     for key, value in runs[0].items():
         values = [r.get(key) for r in runs]
@@ -758,14 +776,45 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = round(m, 6) if isinstance(m, float) else m
         elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in values):
             out[key] = median_of(values)
+        elif (isinstance(value, list) and value and all(isinstance(v, list) and len(v) == len(value) for v in values)
+              and all(isinstance(item, dict) for v in values for item in v)):
+            # a list of per-item figures (the cluster's nodes): item by item, not the first run's
+            out[key] = [median_of([v[i] for v in values]) for i in range(len(value))]
         else:
             out[key] = value
     return out
 
 
 def passes(f: dict[str, Any]) -> bool:
-    p99 = (f.get("latency_ms") or {}).get("p99")
+    """Zero loss and p99 <= 20 ms; for a cluster, on every node (its worst node's p99)."""
+    p99 = f["worst_node_p99_ms"] if f.get("nodes") else (f.get("latency_ms") or {}).get("p99")
     return f.get("loss_ratio") == 0 and p99 is not None and p99 <= TARGET_P99_MS and not f.get("join_failures")
+
+
+def cluster_vs_single(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The cluster's figures against the single node's of the same invocation (medians of
+    interleaved rounds): each relaying node's (every node but node0, the publisher's)
+    latency added at p50/p99 and CPU per delivery as a ratio; and per round, so the spread
+    shows. None without both systems."""
+    air, cluster = results.get("airwave", {}), results.get("cluster", {})
+    if not air.get("median") or not cluster.get("median") or not cluster["median"].get("nodes"):
+        return None
+
+    def compare(a: dict[str, Any], c: dict[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        for node in c["nodes"][1:]:
+            lat, base = node["latency_ms"], a["latency_ms"]
+            out.append({
+                "node": node["node"],
+                "p50_added_ms": round(lat["p50"] - base["p50"], 3) if lat["p50"] is not None and base["p50"] is not None else None,
+                "p99_added_ms": round(lat["p99"] - base["p99"], 3) if lat["p99"] is not None and base["p99"] is not None else None,
+                "cpu_per_delivery_ratio": round(node["us_per_delivery"] / a["server_us_per_delivery"], 3)
+                if node["us_per_delivery"] and a["server_us_per_delivery"] else None,
+            })
+        return out
+
+    rounds = list(zip(air.get("runs") or [air["median"]], cluster.get("runs") or [cluster["median"]]))
+    return {"median": compare(air["median"], cluster["median"]), "rounds": [compare(a, c) for a, c in rounds]}
 
 
 def run_systems(systems: list[str], scenario: dict[str, Any], args: argparse.Namespace,
@@ -817,6 +866,9 @@ def run_systems(systems: list[str], scenario: dict[str, Any], args: argparse.Nam
         ratios["recording_over_airwave_p99"] = round(p99_rec / p99_air, 3)
     if ratios:
         out["ratios"] = ratios
+    versus = cluster_vs_single(out)
+    if versus is not None:
+        out["cluster_vs_single"] = versus
     floor = out.get("floor", {}).get("median", {}).get("server_us_per_delivery")
     if air and floor:
         # Which part moved when a machine differs: the kernel's cost (the floor's send) or
@@ -874,33 +926,55 @@ def mode_storm(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def mode_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    systems = args.systems if args.systems_given else ["airwave"]
-    report: dict[str, Any] = {"mode": "sweep", "criterion": f"loss 0 and p99 <= {TARGET_P99_MS} ms", "results": {}}
-    for system in systems:
-        steps = []
-        ok_n, bad_n = 0, None
-        n = args.sweep_start
-        for _ in range(args.sweep_steps):
+    """The largest N with zero loss and p99 <= 20 ms, per system: doubling from
+    --sweep-start until a step fails, then bisecting to --sweep-resolution. With several
+    systems (--nodes K: the single node and the cluster) their steps are interleaved, so
+    both searches see the same machine over time; no step starts after --sweep-budget
+    seconds (the bracket found so far is reported)."""
+    if args.systems_given:
+        systems = args.systems
+    else:
+        systems = ["airwave", "cluster"] if args.nodes > 1 else ["airwave"]
+    report: dict[str, Any] = {"mode": "sweep", "criterion": f"loss 0 and p99 <= {TARGET_P99_MS} ms"
+                              + (" on every node" if "cluster" in systems else ""), "results": {}}
+    searches = {system: {"ok": 0, "bad": None, "n": args.sweep_start, "steps": [], "done": False} for system in systems}
+    deadline = time.monotonic() + args.sweep_budget
+    budget_hit = False
+    while not all(search["done"] for search in searches.values()):
+        if time.monotonic() > deadline:
+            budget_hit = True
+            break
+        for system, search in searches.items():
+            if search["done"]:
+                continue
+            n = search["n"]
             med = run_systems([system], scenario_of(args, listeners=n), args, f"sweep {system} {n}")[system]["median"]
             good = passes(med)
-            steps.append({"listeners": n, "pass": good, "loss_ratio": med["loss_ratio"],
-                          "p99_ms": med["latency_ms"]["p99"], "server_cpu_percent": med["server_cpu_percent"],
-                          "server_us_per_delivery": med["server_us_per_delivery"]})
+            lat = med["latency_ms"]
+            search["steps"].append({
+                "listeners": n, "pass": good, "loss_ratio": med["loss_ratio"], "p50_ms": lat["p50"],
+                "p99_ms": med["worst_node_p99_ms"] if med.get("nodes") else lat["p99"],
+                "server_cpu_percent": med["server_cpu_percent"], "server_us_per_delivery": med["server_us_per_delivery"],
+                "deliveries_per_cpu_second": round(1e6 / med["server_us_per_delivery"]) if med["server_us_per_delivery"] else None,
+                "uptime_load": os.getloadavg()[0],
+            })
             if good:
-                ok_n = max(ok_n, n)
+                search["ok"] = max(search["ok"], n)
             else:
-                bad_n = n if bad_n is None else min(bad_n, n)
+                search["bad"] = n if search["bad"] is None else min(search["bad"], n)
+            ok_n, bad_n = search["ok"], search["bad"]
             if bad_n is None:
-                if n >= args.sweep_max:
-                    break
-                n = min(n * 2, args.sweep_max)
+                search["n"] = min(n * 2, args.sweep_max)
+                search["done"] = n >= args.sweep_max
             else:
-                if bad_n - ok_n <= max(args.sweep_resolution, ok_n // 10):
-                    break
-                n = (ok_n + bad_n) // 2 if ok_n else max(1, bad_n // 2)
-                if n in (s["listeners"] for s in steps):
-                    break
-        report["results"][system] = {"largest_passing": ok_n, "smallest_failing": bad_n, "steps": steps}
+                search["n"] = (ok_n + bad_n) // 2 if ok_n else max(1, bad_n // 2)
+                search["done"] = (bad_n - ok_n <= max(args.sweep_resolution, ok_n // 10)
+                                  or search["n"] in (step["listeners"] for step in search["steps"]))
+            search["done"] = search["done"] or len(search["steps"]) >= args.sweep_steps
+    for system, search in searches.items():
+        report["results"][system] = {"largest_passing": search["ok"], "smallest_failing": search["bad"],
+                                     "steps": search["steps"], "finished": search["done"]}
+    report["budget_hit"] = budget_hit
     return report
 
 
@@ -950,6 +1024,20 @@ def targets_standard(report: dict[str, Any], args: argparse.Namespace) -> list[d
                       f"{res['floor_split']['airwave_above_floor_us']} us above the floor{per_run}; above idle {air['server_us_per_delivery_above_idle']} us = "
                       f"{air['server_us_per_delivery_above_idle'] / floor['server_us_per_delivery']:.2f}x",
                       (ratio <= TARGET_FLOOR_RATIO) if applies else None))
+    versus = res.get("cluster_vs_single")
+    if versus:
+        cluster = res["cluster"]["median"]
+        out.append(_t("cluster: zero loss on every node", f"loss {cluster['loss_ratio']}", cluster["loss_ratio"] == 0))
+        # A comparison with a single node that lost packets (a machine too busy) proves nothing.
+        clean = air["loss_ratio"] == 0 and cluster["loss_ratio"] == 0
+        for node in versus["median"]:
+            p50, p99, cpu = node["p50_added_ms"], node["p99_added_ms"], node["cpu_per_delivery_ratio"]
+            out.append(_t(f"{node['node']} (across NATS): <= +{TARGET_HOP_P50_MS:g} ms p50, <= +{TARGET_HOP_P99_MS:g} ms p99 over one node",
+                          f"p50 {p50:+} ms, p99 {p99:+} ms" if p50 is not None and p99 is not None else "-",
+                          (p50 is not None and p99 is not None and p50 <= TARGET_HOP_P50_MS and p99 <= TARGET_HOP_P99_MS)
+                          if clean else None))
+            out.append(_t(f"{node['node']}: CPU per delivery <= {TARGET_CLUSTER_CPU_RATIO}x one node's", f"{cpu}x",
+                          (cpu is not None and cpu <= TARGET_CLUSTER_CPU_RATIO) if clean else None))
     kb = air.get("rss_kb_per_listener")
     if kb is not None:
         out.append(_t(f"<= {TARGET_KB_PER_LISTENER:.0f} KB server memory per idle listener", f"{kb} KB", kb <= TARGET_KB_PER_LISTENER))
@@ -982,6 +1070,10 @@ def targets_storm(report: dict[str, Any], args: argparse.Namespace) -> list[dict
 
 
 # ---------------------------------------------------------------------- output
+
+
+def signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
 
 
 def fmt(value: Any) -> str:
@@ -1126,20 +1218,26 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
             print(f"\ncluster of {len(cluster['nodes'])} nodes over NATS (publisher on node0; nats-server "
                   f"{cluster['nats_cpu_percent']}% of a core, {cluster['cluster_us_per_delivery_with_nats']} us per delivery "
                   f"with it):")
-            print(f"  {'node':<7}{'listeners':>10}{'loss':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'cpu %':>8}{'us/delivery':>13}")
+            print(f"  {'node':<7}{'listeners':>10}{'loss':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'cpu %':>8}{'us/delivery':>13}"
+                  f"{'per cpu-s':>11}")
             for n in cluster["nodes"]:
                 lat = n["latency_ms"]
                 print(f"  {n['node']:<7}{fmt(n['listeners']):>10}{fmt(n['loss_ratio']):>10}{fmt(lat['p50']):>9}"
-                      f"{fmt(lat['p99']):>9}{fmt(lat['max']):>9}{fmt(n['cpu_percent']):>8}{fmt(n['us_per_delivery']):>13}")
+                      f"{fmt(lat['p99']):>9}{fmt(lat['max']):>9}{fmt(n['cpu_percent']):>8}{fmt(n['us_per_delivery']):>13}"
+                      f"{fmt(n.get('deliveries_per_cpu_second')):>11}")
+            print(f"  deliveries per server CPU-second: {fmt(cluster.get('deliveries_per_cpu_second'))} (nodes), "
+                  f"{fmt(cluster.get('deliveries_per_cpu_second_with_nats'))} (with nats-server); the single node "
+                  f"{fmt(round(1e6 / air['server_us_per_delivery']) if air.get('server_us_per_delivery') else None)}")
             hop = cluster["hop_added_ms"]
-            print(f"  the NATS hop (node1's listeners minus node0's, same run): p50 +{fmt(hop['p50'])} ms, p99 +{fmt(hop['p99'])} ms")
-            if air.get("latency_ms"):
-                print(f"  node1's listeners minus the single node's (same invocation): "
-                      f"p50 +{fmt(round(cluster['latency_ms']['p50'] - air['latency_ms']['p50'], 3))} ms, "
-                      f"p99 +{fmt(round(cluster['latency_ms']['p99'] - air['latency_ms']['p99'], 3))} ms")
-            if air.get("server_us_per_delivery") and len(cluster["nodes"]) > 1 and cluster["nodes"][1]["us_per_delivery"]:
-                print(f"  a relaying node's CPU per delivery over the single node's: "
-                      f"{round(cluster['nodes'][1]['us_per_delivery'] / air['server_us_per_delivery'], 3)}x")
+            print(f"  the NATS hop (node1's listeners minus node0's, same run): p50 {signed(hop['p50'])} ms, p99 {signed(hop['p99'])} ms")
+            versus = report["results"].get("cluster_vs_single")
+            if versus:
+                for k, node in enumerate(versus["median"]):
+                    per_round = ", ".join(f"{r[k]['p50_added_ms']:+.2f}/{r[k]['p99_added_ms']:+.2f}" for r in versus["rounds"]
+                                          if r[k]["p50_added_ms"] is not None and r[k]["p99_added_ms"] is not None)
+                    print(f"  {node['node']}'s listeners minus the single node's (same invocation): p50 {signed(node['p50_added_ms'])} ms, "
+                          f"p99 {signed(node['p99_added_ms'])} ms (rounds p50/p99: {per_round}); CPU per delivery "
+                          f"{fmt(node['cpu_per_delivery_ratio'])}x the single node's")
     elif mode == "join-storm":
         print(f"\njoin storm: N listeners join at once while {report['existing']} listen{runs}")
         for n, res in report["results"].items():
@@ -1147,12 +1245,16 @@ def print_report(report: dict[str, Any], args: argparse.Namespace) -> None:
             print(table(res, STORM_ROWS))
     elif mode == "sweep":
         print(f"\nsweep: largest N with {report['criterion']}{runs}")
+        if report.get("budget_hit"):
+            print(f"(stopped by --sweep-budget {args.sweep_budget:g} s: a search not finished reports its bracket so far)")
         for system, res in report["results"].items():
-            print(f"\n{system}: largest passing {res['largest_passing']}, smallest failing {res['smallest_failing']}")
+            print(f"\n{system}: largest passing {res['largest_passing']}, smallest failing {res['smallest_failing']}"
+                  + ("" if res["finished"] else " (not finished)"))
             for step in res["steps"]:
                 print(f"  N={step['listeners']:>5}  {'pass' if step['pass'] else 'FAIL'}  loss {fmt(step['loss_ratio'])}"
-                      f"  p99 {fmt(step['p99_ms'])} ms  cpu {fmt(step['server_cpu_percent'])}%"
-                      f"  {fmt(step['server_us_per_delivery'])} us/delivery")
+                      f"  p50 {fmt(step['p50_ms'])} ms  p99 {fmt(step['p99_ms'])} ms  cpu {fmt(step['server_cpu_percent'])}%"
+                      f"  {fmt(step['server_us_per_delivery'])} us/delivery  {fmt(step['deliveries_per_cpu_second'])}/cpu-s"
+                      f"  (load {step['uptime_load']:.2f})")
     if report.get("targets"):
         print("\ntargets:")
         for t in report["targets"]:
@@ -1208,6 +1310,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-max", type=int, default=4000)
     p.add_argument("--sweep-steps", type=int, default=8, help="at most this many N tried per system")
     p.add_argument("--sweep-resolution", type=int, default=50)
+    p.add_argument("--sweep-budget", type=float, default=600.0, metavar="S",
+                   help="start no sweep step after S seconds (default 600); the bracket so far is reported")
     p.add_argument("--stalled", type=int, default=0, help="this many listeners stall (tiny SO_RCVBUF, stop reading)")
     p.add_argument("--stall-after", type=float, default=1.0, help="seconds into the window the stall starts")
     p.add_argument("--stall-seconds", type=float, default=6.0)
