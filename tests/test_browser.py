@@ -6,6 +6,7 @@ so the module costs one Chromium start."""
 from __future__ import annotations
 
 import gc
+import json
 import re
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from airwave.actors.server import RunningServer, ServerSettings, serve
 from airwave.protocol import Join
 from airwave.wire import open_wire
 from audio_checks import dominant_frequency, longest_gap_frames
+from natsserver import NatsServer, free_port, nats_server  # noqa: F401  (nats_server: a fixture)
 from browser import (
     RECORD_JS, TrioLoop, chromium_args, chromium_path, decode_recording, heard_similarity, read_wav, spectral_similarity, speech_wav,
 )
@@ -340,6 +342,66 @@ def test_browser_a_cut_socket_and_a_reload_resume_the_session_and_the_sound_goes
     expect(page.get_by_role("heading", name="You left the channel")).to_be_visible()
     host.terminate()  # SIGTERM: a clean leave
     host.wait(15)
+
+
+def test_browser_page_of_a_cluster_node_resumes_on_the_next_node_when_its_own_dies(
+    browser: Browser, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Issue 16: a page served by node-b, opened with ``?servers=`` naming node-c, listens to a
+    host on node-c; node-b is SIGKILLed (often the channel's owner too: the page's join may
+    come first); the page resumes on node-c with the same sid, the stream has no leave and no
+    second join for it, and the tone plays on."""
+    b_port, c_port = free_port(), free_port()
+
+    def node(name: str, port: int, *options: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "airwave.cli", "serve", "--port", str(port), "--data", str(tmp_path / name),
+             "--cluster", nats_server.url, "--node", name, *options],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    page_origin = f"http://127.0.0.1:{b_port}"
+    nodes = [node("node-b", b_port), node("node-c", c_port, "--allow-origin", page_origin)]
+    host = None
+    context = browser.new_context()
+    try:
+        for port in (b_port, c_port):
+            deadline = time.monotonic() + 15
+            while subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode:
+                assert time.monotonic() < deadline, f"no node listening on {port}"
+                time.sleep(0.05)
+        host = airwave_cli("host", "across", "--tone", "440", "--duration", "60", "--url", f"ws://127.0.0.1:{c_port}/")
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{page_origin}/c/across?servers=ws://127.0.0.1:{c_port}/")
+        join(page, "Carol", host=False)
+        joined(page, "across")
+        sid = page.evaluate("() => window.airwave.session.info.self_sid")
+        wait_for(page, "window.airwave.played.length > 10")
+
+        nodes[0].kill()
+        nodes[0].wait(5)
+        expect(page.locator("#connection")).to_have_text("resumed")
+        assert page.evaluate("() => window.airwave.session.info.self_sid") == sid
+        played = page.evaluate("() => window.airwave.played.length")
+        wait_for(page, f"window.airwave.played.length > {played + 10}")
+        assert abs(dominant_frequency(decode_recording(page.evaluate(RECORD_JS, 1.0))) - 440.0) <= 3.0
+        assert errors == [], errors
+
+        replayed = subprocess.run([sys.executable, "-m", "airwave.cli", "replay", nats_server.url, "--channel", "across", "--json"],
+                                  capture_output=True, text=True, timeout=30)
+        carol = [event for event in map(json.loads, replayed.stdout.splitlines()) if event.get("participant") == "carol"]
+        assert [event["type"] for event in carol] == ["participant_joined"], replayed.stdout  # no leave, no second join
+    finally:
+        context.close()
+        if host is not None:
+            host.kill()
+            host.wait(5)
+        for process in nodes:
+            process.kill()
+            process.wait(5)
 
 
 def test_browser_screenshot_of_a_live_channel_is_not_blank(new_page, tmp_path: Path) -> None:

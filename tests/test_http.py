@@ -70,7 +70,7 @@ async def test_http_root_and_channel_paths_serve_the_page(server: RunningServer)
         assert answer.headers["content-type"] == "text/html; charset=utf-8"
         assert answer.headers["content-length"] == str(len(page))
         assert answer.headers["x-content-type-options"] == "nosniff"
-        assert "connect-src 'self'" in answer.headers["content-security-policy"]
+        assert "connect-src 'self' ws: wss:;" in answer.headers["content-security-policy"]
         assert answer.headers["connection"] == "close"
 
 

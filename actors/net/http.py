@@ -63,10 +63,13 @@ CONTENT_TYPES: Mapping[str, str] = {
     ".ico": "image/x-icon",
 }
 
-# The page loads only its own files and talks only to its own server ('self' covers the
-# ws: URL of the same host and port); it can be framed by nobody and posts no forms.
+# The page loads only its own files; it can be framed by nobody and posts no forms. It
+# talks to its own server ('self' covers the ws: URL of the same host and port) and, in a
+# cluster without a load balancer, to the other nodes its ?servers= names: any ws:/wss:
+# address (only the page's own scripts run, so nothing else can open one), each of which
+# still checks the page's Origin (--allow-origin).
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'; object-src 'none'"
 )
 # The URLs carry no version, so a browser keeps a copy but asks (If-None-Match) every time:
