@@ -28,7 +28,7 @@ from airwave.wire import open_wire
 from audio_checks import dominant_frequency, longest_gap_frames
 from natsserver import NatsServer, free_port, nats_server  # noqa: F401  (nats_server: a fixture)
 from browser import (
-    RECORD_JS, TrioLoop, chromium_args, chromium_path, decode_recording, heard_similarity, read_wav, spectral_similarity, speech_wav,
+    RECORD_JS, TrioLoop, chromium_args, chromium_path, decode_recording, heard_similarity, read_wav, speech_wav,
 )
 
 SPEECH = "Airwave carries voices from a web page to every listener in the channel."
