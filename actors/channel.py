@@ -77,7 +77,7 @@ from .logcontext import LOG_SUBJECT
 from .net import frame_of
 
 if TYPE_CHECKING:
-    from airwave.media.recorder import Recorder
+    from airwave.media.recorder_process import RecorderProcess, RecordingFeed
 
 log = logging.getLogger("airwave.channel")
 
@@ -91,6 +91,9 @@ MEMBER_COUNT_EVERY_TICKS = 4  # the audience's member count at most once a secon
 MEMBER_COUNT_MESSAGES_PER_SECOND = 1000
 # The recorder's key in the media router: members' sids start at 1, so it is nobody's.
 RECORDER_SID = 0
+# How long an actor that is cancelled (shutdown, crash) waits for its recording's files to be
+# finalised by the worker (it writes 150 ms behind the clock: well under a second).
+FINALISE_WITHIN = 10.0
 # A follower answers a forwarded request once it has applied the owner's events up to the
 # answer's seq; they normally arrive before the answer (same NATS connection, same order).
 # Not there this soon: the live message was lost, so the follower re-reads the stream.
@@ -243,11 +246,13 @@ class ChannelActor:
         on_idle: Callable[[ChannelActor], None],
         policy: RolePolicy = DEFAULT_POLICY,
         data_dir: Path | None = None,
+        recordings: RecorderProcess | None = None,
         link: Link | None = None,
         follower: bool = False,
     ) -> None:
-        """``data_dir`` is where recordings go (under ``recordings/``); None: this server
-        does not record, and enable_record is refused with server_error."""
+        """``data_dir`` is where recordings go (under ``recordings/``), ``recordings`` the
+        server's recording worker; either None: this server does not record, and
+        enable_record is refused with server_error."""
         self.channel_id = channel_id
         self.channel: Channel | None = None
         self.router = MediaRouter()
@@ -276,7 +281,8 @@ class ChannelActor:
         self._volumes: dict[int, VolumeStatus] = {}
         self._announced: set[str] = set()  # hosts and publishers: who everyone sees
         self._data_dir = data_dir
-        self.recorder: Recorder | None = None
+        self._recordings = recordings
+        self.recorder: RecordingFeed | None = None
         self._nursery: trio.Nursery | None = None
         self.mailbox, self._inbox = trio.open_memory_channel[Envelope](MAILBOX_SIZE)
 
@@ -389,7 +395,7 @@ class ChannelActor:
                     decision = decide(self.channel, command, self._policy)
             elif envelope.session is not None and self._owners.get(envelope.session.user_id) is not envelope.session:
                 decision = Rejected(Reason.NOT_FOUND, "this session is no longer in the channel")
-            elif isinstance(command, ChangeRecording) and command.enabled and self._data_dir is None:
+            elif isinstance(command, ChangeRecording) and command.enabled and (self._data_dir is None or self._recordings is None):
                 decision = Rejected(Reason.SERVER_ERROR, "this server does not record (no data directory)")
             else:
                 decision = decide(self.channel, command, self._policy)
@@ -739,27 +745,38 @@ class ChannelActor:
     # --- recording: a recorder is one more member of the router, fed like a socket ---
 
     def _start_recorder(self, event: RecordingStarted, channel: Channel) -> None:
-        from airwave.media.recorder import Recorder  # PyAV and numpy load only when a channel records
+        from functools import partial
 
-        assert self._data_dir is not None and self._nursery is not None
-        recorder = Recorder(
-            self._data_dir / event.directory, mix=event.mix, tracks=event.tracks,
+        from airwave.media.recorder_worker import channel_recorder  # no PyAV here: it loads in the worker
+
+        assert self._data_dir is not None and self._recordings is not None and self._nursery is not None
+        factory = partial(
+            channel_recorder, str(self._data_dir / event.directory), mix=event.mix, tracks=event.tracks,
             description={"channel": event.channel, "number": event.number, "started_by": event.by},
             started_at=event.time,
         )
+        recorder = self._recordings.start(event.directory, factory)
         for member in channel.members.values():
             recorder.name(member.sid, member.user_id)
         self.recorder = recorder
         self.router.add_member(RECORDER_SID, recorder, publishing=False)
         self._nursery.start_soon(self._run_recorder, recorder)
 
-    async def _run_recorder(self, recorder: Recorder) -> None:
-        # Not abandoned on cancel: the actor's nursery waits until the files are closed. Its
-        # own limiter: a recording holds its thread for as long as it lasts, and trio's
-        # default limiter (40 threads) is shared with the password hashing of joins.
-        await trio.to_thread.run_sync(recorder.run, limiter=trio.CapacityLimiter(1))
-        if recorder.stats.failed:
-            log.error("recording of %s stopped writing: %s", shown(self.channel_id), recorder.stats.failed)
+    async def _run_recorder(self, recorder: RecordingFeed) -> None:
+        """Until the worker closed the recording's files. Not abandoned when the actor is
+        cancelled (a shutdown, a crash): its `run` stopped the recorder, and the actor's
+        nursery waits (bounded) for the files to be finalised, as the log says they are."""
+        try:
+            failed = await recorder.finished()
+        except trio.Cancelled:
+            with trio.move_on_after(FINALISE_WITHIN, shield=True):
+                await recorder.finished()
+            raise
+        if failed:
+            log.error("recording of %s stopped writing: %s", shown(self.channel_id), failed)
+            if self.recorder is recorder:  # it records nothing more: out of the fan-out
+                self.recorder = None
+                self.router.remove_member(RECORDER_SID)
 
     def _stop_recorder(self, at: float | None = None) -> None:
         """Takes the recorder out of the router and stops it at ``at`` (the recording_stopped

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
@@ -24,6 +24,9 @@ from airwave.protocol.text import shown
 from .channel import ChannelActor, ChannelReply, Envelope, Link, LogRefused, OneShot
 from .core import Channel, Command, EndChannel, LeaveChannel
 from .core.guesses import PasswordGuesses
+
+if TYPE_CHECKING:
+    from airwave.media.recorder_process import RecorderProcess
 
 log = logging.getLogger("airwave.registry")
 
@@ -72,6 +75,7 @@ class Registry:
         guesses: PasswordGuesses | None = None,
         placement: Placement | None = None,
         data_dir: Path | None = None,
+        recordings: RecorderProcess | None = None,
     ) -> None:
         # Wrong channel passwords, per address and channel: the server-wide backoff.
         self.guesses = guesses or PasswordGuesses()
@@ -85,6 +89,7 @@ class Registry:
         self._suspended: dict[str, Suspension] = {}
         self._placement = placement
         self._data_dir = data_dir  # where channels record; None: they do not
+        self._recordings = recordings  # the server's recording worker; None: no recording
         self._claims: dict[str, trio.Event] = {}  # channels being claimed (cluster mode)
 
     @property
@@ -116,6 +121,7 @@ class Registry:
                 on_idle=self._forget,
                 policy=self._policy,
                 data_dir=self._data_dir,
+                recordings=self._recordings,
                 link=claimed.link if claimed is not None else None,
                 follower=follower,
             )

@@ -181,6 +181,20 @@ class Recorder:
             return
         self._queue.append((self._clock(), frame))
 
+    def feed(self, frames: list[tuple[float, bytes]], dropped: int = 0) -> None:
+        """Takes frames stamped elsewhere (the server's stand-in, `recorder_process`, in front
+        of a worker process): ``(arrival on this machine's monotonic clock, frame)``, in order.
+        ``dropped`` frames never reached this process (the stand-in's buffer was full); they
+        count as handed over and dropped, so the manifest's statistics cover the whole path."""
+        self.stats.frames_in += dropped
+        self.stats.dropped += dropped
+        for arrival, frame in frames:
+            self.stats.frames_in += 1
+            if len(self._queue) >= self._capacity:
+                self.stats.dropped += 1
+                continue
+            self._queue.append((arrival, frame))
+
     # --- the channel actor's side ---
 
     def name(self, sid: int, user_id: str) -> None:
