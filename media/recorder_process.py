@@ -146,6 +146,7 @@ class RecorderProcess:
     def __init__(self, nursery: trio.Nursery, command: tuple[str, ...] = WORKER_COMMAND) -> None:
         self._nursery = nursery
         self._command = command
+        self.queue_frames = QUEUE_FRAMES  # each new recording's bound (tests make it small)
         self._worker: _Worker | None = None
         self.workers_started = 0
 
@@ -155,7 +156,7 @@ class RecorderProcess:
         worker = self._worker
         return worker.process.pid if worker is not None and worker.process is not None else None
 
-    def start(self, key: str, factory: Callable[[], RecordingJob], *, queue_frames: int = QUEUE_FRAMES) -> RecordingFeed:
+    def start(self, key: str, factory: Callable[[], RecordingJob], *, queue_frames: int | None = None) -> RecordingFeed:
         """A new recording named ``key`` (unique among those running), made in the worker by
         calling ``factory`` (picklable: a module-level callable or a functools.partial of one)."""
         worker = self._worker
@@ -165,7 +166,7 @@ class RecorderProcess:
             self._nursery.start_soon(self._serve, worker)
         if key in worker.recordings:
             raise ValueError(f"recording {key!r} is already running")
-        feed = RecordingFeed(key, factory, queue_frames)
+        feed = RecordingFeed(key, factory, self.queue_frames if queue_frames is None else queue_frames)
         worker.recordings[key] = feed
         worker.wake.set()
         return feed
