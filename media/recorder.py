@@ -1,9 +1,11 @@
 """The server's recorder: a member of a channel's media router that writes the channel to disk.
 
-It stands in the router like a listener's socket (``send_frame_nowait``), and costs the fan-out
-what a socket costs it or less: the call appends ``(arrival time, frame)`` to a bounded deque
-and returns; when the deque is full the frame is dropped and counted, never waited for. One
-worker thread per recording (`run`) does everything else, every 20 ms:
+The server runs it in its recording worker process (`recorder_worker`, fed by the stand-in of
+`recorder_process` in the channel's router, through `feed`), so none of this shares the
+fan-out's GIL; it also runs in any thread as a router member itself (``send_frame_nowait``
+appends ``(arrival time, frame)`` to a bounded deque; when the deque is full the frame is
+dropped and counted, never waited for). One thread per recording (`run`) does everything
+else, every 20 ms:
 
 - **per speaker** (one file per user id, ``speaker-<id>.opus``): the packets as received, muxed
   into Ogg/Opus without decoding (`OggOpusSink`). A jitter buffer with a fixed delay
@@ -21,9 +23,7 @@ hands each Ogg page (PAGE_SECONDS of audio) to the kernel once the next one has 
 process killed outright leaves files that decode up to DELAY + 2 x PAGE_SECONDS (0.45 s) before
 the kill (measured in tests/test_recording.py).
 
-The worker holds the GIL only for short stretches (a decode is ~0.04 ms, an encode ~0.2 ms;
-design.md section 3), so the fan-out thread is not starved. ``recording.json`` in the
-directory names the files and, once finalised, what was dropped.
+``recording.json`` in the directory names the files and, once finalised, what was dropped.
 """
 
 from __future__ import annotations
@@ -133,9 +133,11 @@ class Recorder:
     """Records one channel into ``directory`` from the moment it is made until `stop`: the mix
     into the file named ``mix`` ("" for none) and, with ``tracks``, one file per speaker.
 
-    The router calls `send_frame_nowait` (any thread-safe-enough caller: it only appends to a
-    deque); the channel actor names the senders (`name`) and stops it; `run` is the worker,
-    meant for ``trio.to_thread.run_sync`` and returning once the files are finalised.
+    Frames come through `feed` (stamped elsewhere, as the worker process gets them) or
+    `send_frame_nowait` (stamped here; any thread-safe-enough caller: it only appends to a
+    deque); `name` names the senders, `stop` ends it; `run` is the worker loop, for a thread
+    of its own, returning once the files are finalised. This is the worker interface
+    (`recorder_worker.RecordingJob`).
     """
 
     def __init__(
