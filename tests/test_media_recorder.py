@@ -58,3 +58,14 @@ def test_recorder_names_a_track_by_user_slug_and_lists_it_in_the_manifest(tmp_pa
     assert manifest["finalised"] and manifest["tracks"] == {"ann/../x": track_name("ann/../x")}
     assert track_name("ann/../x") == "speaker-ann%2F%2E%2E%2Fx.opus"
     assert (tmp_path / "r" / track_name("ann/../x")).exists()
+
+
+def test_recorder_feed_counts_frames_dropped_upstream_and_bounds_its_own_queue(tmp_path: Path) -> None:
+    """The worker process's way in: frames stamped by the server's stand-in, and what it
+    dropped, so recording.json's statistics cover the whole path."""
+    recorder = Recorder(tmp_path / "r", queue_frames=3)
+    frame = media_frame(1, 0)
+
+    recorder.feed([(time.monotonic(), frame)] * 5, dropped=7)
+
+    assert (recorder.stats.frames_in, recorder.stats.dropped) == (12, 9)
