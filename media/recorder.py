@@ -298,11 +298,11 @@ class Recorder:
             sid, seq, timestamp, opus = media
             speaker = self._by_sid.get(sid)
             if speaker is None:
-                speaker = self._speaker_for(sid)
+                speaker = self._speaker_for(sid, arrival)
             if speaker.jitter.push(seq, timestamp, opus, arrival) is PushOutcome.LATE:
                 self.stats.late += 1
 
-    def _speaker_for(self, sid: int) -> _Speaker:
+    def _speaker_for(self, sid: int, arrival: float) -> _Speaker:
         user_id = self._names.get(sid, f"sid-{sid}")
         speaker = self._speakers.get(user_id)
         if speaker is None:
@@ -310,6 +310,14 @@ class Recorder:
             speaker = _Speaker(user_id, track, OpusDecoder() if self._mix_file else None)
             self._speakers[user_id] = speaker
             self._write_manifest()
+            # A new speaker's track is silent until their first packet's arrival. The quiet
+            # ticks fill it to there anyway while the packet waits in the jitter buffer, but
+            # not when it is already due (the worker process started after it arrived).
+            first = self._samples_at(arrival) + DEFAULT_PRE_SKIP
+            while speaker.position + FRAME_SAMPLES <= first:
+                if speaker.track is not None:
+                    speaker.track.write(self._silence)
+                speaker.position += FRAME_SAMPLES
         if speaker.sid != -1:
             self._by_sid.pop(speaker.sid, None)
             # The old stream's last packets wait in its jitter buffer: they go first (without
