@@ -242,7 +242,12 @@ class Recorder:
         try:
             tick = 0
             while not self._stop.is_set():
-                tick += 1
+                # The next tick, or the current one if this worker fell behind (it started
+                # after the recording did, or it stalled): missed ticks are not run back to
+                # back, where no time passes between them and a speaker mid-spurt would look
+                # quiet (nothing released for two ticks) and get silence in front of packets
+                # still in the jitter buffer.
+                tick = max(tick + 1, int((self._clock() - self._started) / TICK))
                 self._stop.wait(max(0.0, self._started + tick * TICK - self._clock()))
                 if self._stop.is_set():
                     break
