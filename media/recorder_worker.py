@@ -26,6 +26,7 @@ never outlives the server.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import signal
 import struct
@@ -44,6 +45,7 @@ _LENGTH = struct.Struct(">I")
 # A batch holds at most the stand-ins' bounded buffers (2,000 frames of < 1.5 KB each per
 # recording); anything larger is not a message of this program.
 MAX_MESSAGE = 256 * 1024 * 1024
+NICENESS = 10  # added to the server's: the worker yields a shared core to the fan-out
 
 
 class RecordingJob(Protocol):
@@ -211,6 +213,9 @@ def main() -> int:
     # signal reaching this process too (same process group) must not cut that short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Lower priority than the fan-out: on a core they share, the scheduler runs the server as
+    # soon as it wakes; recording has 150 ms of slack (its jitter delay), the listeners none.
+    os.nice(NICENESS)
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: [recording worker %(process)d] %(message)s",
