@@ -84,7 +84,7 @@ from .net import frame_of
 from .rollcall import RollCall, RollSettings
 
 if TYPE_CHECKING:
-    from airwave.media.recorder import Recorder
+    from airwave.media.recorder_process import RecorderProcess, RecordingFeed
 
 log = logging.getLogger("airwave.channel")
 
@@ -99,6 +99,9 @@ MEMBER_COUNT_MESSAGES_PER_SECOND = 1000
 # The recorder's key in the media router: members' sids start at 1, so it is nobody's.
 RECORDER_SID = 0
 CDN_SID = -1  # the CDN's recorder: another key that is nobody's
+# How long an actor that is cancelled (shutdown, crash) waits for its recording's files to be
+# finalised by the worker (it writes 150 ms behind the clock: well under a second).
+FINALISE_WITHIN = 10.0
 # A follower answers a forwarded request once it has applied the owner's events up to the
 # answer's seq; they normally arrive before the answer (same NATS connection, same order).
 # Not there this soon: the live message was lost, so the follower re-reads the stream.
@@ -295,13 +298,15 @@ class ChannelActor:
         on_idle: Callable[[ChannelActor], None],
         policy: RolePolicy = DEFAULT_POLICY,
         data_dir: Path | None = None,
+        recordings: RecorderProcess | None = None,
         cdn: CdnSettings | None = None,
         link: Link | None = None,
         follower: bool = False,
     ) -> None:
-        """``data_dir`` is where recordings go (under ``recordings/``); None: this server
-        does not record, and enable_record is refused with server_error. ``cdn``: where
-        enable_cdn streams the mix (HLS under ``data_dir``); None: refused, server_error."""
+        """``data_dir`` is where recordings go (under ``recordings/``), ``recordings`` the
+        server's recording worker; either None: this server does not record, and
+        enable_record is refused with server_error. ``cdn``: where enable_cdn streams the mix
+        (HLS under ``data_dir``, through the same worker); None: refused, server_error."""
         self.channel_id = channel_id
         self.channel: Channel | None = None
         self.router = MediaRouter()
@@ -335,9 +340,10 @@ class ChannelActor:
         self._rolled_at = -math.inf
         self._ticked_at = trio.current_time()
         self._data_dir = data_dir
-        self._cdn = cdn if cdn is not None and cdn.enabled and data_dir is not None else None
-        self.recorder: Recorder | None = None
-        self.cdn_recorder: Recorder | None = None  # the mix for Icecast and HLS (enable_cdn)
+        self._recordings = recordings
+        self._cdn = cdn if cdn is not None and cdn.enabled and data_dir is not None and recordings is not None else None
+        self.recorder: RecordingFeed | None = None
+        self.cdn_recorder: RecordingFeed | None = None  # the mix for Icecast and HLS (enable_cdn)
         self._nursery: trio.Nursery | None = None
         self.mailbox, self._inbox = trio.open_memory_channel[Envelope](MAILBOX_SIZE)
 
@@ -459,7 +465,7 @@ class ChannelActor:
                     decision = decide(self.channel, command, self._policy)
             elif envelope.session is not None and self._owners.get(envelope.session.user_id) is not envelope.session:
                 decision = Rejected(Reason.NOT_FOUND, "this session is no longer in the channel")
-            elif isinstance(command, ChangeRecording) and command.enabled and self._data_dir is None:
+            elif isinstance(command, ChangeRecording) and command.enabled and (self._data_dir is None or self._recordings is None):
                 decision = Rejected(Reason.SERVER_ERROR, "this server does not record (no data directory)")
             elif isinstance(command, ChangeCdn) and command.enabled and self._cdn is None:
                 decision = Rejected(Reason.SERVER_ERROR, "this server has no CDN output (serve --icecast-url or --hls)")
@@ -943,14 +949,17 @@ class ChannelActor:
     # --- recording: a recorder is one more member of the router, fed like a socket ---
 
     def _start_recorder(self, event: RecordingStarted, channel: Channel) -> None:
-        from airwave.media.recorder import Recorder  # PyAV and numpy load only when a channel records
+        from functools import partial
 
-        assert self._data_dir is not None and self._nursery is not None
-        recorder = Recorder(
-            self._data_dir / event.directory, mix=event.mix, tracks=event.tracks,
+        from airwave.media.recorder_worker import channel_recorder  # no PyAV here: it loads in the worker
+
+        assert self._data_dir is not None and self._recordings is not None and self._nursery is not None
+        factory = partial(
+            channel_recorder, str(self._data_dir / event.directory), mix=event.mix, tracks=event.tracks,
             description={"channel": event.channel, "number": event.number, "started_by": event.by},
             started_at=event.time,
         )
+        recorder = self._recordings.start(event.directory, factory)
         for member in channel.members.values():
             recorder.name(member.sid, member.user_id)
         self.recorder = recorder
@@ -970,14 +979,18 @@ class ChannelActor:
     def _start_cdn(self, event: CdnStarted, channel: Channel) -> None:
         """The CDN's recorder: one more member of the router, built by the picklable factory
         (media/cdn.py) from the event and the settings, run like a recording's."""
-        from airwave.media.cdn import make_cdn_recorder  # PyAV loads only when a channel streams
+        from functools import partial
 
-        assert self._cdn is not None and self._data_dir is not None and self._nursery is not None
-        recorder = make_cdn_recorder(
-            self._data_dir / hls_folder(event.channel) if event.hls else None,
+        from airwave.media.recorder_worker import cdn_recorder  # no PyAV here: it loads in the worker
+
+        assert self._cdn is not None and self._data_dir is not None and self._recordings is not None and self._nursery is not None
+        factory = partial(
+            cdn_recorder,
+            str(self._data_dir / hls_folder(event.channel)) if event.hls else None,
             self._cdn.source_url(event.channel) if event.icecast else None,
             started_at=event.time, segment_seconds=event.segment_ms / 1000, name=event.channel,
         )
+        recorder = self._recordings.start(f"cdn:{event.channel}#{event.number}@{event.time!r}", factory)  # one per start
         for member in channel.members.values():
             recorder.name(member.sid, member.user_id)
         self.cdn_recorder = recorder
@@ -991,13 +1004,25 @@ class ChannelActor:
             self.router.remove_member(CDN_SID)
             recorder.stop(at)
 
-    async def _run_recorder(self, recorder: Recorder) -> None:
-        # Not abandoned on cancel: the actor's nursery waits until the files are closed. Its
-        # own limiter: a recording holds its thread for as long as it lasts, and trio's
-        # default limiter (40 threads) is shared with the password hashing of joins.
-        await trio.to_thread.run_sync(recorder.run, limiter=trio.CapacityLimiter(1))
-        if recorder.stats.failed:
-            log.error("recording of %s stopped writing: %s", shown(self.channel_id), recorder.stats.failed)
+    async def _run_recorder(self, recorder: RecordingFeed) -> None:
+        """Until the worker closed the recording's files. Not abandoned when the actor is
+        cancelled (a shutdown, a crash): its `run` stopped the recorder, and the actor's
+        nursery waits (bounded) for the files to be finalised, as the log says they are."""
+        try:
+            failed = await recorder.finished()
+        except trio.Cancelled:
+            with trio.move_on_after(FINALISE_WITHIN, shield=True):
+                await recorder.finished()
+            raise
+        if failed:
+            log.error("recording of %s stopped writing: %s", shown(self.channel_id), failed)
+            # It records nothing more: out of the fan-out.
+            if self.recorder is recorder:
+                self.recorder = None
+                self.router.remove_member(RECORDER_SID)
+            elif self.cdn_recorder is recorder:
+                self.cdn_recorder = None
+                self.router.remove_member(CDN_SID)
 
     def _stop_recorder(self, at: float | None = None) -> None:
         """Takes the recorder out of the router and stops it at ``at`` (the recording_stopped

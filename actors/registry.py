@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
@@ -25,6 +25,9 @@ from airwave.protocol.text import shown
 from .channel import ChannelActor, ChannelReply, Envelope, Link, LogRefused, OneShot, ResumeElsewhere
 from .core import CdnSettings, Channel, Command, EndChannel, LeaveChannel
 from .core.guesses import PasswordGuesses
+
+if TYPE_CHECKING:
+    from airwave.media.recorder_process import RecorderProcess
 
 log = logging.getLogger("airwave.registry")
 
@@ -82,6 +85,7 @@ class Registry:
         placement: Placement | None = None,
         data_dir: Path | None = None,
         cdn: CdnSettings | None = None,
+        recordings: RecorderProcess | None = None,
     ) -> None:
         # Wrong channel passwords, per address and channel: the server-wide backoff.
         self.guesses = guesses or PasswordGuesses()
@@ -96,6 +100,7 @@ class Registry:
         self._placement = placement
         self._data_dir = data_dir  # where channels record; None: they do not
         self._cdn = cdn  # where enable_cdn streams; None: refused
+        self._recordings = recordings  # the server's recording worker; None: no recording
         self._claims: dict[str, trio.Event] = {}  # channels being claimed (cluster mode)
 
     @property
@@ -128,6 +133,7 @@ class Registry:
                 policy=self._policy,
                 data_dir=self._data_dir,
                 cdn=self._cdn,
+                recordings=self._recordings,
                 link=claimed.link if claimed is not None else None,
                 follower=follower,
             )

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import trio
 
+from airwave.media.recorder_process import RecorderProcess, open_recorder_process
 from airwave.protocol import DEFAULT_POLICY, Reason, RolePolicy
 
 from .clock import now
@@ -76,6 +77,7 @@ class RunningServer:
         self.recovery = report
         self.metrics_port: int | None = None  # where /metrics is served, if it is
         self.webhook: WebhookDelivery | None = None
+        self.recordings: RecorderProcess | None = None  # the recording worker's handle
         self._stop = trio.Event()
         self.stopped = trio.Event()
 
@@ -147,7 +149,9 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
             log.info("ended %d member sessions and channels left open by a crash (server_restart)", len(records))
         listener = open_listener(settings.host, settings.port)
         try:
-            async with trio.open_nursery() as service:
+            # Outside the service nursery: a channel actor cancelled at shutdown still has its
+            # recording finalised by the worker, which exits once the service is done.
+            async with open_recorder_process() as recordings, trio.open_nursery() as service:
                 metrics = ServerMetrics()
                 # The log as a feed for its followers: webhook delivery and GET /events.
                 feed = EventFeed(settings.data_dir, lambda: event_log.last_seq) if settings.webhook or settings.metrics_address else None
@@ -163,12 +167,13 @@ async def serve(settings: ServerSettings, *, task_status: trio.TaskStatus[Runnin
                 registry = Registry(
                     service, append, next_number=next_number, policy=settings.policy,
                     max_channels=settings.max_channels, guesses=PasswordGuesses(settings.password_guesses),
-                    data_dir=settings.data_dir, cdn=settings.cdn,
+                    data_dir=settings.data_dir, cdn=settings.cdn, recordings=recordings,
                 )
                 gateway = gateway_for(registry, settings, site, metrics)
                 await service.start(lambda task_status: serve_connections(listener, gateway.handle, settings=settings.transport, task_status=task_status))
                 service.start_soon(gateway.run_heartbeats, settings.session.heartbeat_sweep)
                 server = RunningServer(listener.getsockname()[1], registry, gateway, event_log, report)
+                server.recordings = recordings
                 await start_metrics(service, server, settings, feed)
                 if webhook is not None:
                     server.webhook = webhook

@@ -1,9 +1,11 @@
 """The server's recorder: a member of a channel's media router that writes the channel to disk.
 
-It stands in the router like a listener's socket (``send_frame_nowait``), and costs the fan-out
-what a socket costs it or less: the call appends ``(arrival time, frame)`` to a bounded deque
-and returns; when the deque is full the frame is dropped and counted, never waited for. One
-worker thread per recording (`run`) does everything else, every 20 ms:
+The server runs it in its recording worker process (`recorder_worker`, fed by the stand-in of
+`recorder_process` in the channel's router, through `feed`), so none of this shares the
+fan-out's GIL; it also runs in any thread as a router member itself (``send_frame_nowait``
+appends ``(arrival time, frame)`` to a bounded deque; when the deque is full the frame is
+dropped and counted, never waited for). One thread per recording (`run`) does everything
+else, every 20 ms:
 
 - **per speaker** (one file per user id, ``speaker-<id>.opus``): the packets as received, muxed
   into Ogg/Opus without decoding (`OggOpusSink`). A jitter buffer with a fixed delay
@@ -21,9 +23,7 @@ hands each Ogg page (PAGE_SECONDS of audio) to the kernel once the next one has 
 process killed outright leaves files that decode up to DELAY + 2 x PAGE_SECONDS (0.45 s) before
 the kill (measured in tests/test_recording.py).
 
-The worker holds the GIL only for short stretches (a decode is ~0.04 ms, an encode ~0.2 ms;
-design.md section 3), so the fan-out thread is not starved. ``recording.json`` in the
-directory names the files and, once finalised, what was dropped.
+``recording.json`` in the directory names the files and, once finalised, what was dropped.
 
 The encoded mix can also go to ``mix_outputs`` (the CDN's Icecast and HLS outputs,
 media/cdn.py): each gets every 20 ms packet of the mix, in order, silence included, the same
@@ -149,9 +149,11 @@ class Recorder:
     """Records one channel into ``directory`` from the moment it is made until `stop`: the mix
     into the file named ``mix`` ("" for none) and, with ``tracks``, one file per speaker.
 
-    The router calls `send_frame_nowait` (any thread-safe-enough caller: it only appends to a
-    deque); the channel actor names the senders (`name`) and stops it; `run` is the worker,
-    meant for ``trio.to_thread.run_sync`` and returning once the files are finalised.
+    Frames come through `feed` (stamped elsewhere, as the worker process gets them) or
+    `send_frame_nowait` (stamped here; any thread-safe-enough caller: it only appends to a
+    deque); `name` names the senders, `stop` ends it; `run` is the worker loop, for a thread
+    of its own, returning once the files are finalised. This is the worker interface
+    (`recorder_worker.RecordingJob`).
     """
 
     def __init__(
@@ -203,6 +205,20 @@ class Recorder:
             return
         self._queue.append((self._clock(), frame))
 
+    def feed(self, frames: list[tuple[float, bytes]], dropped: int = 0) -> None:
+        """Takes frames stamped elsewhere (the server's stand-in, `recorder_process`, in front
+        of a worker process): ``(arrival on this machine's monotonic clock, frame)``, in order.
+        ``dropped`` frames never reached this process (the stand-in's buffer was full); they
+        count as handed over and dropped, so the manifest's statistics cover the whole path."""
+        self.stats.frames_in += dropped
+        self.stats.dropped += dropped
+        for arrival, frame in frames:
+            self.stats.frames_in += 1
+            if len(self._queue) >= self._capacity:
+                self.stats.dropped += 1
+                continue
+            self._queue.append((arrival, frame))
+
     # --- the channel actor's side ---
 
     def name(self, sid: int, user_id: str) -> None:
@@ -252,7 +268,12 @@ class Recorder:
         try:
             tick = 0
             while not self._stop.is_set():
-                tick += 1
+                # The next tick, or the current one if this worker fell behind (it started
+                # after the recording did, or it stalled): missed ticks are not run back to
+                # back, where no time passes between them and a speaker mid-spurt would look
+                # quiet (nothing released for two ticks) and get silence in front of packets
+                # still in the jitter buffer.
+                tick = max(tick + 1, int((self._clock() - self._started) / TICK))
                 self._stop.wait(max(0.0, self._started + tick * TICK - self._clock()))
                 if self._stop.is_set():
                     break
@@ -314,11 +335,11 @@ class Recorder:
             sid, seq, timestamp, opus = media
             speaker = self._by_sid.get(sid)
             if speaker is None:
-                speaker = self._speaker_for(sid)
+                speaker = self._speaker_for(sid, arrival)
             if speaker.jitter.push(seq, timestamp, opus, arrival) is PushOutcome.LATE:
                 self.stats.late += 1
 
-    def _speaker_for(self, sid: int) -> _Speaker:
+    def _speaker_for(self, sid: int, arrival: float) -> _Speaker:
         user_id = self._names.get(sid, f"sid-{sid}")
         speaker = self._speakers.get(user_id)
         if speaker is None:
@@ -326,6 +347,14 @@ class Recorder:
             speaker = _Speaker(user_id, track, OpusDecoder() if self._mixing else None)
             self._speakers[user_id] = speaker
             self._write_manifest()
+            # A new speaker's track is silent until their first packet's arrival. The quiet
+            # ticks fill it to there anyway while the packet waits in the jitter buffer, but
+            # not when it is already due (the worker process started after it arrived).
+            first = self._samples_at(arrival) + DEFAULT_PRE_SKIP
+            while speaker.position + FRAME_SAMPLES <= first:
+                if speaker.track is not None:
+                    speaker.track.write(self._silence)
+                speaker.position += FRAME_SAMPLES
         if speaker.sid != -1:
             self._by_sid.pop(speaker.sid, None)
             # The old stream's last packets wait in its jitter buffer: they go first (without

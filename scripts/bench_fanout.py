@@ -378,6 +378,67 @@ def recordings_of(data: Path) -> dict[str, Any]:
     }
 
 
+class RecorderWorkerWatch:
+    """The recording system's worker process (the server's child, started on the first
+    recording): pinned away from the fan-out's core as it appears (--recorder-cpu), and its
+    CPU over the window, which the server's own figures do not include."""
+
+    def __init__(self, server_pid: int, cpus: set[int] | None) -> None:
+        self.server_pid = server_pid
+        self.cpus = cpus
+        self.pid: int | None = None
+        self.cpu_at: list[tuple[float, float]] = []  # (monotonic time, worker CPU seconds)
+        self.rss_kb: int | None = None
+
+    def poll(self) -> None:
+        if self.pid is not None:
+            return
+        children: list[int] = []
+        for path in Path(f"/proc/{self.server_pid}/task").glob("*/children"):
+            try:
+                children += [int(c) for c in path.read_text().split()]
+            except OSError:
+                pass
+        if children:
+            self.pid = children[0]
+            if self.cpus:
+                os.sched_setaffinity(self.pid, self.cpus)  # its threads were made on the server's core
+
+    def mark(self) -> None:
+        """One reading of the worker's CPU (call at the window's start and at the result)."""
+        self.poll()
+        if self.pid is None:
+            return
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        self.cpu_at.append((time.monotonic(), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")))
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+            self.rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+        except (OSError, StopIteration):
+            pass
+
+    def figures(self, deliveries: int | None) -> dict[str, Any]:
+        if len(self.cpu_at) < 2:
+            return {"pid": self.pid, "cpu_percent": None}
+        (t0, c0), (t1, c1) = self.cpu_at[0], self.cpu_at[-1]
+        return {"pid": self.pid, "cpus": sorted(self.cpus) if self.cpus else None,
+                "cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 1) if t1 > t0 else None,
+                "us_per_delivery": round(1e6 * (c1 - c0) / deliveries, 2) if deliveries else None,
+                "rss_mb": round(self.rss_kb / 1024, 1) if self.rss_kb else None}
+
+
+def recorder_cpus(args: argparse.Namespace) -> set[int] | None:
+    """--recorder-cpu: "other" (default) is every core but the server's, else N or none."""
+    if args.recorder_cpu == "other":
+        if args.server_cpu is None:
+            return None
+        return set(range(os.cpu_count() or 1)) - {args.server_cpu} or None
+    return {args.recorder_cpu} if args.recorder_cpu is not None else None
+
+
 def wait_listening(proc: subprocess.Popen, log_path: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -449,6 +510,7 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
                 scraper = Scraper(metrics_port)
         cfg = dict(scenario, port=port, server_pid=server.pid, server_cpu=args.server_cpu, loadgen_cpu=args.loadgen_cpu,
                    record=system == "recording", **extra)
+        worker_watch = RecorderWorkerWatch(server.pid, recorder_cpus(args)) if system == "recording" else None
         if args.mem_trace and system == "airwave":
             cfg["snapshot_pause"] = 8.0  # the load generator idles while the server snapshots its heap
         with open(tmp / "loadgen.err", "wb") as err_file:
@@ -470,6 +532,9 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
             if now > deadline:
                 raise RunFailed(f"load generator did not finish within {budget:.0f} s")
             timeout = min([deadline - now] + [max(0.0, t - now) for t, _, _ in ss_at])
+            if worker_watch is not None and worker_watch.pid is None:
+                worker_watch.poll()
+                timeout = min(timeout, 0.05)  # look again soon: pin it before the window
             ready, _, _ = select.select([fd], [], [], timeout)
             now = time.monotonic()
             for item in [x for x in ss_at if x[0] <= now]:
@@ -486,6 +551,8 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
                 line, buffered = buffered.split(b"\n", 1)
                 event = json.loads(line)
                 if event["event"] == "window":
+                    if worker_watch is not None:
+                        worker_watch.mark()
                     seconds = event.get("seconds") or 1.0
                     stalled_ports = set(event.get("stalled_ports") or ()) or None
                     # In the grace after the window, not in it: `ss` walks every socket for
@@ -504,6 +571,8 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
                     if args.mem_trace and system == "airwave":
                         server.send_signal(signal.SIGUSR1)
                 elif event["event"] == "result":
+                    if worker_watch is not None:
+                        worker_watch.mark()
                     result = event
         loadgen.wait(timeout=10)
         if profiler is not None:
@@ -518,6 +587,11 @@ def run_once(system: str, scenario: dict[str, Any], args: argparse.Namespace) ->
         figures["server_alive_at_end"] = server_alive
         if system == "recording":
             figures["recordings"] = recordings_of(tmp / "data")
+            if worker_watch is not None:
+                worker = figures["recorder_worker"] = worker_watch.figures(result.get("deliveries_in_window"))
+                if worker["cpu_percent"] is not None and figures.get("background_cpu_percent") is not None:
+                    # the loadgen counts the worker as another process: it is the server's
+                    figures["background_cpu_percent"] = round(max(0.0, figures["background_cpu_percent"] - worker["cpu_percent"]), 1)
         figures["server_log"] = scan_server_log(server_log)
         if args.mem_trace and system == "airwave":
             figures["memory"] = mem_growth(server_log, figures["listeners"])
@@ -1098,6 +1172,9 @@ ROWS = [
     ("  main thread only", lambda f: f.get("server_main_thread_us_per_delivery")),
     ("  above idle", lambda f: f["server_us_per_delivery_above_idle"]),
     ("server idle cpu %", lambda f: f["server_idle_cpu_percent"]),
+    ("recorder worker cpu %", lambda f: f["recorder_worker"]["cpu_percent"]),
+    ("recorder frames dropped", lambda f: f["recordings"]["dropped"]),
+    ("recorder worker rss_mb", lambda f: f["recorder_worker"]["rss_mb"]),
     ("deliveries/s", lambda f: f["deliveries_per_second"]),
     ("server_rss_mb", lambda f: f["server_rss_mb"]),
     ("rss_kb_per_listener", lambda f: f["rss_kb_per_listener"]),
@@ -1334,6 +1411,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="pin the server to core N (default 0); none: no pinning")
     p.add_argument("--loadgen-cpu", type=cpu_option, default=1, metavar="N|none",
                    help="pin the load generator (and this process) to core N (default 1); none: no pinning")
+    p.add_argument("--recorder-cpu", type=lambda t: "other" if t == "other" else cpu_option(t), default="other",
+                   metavar="N|none|other", help="recording system: pin the server's recording worker process to core N; "
+                   "other (default): every core but --server-cpu's; none: leave it where it was made (the server's core)")
     p.add_argument("--loadgen-poll", choices=("block", "spin"), default="block",
                    help="spin: the load generator never sleeps while publishers run, so no server send() pays for waking it")
     p.add_argument("--server-log-level", default="INFO", help="airwave serve --log-level (default INFO, as shipped)")

@@ -100,3 +100,14 @@ def test_recorder_with_mix_outputs_only_writes_no_files_and_feeds_every_20_ms_of
     assert frames - 0.5 <= len(outputs.packets) <= frames + 1.5, (len(outputs.packets), frames)
     assert all(packet_samples(p) == 960 for p in outputs.packets)
     assert recorder.stats.output_errors == len(outputs.packets)  # the failing one, counted, never fatal
+
+
+def test_recorder_feed_counts_frames_dropped_upstream_and_bounds_its_own_queue(tmp_path: Path) -> None:
+    """The worker process's way in: frames stamped by the server's stand-in, and what it
+    dropped, so recording.json's statistics cover the whole path."""
+    recorder = Recorder(tmp_path / "r", queue_frames=3)
+    frame = media_frame(1, 0)
+
+    recorder.feed([(time.monotonic(), frame)] * 5, dropped=7)
+
+    assert (recorder.stats.frames_in, recorder.stats.dropped) == (12, 9)

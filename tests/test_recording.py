@@ -340,9 +340,28 @@ async def test_server_shutdown_stops_the_recording_server_shutdown_and_finalises
         assert len(decoded(directory / name)) / SAMPLE_RATE == pytest.approx(recorded, rel=0.01, abs=0.03)
 
 
-async def test_sigkill_of_airwave_serve_mid_recording_leaves_files_that_decode_to_within_a_second_of_the_kill(
+def worker_pids(pid: int) -> set[int]:
+    """The child processes of ``pid`` (Linux /proc: every thread's children)."""
+    found: set[int] = set()
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        found.update(int(child) for child in children.read_text().split())
+    return found
+
+
+def running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an orphan's exit is reaped by whoever adopted it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+async def test_sigkill_of_airwave_serve_mid_recording_leaves_no_worker_and_files_that_decode_to_within_a_second_of_the_kill(
     tmp_path: Path,
 ) -> None:
+    """The worker process reads end of file when the server dies: it ends the recording at
+    the server's last batch (before the kill), finalises the files and exits; no orphan."""
     data = tmp_path / "data"
     with trio.fail_after(30):
         async with airwave_serve(data) as served:
@@ -351,20 +370,26 @@ async def test_sigkill_of_airwave_serve_mid_recording_leaves_files_that_decode_t
                 ok(await host.request(EnableRecord, enabled=True))
                 async with trio.open_nursery() as talking:
                     talking.start_soon(Speaker(host).say, list(tone_frames(440.0, 10.0)))
+                    await wait_until(lambda: worker_pids(served.process.pid), "the recording worker to start")
+                    (worker,) = worker_pids(served.process.pid)
                     await trio.sleep(2.5)  # the tone is being recorded
                     killed_at = time.time()
-                    served.process.kill()  # SIGKILL: nothing is finalised, nothing flushed
+                    served.process.kill()  # SIGKILL: the server finalises nothing, flushes nothing
                     assert await served.exit_code() == -signal.SIGKILL
                     talking.cancel_scope.cancel()
+            await wait_until(lambda: not running(worker), "the worker to exit after the server's death")
         events = [item.event for item in replay_events(data)]
         (started,) = [e for e in events if e.TYPE == "recording_started"]
         assert not [e for e in events if e.TYPE == "recording_stopped"]
         directory = data / started.directory
-        assert not json.loads((directory / "recording.json").read_text())["finalised"]
+        manifest = json.loads((directory / "recording.json").read_text())
+        # The last batch came at most 20 ms before the kill (or a moment after killed_at was
+        # read); the files end at it within one frame.
+        assert manifest["finalised"] and killed_at - 0.5 <= manifest["stopped_at"] <= killed_at + 0.03
         for name in ("mix.opus", "speaker-host.opus"):
             pcm = decoded(directory / name)
             covered = len(pcm) / SAMPLE_RATE
-            assert killed_at - started.time - 1.0 <= covered <= killed_at - started.time, name
+            assert killed_at - started.time - 1.0 <= covered <= killed_at - started.time + 0.05, name
             assert dominant_frequency(pcm[-SAMPLE_RATE // 2 :]) == pytest.approx(440, abs=5), name
 
         async with airwave_serve(data):  # recovery ends what the crash left open, before it listens
