@@ -77,6 +77,7 @@ from .core import (
     event_to_record,
     evolve,
     hls_folder,
+    OutputFailed,
 )
 from .clock import now as wall_clock
 from .logcontext import LOG_SUBJECT
@@ -1016,13 +1017,20 @@ class ChannelActor:
             raise
         if failed:
             log.error("recording of %s stopped writing: %s", shown(self.channel_id), failed)
-            # It records nothing more: out of the fan-out.
+            # It records nothing more: out of the fan-out, and stopped in the log (server_error),
+            # so record_state / cdn_state tell everyone so.
+            failure: OutputFailed | None = None
             if self.recorder is recorder:
                 self.recorder = None
                 self.router.remove_member(RECORDER_SID)
+                if self.channel is not None and self.channel.recording is not None:
+                    failure = OutputFailed(wall_clock(), recording=True, directory=self.channel.recording.directory)
             elif self.cdn_recorder is recorder:
                 self.cdn_recorder = None
                 self.router.remove_member(CDN_SID)
+                failure = OutputFailed(wall_clock(), recording=False)
+            if failure is not None:
+                await self.mailbox.send(Envelope(failure, None, None))
 
     def _stop_recorder(self, at: float | None = None) -> None:
         """Takes the recorder out of the router and stops it at ``at`` (the recording_stopped

@@ -10,6 +10,7 @@ import msgpack
 import pytest
 
 from airwave.actors.core import (
+    OutputFailed,
     SALT_BYTES,
     Accepted,
     Channel,
@@ -1019,3 +1020,21 @@ def test_a_channel_that_ends_stops_its_cdn_after_its_recording(ending: object, r
     assert [type(e) for e in events[-3:]] == [RecordingStopped, CdnStopped, ChannelStopped]
     assert events[-2].reason is reason
     assert applied(channel, Accepted(events)).cdn is None
+
+
+def test_an_output_that_failed_is_stopped_server_error_unless_a_newer_one_runs_and_idle_is_a_no_op() -> None:
+    channel = hosted("bob")
+    assert accepted(decide(channel, OutputFailed(3.0, recording=True, directory="recordings/222/x"))) == ()
+    assert accepted(decide(channel, OutputFailed(3.0, recording=False))) == ()
+    recording = applied(channel, Accepted(accepted(decide(channel, ChangeRecording(2.0, "host", True)))))
+    streaming = applied(recording, Accepted(accepted(decide(recording, ChangeCdn(2.0, "host", True, ICE, HLS)))))
+    assert streaming.recording is not None
+
+    # A failure of an older recording (since stopped, a new one started) changes nothing.
+    assert accepted(decide(streaming, OutputFailed(3.0, recording=True, directory="recordings/222/older"))) == ()
+    (stopped,) = accepted(decide(streaming, OutputFailed(3.0, recording=True, directory=streaming.recording.directory)))
+    assert isinstance(stopped, RecordingStopped) and (stopped.reason, stopped.by) == (Reason.SERVER_ERROR, None)
+    (cdn_stopped,) = accepted(decide(streaming, OutputFailed(3.0, recording=False)))
+    assert isinstance(cdn_stopped, CdnStopped) and cdn_stopped.reason is Reason.SERVER_ERROR
+    after = applied(applied(streaming, Accepted((stopped,))), Accepted((cdn_stopped,)))
+    assert after.record_state is RecordState.IDLE and after.cdn_state is CdnState.IDLE

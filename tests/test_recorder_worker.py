@@ -18,10 +18,10 @@ from airwave.actors.log.replay import replay_events
 from airwave.actors.server import RunningServer
 from airwave.media.opus import SAMPLE_RATE, OpusEncoder
 from airwave.media.sources import tone_frames
-from airwave.protocol import EnableRecord, Join, encode_client_media
+from airwave.protocol import EnableRecord, Join, PropertyChange, PropertyChanged, Reason, RecordState, encode_client_media
 from airwave.wire import Wire, open_wire
 
-from helpers import HOST, ok, wait_until
+from helpers import HOST, next_push, ok, wait_until
 from test_recording import Speaker, decoded, wait_finalised
 
 
@@ -60,12 +60,15 @@ async def test_recorder_worker_killed_mid_recording_ends_it_logged_and_the_chann
             os.kill(first, signal.SIGKILL)
             await wait_until(lambda: "stopped writing" in caplog.text, "the failed recording to be logged")
             assert f"the recording worker (pid {first}) exited with code -9" in caplog.text
+            for wire in (host, listener):  # everyone learns it stopped: no recording shown that is not
+                assert (await next_push(wire, PropertyChanged)).record_state is RecordState.RECORDING  # the start
+                changed = await next_push(wire, PropertyChanged)
+                assert changed.changes == PropertyChange.RECORD_STATE and changed.record_state is RecordState.IDLE
             await voice.say(list(tone_frames(440.0, 0.3)))  # the channel goes on
             await wait_until(lambda: listener.media.statistics().current_buffer_used >= 30, "the listener's frames")
             assert media_received(listener) == list(range(30)) and listener.media_dropped == 0
 
-            # Turned off and on again: a new worker, a whole recording.
-            ok(await host.request(EnableRecord, enabled=False))
+            # Turned on again: a new worker, a whole recording.
             ok(await host.request(EnableRecord, enabled=True))
             second = await worker_pid(server, other_than=first)
             await voice.say(list(tone_frames(440.0, 0.5)))
@@ -75,6 +78,7 @@ async def test_recorder_worker_killed_mid_recording_ends_it_logged_and_the_chann
     starts = [e for e in events if e.TYPE == "recording_started"]
     stops = [e for e in events if e.TYPE == "recording_stopped"]
     assert len(starts) == len(stops) == 2 and second != first
+    assert (stops[0].reason, stops[0].by) == (Reason.SERVER_ERROR, None)  # logged by the server itself
     killed, whole = (data_dir / e.directory for e in starts)
     assert not json.loads((killed / "recording.json").read_text())["finalised"]
     await wait_finalised(whole)

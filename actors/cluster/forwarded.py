@@ -32,6 +32,7 @@ from ..core import (
     OperatorKick,
     OperatorMute,
     OperatorStop,
+    OutputFailed,
     StopChannel,
 )
 
@@ -39,7 +40,7 @@ COMMAND_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
         JoinChannel, LeaveChannel, StopChannel, EndChannel, ChangeRole, ChangeState, ChangeUpload, KickMember,
-        ChangeCustomProperty, ChangeRecording, ChangeCdn, OperatorKick, OperatorStop, OperatorMute,
+        ChangeCustomProperty, ChangeRecording, ChangeCdn, OperatorKick, OperatorStop, OperatorMute, OutputFailed,
     )
 }
 # Fields whose values are enums or sets of them; every other field is a plain msgpack value.

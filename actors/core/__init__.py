@@ -22,6 +22,7 @@ from .commands import (
     OperatorKick,
     OperatorMute,
     OperatorStop,
+    OutputFailed,
     StopChannel,
 )
 from .decide import Accepted, Decision, Rejected, decide
@@ -86,6 +87,7 @@ __all__ = [
     "OperatorKick",
     "OperatorMute",
     "OperatorStop",
+    "OutputFailed",
     "Recording",
     "RecordingStarted",
     "RecordingStopped",

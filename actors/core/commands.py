@@ -149,7 +149,18 @@ class OperatorMute:
 
 OperatorCommand = OperatorKick | OperatorStop | OperatorMute
 
+
+@attrs.frozen
+class OutputFailed:
+    """The server's own: the writer of a recording (``recording``, the one in ``directory``)
+    or of the CDN stream stopped on its own (its worker process died, the disk filled), so the
+    log and the members learn that it stopped, with server_error, instead of seeing it run."""
+
+    time: float
+    recording: bool
+    directory: str = ""
+
 Command = (
     JoinChannel | LeaveChannel | StopChannel | EndChannel | ChangeRole | ChangeState | ChangeUpload | KickMember
-    | ChangeCustomProperty | ChangeRecording | ChangeCdn | OperatorCommand
+    | ChangeCustomProperty | ChangeRecording | ChangeCdn | OperatorCommand | OutputFailed
 )

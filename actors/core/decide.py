@@ -24,6 +24,7 @@ from .commands import (
     OperatorKick,
     OperatorMute,
     OperatorStop,
+    OutputFailed,
     StopChannel,
 )
 from .events import (
@@ -72,6 +73,8 @@ def decide(channel: Channel | None, command: Command, policy: RolePolicy = DEFAU
         return Accepted(_end_events(channel, command.time, command.reason))
     if isinstance(command, OperatorKick | OperatorStop | OperatorMute):
         return _decide_operator(channel, command)
+    if isinstance(command, OutputFailed):
+        return _decide_output_failed(channel, command)
     actor_id = (
         command.actor
         if isinstance(command, ChangeRole | ChangeState | KickMember | ChangeCustomProperty | ChangeRecording | ChangeCdn)
@@ -266,6 +269,18 @@ def _decide_operator(channel: Channel, command: OperatorKick | OperatorStop | Op
     if command.muted and target.upload:
         events.append(AudioUploadChanged(command.time, channel.channel_id, channel.number, target.user_id, False))
     return Accepted(tuple(events))
+
+
+def _decide_output_failed(channel: Channel, command: OutputFailed) -> Decision:
+    """The writer that failed is stopped in the log, if it is still the one running (a newer
+    recording, started since, goes on)."""
+    if command.recording:
+        if channel.recording is None or channel.recording.directory != command.directory:
+            return Accepted(())
+        return Accepted((RecordingStopped(command.time, channel.channel_id, channel.number, command.directory, Reason.SERVER_ERROR, None),))
+    if channel.cdn is None:
+        return Accepted(())
+    return Accepted((CdnStopped(command.time, channel.channel_id, channel.number, Reason.SERVER_ERROR, None),))
 
 
 def _leave_events(
