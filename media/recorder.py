@@ -184,6 +184,9 @@ class Recorder:
         self._capacity = queue_frames
         self._clock = clock
         self._queue: deque[tuple[float, bytes]] = deque()
+        # Fed from elsewhere (`feed`): the server's time up to which it has handed every frame
+        # over. The timeline is written no further than that, however late the batches come.
+        self._handed_over_until: float | None = None
         self._names: dict[int, str] = {}
         wall_now, now = wall_clock(), clock()
         self._started_at = wall_now if started_at is None else min(started_at, wall_now)
@@ -205,11 +208,15 @@ class Recorder:
             return
         self._queue.append((self._clock(), frame))
 
-    def feed(self, frames: list[tuple[float, bytes]], dropped: int = 0) -> None:
+    def feed(self, frames: list[tuple[float, bytes]], dropped: int = 0, *, until: float | None = None) -> None:
         """Takes frames stamped elsewhere (the server's stand-in, `recorder_process`, in front
         of a worker process): ``(arrival on this machine's monotonic clock, frame)``, in order.
         ``dropped`` frames never reached this process (the stand-in's buffer was full); they
-        count as handed over and dropped, so the manifest's statistics cover the whole path."""
+        count as handed over and dropped, so the manifest's statistics cover the whole path.
+        ``until``: every frame that arrived before it has now been fed. From the first such
+        feed on, the recorder writes no part of the timeline past it: a worker that started
+        late, or reads a backlog in its pipe, catches up on the server's time instead of
+        writing silence where frames it has not read yet belong."""
         self.stats.frames_in += dropped
         self.stats.dropped += dropped
         for arrival, frame in frames:
@@ -218,6 +225,14 @@ class Recorder:
                 self.stats.dropped += 1
                 continue
             self._queue.append((arrival, frame))
+        if until is not None:
+            self._handed_over_until = until
+
+    def _now(self) -> float:
+        """The moment the timeline is known up to: now, or what was handed over by then."""
+        now = self._clock()
+        until = self._handed_over_until
+        return now if until is None else min(now, until)
 
     # --- the channel actor's side ---
 
@@ -277,7 +292,7 @@ class Recorder:
                 self._stop.wait(max(0.0, self._started + tick * TICK - self._clock()))
                 if self._stop.is_set():
                     break
-                self._step(self._clock())
+                self._step(self._now())
             self._finish()
         finally:
             for speaker in self._speakers.values():
@@ -362,7 +377,7 @@ class Recorder:
             rest = speaker.jitter.pop(math.inf)
             while rest and isinstance(rest[-1], Lost):
                 rest.pop()
-            self._write_items(speaker, rest, self._samples_at(self._clock() - DELAY) + DEFAULT_PRE_SKIP)
+            self._write_items(speaker, rest, self._samples_at(self._now() - DELAY) + DEFAULT_PRE_SKIP)
         speaker.new_stream(sid)
         self._by_sid[sid] = speaker
         return speaker

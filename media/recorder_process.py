@@ -110,7 +110,7 @@ class RecordingFeed:
         self._queue.clear()
         batch = FeedBatch(
             self.key, self._factory, tuple(self._names), frames, self._dropped_unsent,
-            stop=self._stopping, stop_at=self._stop_at,
+            taken_at=time.monotonic(), stop=self._stopping, stop_at=self._stop_at,
         )
         self._factory = None
         self._names.clear()

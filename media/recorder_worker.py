@@ -18,9 +18,9 @@ this same program, started by the server; nothing else writes to these pipes.
 The process ignores SIGINT and SIGTERM (a Ctrl-C or a service manager's SIGTERM reaches the
 whole process group: the server then stops the recordings itself, in order, and closes the
 pipe). End of file on stdin means the server is gone: killed outright, or done. Every
-recording still running then stops at the server's last sign of life (the time its last
-message was read, at most 20 ms before it died), is finalised, and the process exits: it
-never outlives the server.
+recording still running then stops at the server's last sign of life (when it took its last
+batch, at most 20 ms before it died), is finalised, and the process exits: it never outlives
+the server.
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ class RecordingJob(Protocol):
     def name(self, sid: int, user_id: str) -> None:
         """Media from ``sid`` is ``user_id``'s."""
 
-    def feed(self, frames: list[tuple[float, bytes]], dropped: int = 0) -> None:
+    def feed(self, frames: list[tuple[float, bytes]], dropped: int = 0, *, until: float | None = None) -> None:
         """``(monotonic arrival time, server WebSocket frame)`` in arrival order; ``dropped``
-        frames were dropped before reaching this process. Never blocks."""
+        frames were dropped before reaching this process; every frame that arrived before
+        ``until`` has been fed now. Never blocks."""
 
     def stop(self, at: float | None = None) -> None:
         """Ends the recording at ``at`` (wall clock, epoch seconds; None: now); any thread."""
@@ -74,13 +75,16 @@ class RecordingJob(Protocol):
 class FeedBatch:
     """One recording's share of one message from the server, applied in this order:
     ``factory`` (first batch only: the worker makes the recording), ``names``, ``frames``
-    (``dropped``: how many the server's stand-in dropped since the last batch), the stop."""
+    (``dropped``: how many the server's stand-in dropped since the last batch; ``taken_at``:
+    the server's monotonic time when it took them, so every frame that arrived before it is
+    in this batch or an earlier one), the stop."""
 
     key: str
     factory: Callable[[], RecordingJob] | None = None
     names: tuple[tuple[int, str], ...] = ()
     frames: tuple[tuple[float, bytes], ...] = ()
     dropped: int = 0
+    taken_at: float | None = None
     stop: bool = False
     stop_at: float | None = None
 
@@ -162,39 +166,42 @@ class Worker:
         self._threads: list[threading.Thread] = []
 
     def serve(self) -> None:
-        """Until end of file on ``commands``; then every recording stops at the time the last
-        message was read, and this returns once all are finalised."""
-        last_seen = time.time()
+        """Until end of file on ``commands``; then every recording stops at the server's last
+        sign of life (when it took the last batch: this process may read it much later, when
+        it is behind), and this returns once all are finalised."""
+        last_seen = time.monotonic()
         while (message := read_message(self._commands)) is not None:
-            last_seen = time.time()
             for batch in message:
+                last_seen = batch.taken_at if batch.taken_at is not None else time.monotonic()
                 self._apply(batch)
         for job in list(self._jobs.values()):
-            job.stop(last_seen)
+            job.stop(time.time() - (time.monotonic() - last_seen))
         for thread in self._threads:
             thread.join()
 
     def _apply(self, batch: FeedBatch) -> None:
-        if batch.factory is not None:
-            self._start(batch.key, batch.factory)
+        made = batch.factory is not None and self._make(batch.key, batch.factory)
         job = self._jobs.get(batch.key)
         if job is None:  # it could not be made (reported), or it already ended
             return
         for sid, user_id in batch.names:
             job.name(sid, user_id)
-        if batch.frames or batch.dropped:
-            job.feed(list(batch.frames), batch.dropped)
+        job.feed(list(batch.frames), batch.dropped, until=batch.taken_at)
+        if made:  # its first batch is in before it runs: it never runs ahead of the server
+            self._start(batch.key, job)
         if batch.stop:
             job.stop(batch.stop_at)
 
-    def _start(self, key: str, factory: Callable[[], RecordingJob]) -> None:
+    def _make(self, key: str, factory: Callable[[], RecordingJob]) -> bool:
         try:
-            job = factory()
+            self._jobs[key] = factory()
         except Exception as exc:  # this recording cannot start; the others go on
             log.exception("recording %s could not start", key)
             self._report(Ended(key, f"{type(exc).__name__}: {exc}", {}))
-            return
-        self._jobs[key] = job
+            return False
+        return True
+
+    def _start(self, key: str, job: RecordingJob) -> None:
         self._threads = [t for t in self._threads if t.is_alive()]
         thread = threading.Thread(target=self._run, args=(key, job), name=f"recording {key}")
         self._threads.append(thread)

@@ -348,9 +348,10 @@ def test_browser_page_of_a_cluster_node_resumes_on_the_next_node_when_its_own_di
     browser: Browser, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     """Issue 16: a page served by node-b, opened with ``?servers=`` naming node-c, listens to a
-    host on node-c; node-b is SIGKILLed (often the channel's owner too: the page's join may
-    come first); the page resumes on node-c with the same sid, the stream has no leave and no
-    second join for it, and the tone plays on."""
+    host on node-c (which owns the channel: the host joins first); node-b is SIGKILLed; the page
+    resumes on node-c with the same sid, the stream has no leave and no second join for it, and
+    the tone plays on. (A page on the owner's node waits out the lease TTL as well: the SDK's
+    test_cluster_failures covers that case.)"""
     b_port, c_port = free_port(), free_port()
 
     def node(name: str, port: int, *options: str) -> subprocess.Popen[bytes]:
@@ -371,6 +372,7 @@ def test_browser_page_of_a_cluster_node_resumes_on_the_next_node_when_its_own_di
                 assert time.monotonic() < deadline, f"no node listening on {port}"
                 time.sleep(0.05)
         host = airwave_cli("host", "across", "--tone", "440", "--duration", "60", "--url", f"ws://127.0.0.1:{c_port}/")
+        assert "joined 'across'" in host.stdout.readline()  # node-c owns the channel from here
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         errors: list[str] = []

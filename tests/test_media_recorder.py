@@ -111,3 +111,40 @@ def test_recorder_feed_counts_frames_dropped_upstream_and_bounds_its_own_queue(t
     recorder.feed([(time.monotonic(), frame)] * 5, dropped=7)
 
     assert (recorder.stats.frames_in, recorder.stats.dropped) == (12, 9)
+
+
+def tone_frame(sid: int, seq: int, encoder: OpusEncoder) -> bytes:
+    t = (np.arange(960) + seq * 960) / 48_000
+    pcm = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    return bytes(server_binary_frame(relay_frame(sid, encode_client_media(seq, seq * 960, encoder.encode(pcm), 50))))
+
+
+def test_recorder_fed_late_by_a_worker_that_started_late_still_mixes_what_arrived_early(tmp_path: Path) -> None:
+    """A worker process that starts (or reads its pipe) half a second after the frames
+    arrived at the server: its recorder must not write the mix past what the server has
+    handed over so far (``until``), or the frames arriving late in its pipe land in a part
+    of the mix already encoded as silence, and are missing from it though in the track."""
+    import av
+
+    recorder = Recorder(tmp_path / "r")
+    recorder.name(7, "ann")
+    started = time.monotonic()
+    recorder.feed([], until=started)  # the first batch: nothing yet (as the worker applies it)
+    worker = threading.Thread(target=recorder.run)
+    worker.start()
+    time.sleep(0.6)  # the server's next batches wait in the pipe meanwhile
+    encoder = OpusEncoder()
+    frames = [(started + 0.05 + seq * 0.02, tone_frame(7, seq, encoder)) for seq in range(25)]  # 0.05 .. 0.55 s
+    recorder.feed(frames, until=started + 0.6)
+    time.sleep(0.3)
+    recorder.stop()
+    worker.join(5)
+
+    def pcm_of(name: str) -> np.ndarray:
+        with av.open(str(tmp_path / "r" / name)) as container:
+            return np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+
+    for name in ("mix.opus", track_name("ann")):
+        pcm = pcm_of(name)
+        heard = pcm[int(0.1 * 48_000) : int(0.5 * 48_000)]
+        assert np.sqrt(np.mean(heard**2)) > 0.1, name  # the tone (amplitude 0.24), not silence
