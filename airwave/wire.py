@@ -123,7 +123,8 @@ class _EndWatchedStream(trio.abc.Stream):
     """A client's TCP (or TLS) stream that says when its receiving side has ended.
 
     trio-websocket's client waits for the handshake's answer until its timeout even after the
-    server has closed the connection; a reconnecting client would sit out the whole timeout
+    server has closed the connection, or reset it before the upgrade request went out (its
+    reader then stops without reading); a reconnecting client would sit out the whole timeout
     for a server that died (or a load balancer with no server behind it) mid-handshake."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
@@ -142,7 +143,11 @@ class _EndWatchedStream(trio.abc.Stream):
         return bytes(data)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
+        try:
+            await self.stream.send_all(data)
+        except BaseException:
+            self.ended.set()
+            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.stream.wait_send_all_might_not_block()

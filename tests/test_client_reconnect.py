@@ -109,6 +109,40 @@ async def test_a_handshake_the_server_cuts_short_fails_at_once_not_after_the_tim
         nursery.cancel_scope.cancel()
 
 
+async def test_a_connection_reset_before_the_upgrade_request_is_sent_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node SIGKILLed while the kernel still takes connections for it: the TCP connect
+    succeeds, then the connection is reset before the client sends its upgrade request.
+    trio-websocket's reader then stops without ever reading (its send failed) and its
+    handshake waits out the timeout; the client must move on at once (issue 16: a fan whose
+    node died tried that node again first and sat out 5 s before trying the next one)."""
+    import socket
+    import struct
+
+    from airwave import wire
+
+    async def accept_and_reset(stream: trio.SocketStream) -> None:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()  # with a zero linger: a reset, not a FIN
+
+    real_open = trio.open_tcp_stream
+
+    async def open_then_wait_for_the_reset(host: str, port: int) -> trio.SocketStream:
+        stream = await real_open(host, port)
+        await trio.sleep(0.2)  # the reset arrives before anything is sent
+        return stream
+
+    monkeypatch.setattr(wire.trio, "open_tcp_stream", open_then_wait_for_the_reset)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, accept_and_reset, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        started = trio.current_time()
+        with pytest.raises(trio_websocket.HandshakeError):
+            async with open_wire(f"ws://127.0.0.1:{port}/", connect_timeout=5.0):
+                pass
+        assert trio.current_time() - started < 1.0
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_server_that_never_answers_the_handshake_times_out_as_trio_websocket_does() -> None:
     async def accept_and_wait(stream: trio.SocketStream) -> None:
         await trio.sleep_forever()
