@@ -795,7 +795,7 @@ class ChannelActor:
                 self._hosts.clear()
                 self._volumes.clear()
                 self._announced.clear()
-                by = f"operator={shown(event.operator)}" if event.operator else f"by={shown(event.by or '')}"
+                by = f"operator={shown(event.operator)}" if event.operator else f"by={shown(event.by) if event.by else '-'}"
                 log.info("stop %s #%d %s reason=%s", shown(event.channel), event.number, by, event.reason.reason_name)
 
     # --- follower (cluster mode): forward commands, apply the owner's records ---

@@ -162,12 +162,7 @@ class Gateway:
             self._per_address[host] -= 1
             if not self._per_address[host]:
                 del self._per_address[host]
-            log.info(
-                "disconnect %s %s reason=%s",
-                peer,
-                shown(participant.user_id or "-"),
-                (conn.close_reason or participant.end_reason).reason_name,
-            )
+            log.info("disconnect %s %s reason=%s", peer, shown(participant.user_id or "-"), _ended_by(conn, participant).reason_name)
             nursery.cancel_scope.cancel()
 
     def sessions(self) -> list[ParticipantActor]:
@@ -199,3 +194,15 @@ class Gateway:
                 participant.tick(now, awake_since)
                 unjoined += participant.state is not SessionState.JOINED
             self._unjoined = unjoined
+
+
+def _ended_by(conn: Connection, participant: ParticipantActor) -> Reason:
+    """Why a connection ended, for its `disconnect` log line: the transport's failure (slow
+    consumer, timeout, a failed send), else what the session saw. A client's close frame
+    (1000, 1001) is a goodbye, not a network failure, although a member who leaves that way
+    is still held for resume (a browser tab that reloads)."""
+    if conn.close_reason not in (None, Reason.NONE):
+        return conn.close_reason
+    if participant.end_reason is Reason.NETWORK and participant.peer_close_code in (1000, 1001):
+        return Reason.NONE
+    return participant.end_reason

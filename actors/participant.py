@@ -152,7 +152,8 @@ class ParticipantActor:
         "_frames_offered", "_heartbeat", "_held", "_hello_deadline", "_kernel_watches",
         "_last_ping", "_last_refusal_reply", "_last_sent", "_media_bucket", "_metrics",
         "_nursery", "_peer", "_registry", "_session_token", "_settings", "_sid", "_strikes",
-        "_token_deadline", "_ws", "connected_at", "end_reason", "output", "resume_key", "state", "stats", "user_id",
+        "_token_deadline", "_ws", "connected_at", "end_reason", "output", "peer_close_code", "resume_key", "state",
+        "stats", "user_id",
     )
 
     def __init__(
@@ -199,6 +200,7 @@ class ParticipantActor:
         # Called once the first request after hello is answered: the gateway's join slot.
         self._admitted = admitted
         self.end_reason = Reason.NETWORK  # a drop, unless something else ends the session
+        self.peer_close_code: int | None = None  # the close code the client's end came with
         self._closing: trio.Event | None = None  # set when a close the server began is over
 
     @property
@@ -272,6 +274,7 @@ class ParticipantActor:
                 # which is how a browser tab that reloads ends its connection. Only `leave`
                 # ends a membership at once.
                 violation = self.output.violation  # the transport closed it: 1002 or 1008
+                self.peer_close_code = closed.reason.code
                 self._dropped = closed.reason.code != 1009 and violation is None
                 if closed.reason.code == 1009:  # trio-websocket's answer to a message over 1 MiB
                     self.end_reason = Reason.TOO_LARGE

@@ -106,6 +106,25 @@ class RawClient:
 # --- graceful shutdown -----------------------------------------------------------------------
 
 
+async def test_a_client_that_leaves_and_closes_is_logged_as_a_goodbye_not_a_network_failure(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator's log: a clean leave and close frame is `reason=none`; a connection that
+    just goes away (no close frame) is `reason=network`."""
+    caplog.set_level(logging.INFO, logger="airwave.gateway")
+    with trio.fail_after(10):
+        async with in_process_server(data_dir) as server:
+            async with open_wire(server.url) as polite:
+                ok(await polite.request(Join, channel="live", user_id="polite"))
+                ok(await polite.request(Leave))
+            rude = await RawClient.connect(server.port)
+            ok(await rude.request(Hello(id=1, version=limits.PROTOCOL_VERSION)))
+            await rude.stream.aclose()
+            await wait_until(lambda: server.gateway.connections == 0, "both connections to end")
+    disconnects = sorted(r.getMessage().split(" ", 2)[2] for r in caplog.records if r.getMessage().startswith("disconnect "))
+    assert disconnects == ["- reason=network", "polite reason=none"]
+
+
 async def test_shutdown_graceful_members_left_server_shutdown_and_log_closed(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="airwave.gateway")
     with trio.fail_after(10):
