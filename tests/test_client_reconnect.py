@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import socket
+import struct
 from pathlib import Path
 
 import attrs
@@ -10,6 +12,7 @@ import pytest
 import trio
 import trio_websocket
 
+from airwave import wire
 from airwave.actors.log.replay import replay_events
 from airwave.actors.server import RunningServer, serve
 from airwave.audio import ToneSource
@@ -115,11 +118,6 @@ async def test_a_connection_reset_before_the_upgrade_request_is_sent_fails_at_on
     trio-websocket's reader then stops without ever reading (its send failed) and its
     handshake waits out the timeout; the client must move on at once (issue 16: a fan whose
     node died tried that node again first and sat out 5 s before trying the next one)."""
-    import socket
-    import struct
-
-    from airwave import wire
-
     async def accept_and_reset(stream: trio.SocketStream) -> None:
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await stream.aclose()  # with a zero linger: a reset, not a FIN

@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 
 from airwave.media.opus import OpusEncoder, packet_samples
@@ -124,8 +125,6 @@ def test_recorder_fed_late_by_a_worker_that_started_late_still_mixes_what_arrive
     arrived at the server: its recorder must not write the mix past what the server has
     handed over so far (``until``), or the frames arriving late in its pipe land in a part
     of the mix already encoded as silence, and are missing from it though in the track."""
-    import av
-
     recorder = Recorder(tmp_path / "r")
     recorder.name(7, "ann")
     started = time.monotonic()
