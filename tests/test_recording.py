@@ -55,11 +55,6 @@ def decoded(path: Path) -> np.ndarray:
     return np.clip(pcm * 32768, -32768, 32767).astype(np.int16)
 
 
-def recording_dir(data_dir: Path) -> Path:
-    (directory,) = [p.parent for p in data_dir.glob("recordings/*/*/recording.json")]
-    return directory
-
-
 class Speaker:
     """Sends 20 ms Opus frames paced in real time, with its own sequence and timestamp."""
 

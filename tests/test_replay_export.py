@@ -23,7 +23,7 @@ from airwave.wire import open_wire
 
 from audio_checks import dominant_frequency, read_wav
 from helpers import HOST, next_push, ok
-from test_recording import Speaker, recording_dir, wait_finalised
+from test_recording import Speaker, recording_events, wait_finalised
 
 
 async def test_replay_export_writes_what_was_said_around_an_event_and_lists_the_events_in_it(
@@ -40,7 +40,8 @@ async def test_replay_export_writes_what_was_said_around_an_event_and_lists_the_
                 await Speaker(bob).say(list(tone_frames(660.0, 1.0)))
                 ok(await bob.request(Leave))
             ok(await host.request(EnableRecord, enabled=False))
-        await wait_finalised(recording_dir(data_dir))
+        # The worker writes the directory on its own time: it is named in the log, not yet on disk.
+        await wait_finalised(data_dir / recording_events(data_dir)[0].directory)
     events = list(replay_events(data_dir))
     (joined,) = [i.seq for i in events if i.event.TYPE == "participant_joined" and i.event.user_id == "bob"]  # type: ignore[attr-defined]
     (left,) = [i.seq for i in events if i.event.TYPE == "participant_left" and i.event.user_id == "bob"]  # type: ignore[attr-defined]
